@@ -1,0 +1,163 @@
+"""The `autocomp` command: search | resume | export | report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from autocomp.errors import AutocompError
+
+DEFAULT_SPACE = "lenet300_mnist5k.yaml"
+
+
+def default_space() -> Path:
+    """The built-in default: LeNet-300-100 on the MNIST subset that installs with the package.
+
+    From a checkout (and an editable install) it is search_spaces/ beside the package; a wheel carries
+    the same files as the `autocomp.search_spaces` package data.
+    """
+    beside = Path(__file__).resolve().parents[1] / "search_spaces" / DEFAULT_SPACE
+    if beside.is_file():
+        return beside
+    return Path(str(resources.files("autocomp.search_spaces") / DEFAULT_SPACE))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _print_result(result, log=print) -> None:
+    log("")
+    log(f"Pareto front ({len(result.pareto)} of {len(result.trials)} trials; "
+        f"{sum(t.status == 'failed' for t in result.trials)} failed):")
+    log(result.table())
+    log("")
+    log("size_bytes = bytes of the packed artifact (`autocomp export --format packed`); ratio = fp32 bytes / "
+        "size_bytes; flops = 2 x MACs at batch 1; latency = median forward pass")
+    log(f"run directory: {result.run_dir}  (pareto.json, pareto.png, trials.jsonl)")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from autocomp.session import read_spec, run_spec_search
+
+    space = Path(args.space) if args.space else default_space()
+    spec = read_spec(space)
+    result = run_spec_search(spec, optimizer=args.optimizer, trials=args.trials, seed=args.seed,
+                             runs_dir=args.runs_dir, name=args.name, data_dir=args.data_dir,
+                             progress=not args.quiet)
+    _print_result(result)
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    from autocomp.session import resume_run
+
+    result = resume_run(args.run_dir, trials=args.trials, data_dir=args.data_dir, progress=not args.quiet)
+    _print_result(result)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from autocomp.compress import compress
+    from autocomp.export import artifact_meta, export_program, pack_model, write_bytes
+    from autocomp.policy import Policy
+    from autocomp.runner import trial_record
+    from autocomp.session import load_run_model, run_info
+
+    info = run_info(args.run_dir)
+    record = trial_record(args.run_dir, args.trial)
+    if record["status"] != "complete":
+        raise AutocompError(f"trial {args.trial} of {args.run_dir} did not complete ({record.get('error')})")
+    policy = Policy.from_dict(record["policy"])
+    compressed = compress(load_run_model(args.run_dir), policy)
+    if args.format == "packed":
+        size = write_bytes(args.out, pack_model(compressed, artifact_meta(info["model_ref"], policy)))
+        print(f"wrote {args.out}: {size:,} bytes (trial {args.trial} reported size_bytes "
+              f"{int(record['metrics']['size_bytes']):,})")
+    else:
+        example = torch.zeros(1, *info["input_shape"])
+        size = export_program(args.out, compressed, example)
+        print(f"wrote {args.out}: {size:,} bytes, a torch.export program "
+              f"(load with torch.export.load(path).module())")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from autocomp.report import pareto_table, plot_pareto
+    from autocomp.store import RunStore
+
+    store = RunStore(args.run_dir)
+    pareto = store.read_json("pareto.json")
+    if pareto is None:
+        raise AutocompError(f"{args.run_dir}: no pareto.json yet (the run has not finished)")
+    rows = [{**t["metrics"], "id": t["id"], "policy": t["policy"], "test_accuracy": t.get("test_accuracy")}
+            for t in pareto["trials"]]
+    print(pareto_table(rows, baseline=pareto["baseline"]))
+    if args.plot:
+        plot_pareto(store.path / "pareto.png", store.trials(), pareto["trials"], pareto["baseline"],
+                    title=store.path.name)
+        print(f"wrote {store.path / 'pareto.png'}")
+    if args.json:
+        print(json.dumps(pareto, indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from autocomp.optimizers import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="autocomp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="search compression policies for a model")
+    p.add_argument("space", nargs="?", help=f"search-space YAML (default: built-in {DEFAULT_SPACE})")
+    p.add_argument("--data-dir", help="dataset folder (the dataset's own, or a parent holding mnist/ ...)")
+    p.add_argument("--optimizer", default="random", choices=sorted(OPTIMIZERS))
+    p.add_argument("--trials", type=_positive, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="run name (default: <space>-<timestamp>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("resume", help="continue a killed or finished run")
+    p.add_argument("run_dir")
+    p.add_argument("--trials", type=_positive, help="total trials (default: the run's own)")
+    p.add_argument("--data-dir", help="dataset folder, if it moved since the run started")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("export", help="write one trial's compressed model")
+    p.add_argument("run_dir")
+    p.add_argument("--trial", type=int, required=True)
+    p.add_argument("--format", choices=("packed", "pt"), default="packed")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("report", help="print a finished run's Pareto table")
+    p.add_argument("run_dir")
+    p.add_argument("--plot", action="store_true", help="redraw pareto.png")
+    p.add_argument("--json", action="store_true", help="also print pareto.json")
+    p.set_defaults(fn=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except AutocompError as err:
+        print(f"autocomp: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autocomp: interrupted; the run directory is intact: `autocomp resume` continues it",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Evaluators: turn a policy into measured metrics. The built-in one compresses, packs and measures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from autocomp.compress import compress
+from autocomp.export import artifact_meta, pack_model
+from autocomp.metrics import accuracy, count_flops, count_params, measure_latency
+from autocomp.policy import Policy
+from autocomp.space.spec import DEFAULT_LATENCY, LatencySpec
+
+
+class Evaluator(Protocol):
+    def __call__(self, policy: Policy) -> Mapping[str, float]: ...
+
+
+class CompressionEvaluator:
+    """compress(model, policy) -> accuracy on the validation data, packed bytes, FLOPs, measured latency.
+
+    Every number is taken from the compressed model as it runs and the artifact `export` writes:
+    size_bytes is the length of the packed bytes, accuracy is computed with the quantized weights.
+    `extra_metrics` are user callables `f(compressed_model) -> float` added to the metrics by name.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: tuple[torch.Tensor, torch.Tensor],
+        *,
+        latency: LatencySpec = DEFAULT_LATENCY,
+        model_ref: Mapping[str, Any] | None = None,
+        extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.data = data
+        self.latency = latency
+        self.model_ref = dict(model_ref) if model_ref else None
+        self.extra_metrics = dict(extra_metrics or {})
+        self.example = data[0][:1]
+        self.latency_input = data[0][: latency.batch_size]
+        if len(self.latency_input) < latency.batch_size:  # tiny data: repeat rows to the stated batch
+            reps = -(-latency.batch_size // len(self.latency_input))
+            self.latency_input = self.latency_input.repeat(reps, *([1] * (self.example.dim() - 1)))
+            self.latency_input = self.latency_input[: latency.batch_size]
+        self.baseline_accuracy = accuracy(self.model, data)
+        self.fp32_bytes = 4 * count_params(self.model)[0]
+
+    def __call__(self, policy: Policy) -> dict[str, float]:
+        compressed = compress(self.model, policy)
+        acc = accuracy(compressed, self.data)
+        size = len(pack_model(compressed, artifact_meta(self.model_ref, policy)))
+        stored, nonzero = count_params(compressed)
+        flops, sparse_flops = count_flops(compressed, self.example)
+        timing = measure_latency(
+            compressed, self.latency_input, threads=self.latency.threads,
+            warmup=self.latency.warmup, repeats=self.latency.repeats,
+        )
+        metrics = {
+            "accuracy": acc,
+            "accuracy_drop": self.baseline_accuracy - acc,
+            "size_bytes": size,
+            "compression_ratio": self.fp32_bytes / size,
+            "params": nonzero,
+            "params_stored": stored,
+            "flops": flops,
+            "flops_sparse": sparse_flops,
+            **timing,
+        }
+        for name, fn in self.extra_metrics.items():
+            metrics[name] = float(fn(compressed))
+        return metrics

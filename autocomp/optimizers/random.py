@@ -1,0 +1,26 @@
+"""Random search: every parameter drawn independently. The baseline every optimizer must beat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autocomp.optimizers.base import Optimizer, Params
+
+
+class RandomSearch(Optimizer):
+    name = "random"
+
+    def __init__(self, space, *, directions, seed=0) -> None:
+        super().__init__(space, directions=directions, seed=seed)
+        self.rng = np.random.default_rng(seed)
+
+    def ask(self, n: int) -> list[Params]:
+        return [self.space.sample(self.rng) for _ in range(n)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]

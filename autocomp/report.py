@@ -1,0 +1,99 @@
+"""What a person reads at the end of a run: the Pareto table and the accuracy-vs-size plot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def policy_summary(policy: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """A compact per-layer view: 'fc1 p.90 r.25 4b' = prune 90%, rank ratio 0.25, 4-bit weights."""
+    parts = []
+    for layer, primitives in policy.items():
+        knobs = []
+        if "lowrank" in primitives and primitives["lowrank"]["rank_ratio"] < 1:
+            knobs.append(f"r{primitives['lowrank']['rank_ratio']:.2g}")
+        if "prune" in primitives and primitives["prune"]["ratio"] > 0:
+            knobs.append(f"p{primitives['prune']['ratio']:.2f}")
+        if "quantize" in primitives and primitives["quantize"]["bits"] < 32:
+            knobs.append(f"{primitives['quantize']['bits']}b")
+        parts.append(f"{layer}:{' '.join(knobs) or '-'}")
+    return " ".join(parts)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "ratio":
+        return f"{value:.1f}x"
+    if kind == "ms":
+        return f"{value:.3f}"
+    return str(value)
+
+
+COLUMNS = (
+    ("trial", "id", None),
+    ("val acc", "accuracy", "pct"),
+    ("test acc", "test_accuracy", "pct"),
+    ("size_bytes", "size_bytes", "int"),
+    ("ratio", "compression_ratio", "ratio"),
+    ("flops", "flops", "int"),
+    ("latency_ms", "latency_ms", "ms"),
+)
+
+
+def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None) -> str:
+    """Rows are flat dicts (metrics + id + policy); the baseline, when given, comes first."""
+    lines = []
+    header = [c[0] for c in COLUMNS] + ["policy"]
+    body = []
+    for row in ([{"id": "fp32", **baseline}] if baseline else []) + list(rows):
+        cells = [_cell(row.get(key), kind) for _, key, kind in COLUMNS]
+        cells.append(policy_summary(row["policy"]) if row.get("policy") else "uncompressed")
+        body.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
+    lines.append("  ".join(h.rjust(w) if i < len(COLUMNS) else h for i, (h, w) in enumerate(zip(header, widths))))
+    for cells in body:
+        lines.append("  ".join(c.rjust(w) if i < len(COLUMNS) else c for i, (c, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)
+
+
+def plot_pareto(
+    path: str | os.PathLike,
+    trials: Sequence[Mapping[str, Any]],
+    front: Sequence[Mapping[str, Any]],
+    baseline: Mapping[str, Any],
+    *,
+    x: str = "size_bytes",
+    y: str = "accuracy",
+    title: str = "",
+) -> None:
+    """Accuracy against packed size (log x): every trial, the Pareto front, and the uncompressed baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    done = [t for t in trials if t.get("status") == "complete"]
+    ax.scatter([t["metrics"][x] for t in done], [t["metrics"][y] for t in done], s=12, c="0.7", label="trials")
+    points = sorted((t["metrics"][x], t["metrics"][y]) for t in front)
+    if points:
+        ax.plot(*zip(*points), "o-", c="tab:red", ms=4, lw=1.2, label="Pareto front", drawstyle="steps-post")
+    ax.scatter([baseline[x]], [baseline[y]], marker="*", s=160, c="tab:blue", zorder=5, label="uncompressed fp32")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x} (packed artifact, log scale)")
+    ax.set_ylabel(f"validation {y}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,344 @@
+"""search(): the loop that wires space, optimizer, executor, evaluator and run store together.
+
+    ask -> checkpoint (optimizer state + pending asks) -> evaluate -> journal each trial -> tell -> checkpoint
+
+A run killed anywhere resumes from the run directory: finished trials are kept, asked-but-unfinished
+ones are evaluated with the same parameters, and the optimizer continues from its saved state, so a
+resumed run asks exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import autocomp
+from autocomp.compress import compress
+from autocomp.errors import AutocompError, RunError
+from autocomp.evaluate import CompressionEvaluator
+from autocomp.execution import Executor, InProcessExecutor, Outcome, Task
+from autocomp.metrics import accuracy
+from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
+from autocomp.optimizers import Optimizer, Told, make_optimizer
+from autocomp.pareto import pareto_front
+from autocomp.policy import Policy
+from autocomp.report import pareto_table, plot_pareto
+from autocomp.space.space import BoundSpace, SearchSpace
+from autocomp.space.spec import DEFAULT_LATENCY, LatencySpec
+from autocomp.store import RunStore
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One finished trial, as journaled in trials.jsonl."""
+
+    id: int
+    params: dict[str, Any]
+    policy: dict[str, Any]
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
+    violation: float = 0.0
+    error: str | None = None
+    seconds: float = 0.0
+    worker: str = ""
+
+    @staticmethod
+    def from_record(record: Mapping[str, Any]) -> Trial:
+        values = record.get("values")
+        return Trial(
+            id=record["id"], params=record["params"], policy=record["policy"], status=record["status"],
+            metrics=record.get("metrics") or {}, values=tuple(values) if values is not None else None,
+            violation=record.get("violation", 0.0), error=record.get("error"),
+            seconds=record.get("seconds", 0.0), worker=record.get("worker", ""),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "params": self.params, "policy": self.policy, "metrics": self.metrics,
+            "values": list(self.values) if self.values is not None else None, "violation": self.violation,
+            "status": self.status, "error": self.error, "seconds": round(self.seconds, 4), "worker": self.worker,
+        }
+
+    @property
+    def feasible(self) -> bool:
+        return self.status == "complete" and self.violation <= 0.0
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: every trial, the Pareto-optimal ones, and the uncompressed reference."""
+
+    run_dir: Path
+    trials: list[Trial]
+    pareto: list[Trial]
+    baseline: dict[str, float]
+    objectives: tuple[Objective, ...]
+    test_accuracy: dict[int, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [{"id": t.id, **t.metrics, "test_accuracy": self.test_accuracy.get(t.id), "policy": t.policy}
+                for t in self.pareto]
+        return pareto_table(rows, baseline=self.baseline)
+
+
+def front_of(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
+    """Feasible, complete trials that no other feasible trial dominates, sorted by the first objective."""
+    feasible = [t for t in trials if t.feasible and t.values is not None]
+    directions = [o.direction for o in objectives]
+    front = [feasible[i] for i in pareto_front([t.values for t in feasible], directions)]
+    return sorted(front, key=lambda t: t.values[0] * (-1 if directions[0] == "maximize" else 1))
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+        "torch": torch.__version__, "autocomp": autocomp.__version__, "torch_threads": torch.get_num_threads(),
+    }
+
+
+class _Progress:
+    """A progress bar with trials done, failures and the best value of each objective so far."""
+
+    def __init__(self, total: int, trials: Sequence[Trial], objectives: Sequence[Objective], enabled: bool):
+        self.objectives = objectives
+        self.failed = sum(t.status == "failed" for t in trials)
+        self.best: list[float | None] = [None] * len(objectives)
+        for t in trials:
+            self._update_best(t)
+        self.bar = tqdm(total=total, initial=len(trials), desc="search", unit="trial", disable=not enabled,
+                        dynamic_ncols=True, file=sys.stderr)
+        self._postfix()
+
+    def _update_best(self, trial: Trial) -> None:
+        if not trial.feasible or trial.values is None:
+            return
+        for i, (o, v) in enumerate(zip(self.objectives, trial.values)):
+            better = max if o.direction == "maximize" else min
+            self.best[i] = v if self.best[i] is None else better(self.best[i], v)
+
+    def _postfix(self) -> None:
+        best = {o.name: f"{b:.4g}" for o, b in zip(self.objectives, self.best) if b is not None}
+        self.bar.set_postfix({"failed": self.failed, **best}, refresh=False)
+
+    def add(self, trial: Trial) -> None:
+        self.failed += trial.status == "failed"
+        self._update_best(trial)
+        self._postfix()
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _finish(outcome: Outcome, params: dict[str, Any], policy: Policy, objectives, constraints) -> Trial:
+    status, error, values, violation = outcome.status, outcome.error, None, 0.0
+    if status == "complete":
+        try:
+            values, violation = evaluate_objectives(objectives, constraints, outcome.metrics)
+        except Exception as err:  # a user objective that raises or gives NaN fails the trial only
+            status, error = "failed", f"objective: {type(err).__name__}: {err}"
+    return Trial(id=outcome.trial_id, params=params, policy=policy.to_dict(), status=status,
+                 metrics=outcome.metrics, values=values, violation=violation, error=error,
+                 seconds=outcome.seconds, worker=outcome.worker)
+
+
+def run_loop(
+    store: RunStore,
+    space: BoundSpace,
+    optimizer: Optimizer,
+    executor: Executor,
+    objectives: Sequence[Objective],
+    constraints: Sequence[Constraint],
+    total: int,
+    *,
+    progress: bool = True,
+) -> list[Trial]:
+    """Run (or continue) the search in `store` until it holds `total` finished trials."""
+    trials = {t.id: t for t in map(Trial.from_record, store.trials())}
+    checkpoint = store.load_checkpoint()
+    pending: list[dict[str, Any]] = []
+    next_id = 0
+    if checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        pending, next_id = checkpoint["pending"], checkpoint["next_id"]
+    bar = _Progress(total, list(trials.values()), objectives, progress)
+
+    def tell(batch: list[dict[str, Any]]) -> None:
+        # in id order, so a resumed run tells exactly what an uninterrupted one would have
+        done = [trials[item["id"]] for item in sorted(batch, key=lambda b: b["id"])]
+        optimizer.tell([Told(t.params, t.values if t.status == "complete" else None, t.violation) for t in done])
+        store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": [], "next_id": next_id})
+
+    try:
+        while pending or len(trials) < total:
+            if not pending:
+                asked = optimizer.ask(min(executor.workers, total - len(trials)))
+                if not asked:
+                    tqdm.write(f"optimizer '{optimizer.name}' has no more candidates ({len(trials)} trials)")
+                    break
+                pending = [{"id": next_id + i, "params": p} for i, p in enumerate(asked)]
+                next_id += len(asked)
+                store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": pending, "next_id": next_id})
+            todo = {item["id"]: item for item in pending if item["id"] not in trials}
+            policies = {i: Policy.from_params(space, item["params"]) for i, item in todo.items()}
+            for outcome in executor.run([Task(i, policies[i]) for i in todo]):
+                trial = _finish(outcome, todo[outcome.trial_id]["params"], policies[outcome.trial_id],
+                                objectives, constraints)
+                store.append(trial.to_record())  # journaled (and fsynced) before the optimizer hears of it
+                trials[trial.id] = trial
+                bar.add(trial)
+            tell(pending)
+            pending = []
+    finally:
+        bar.close()
+    return sorted(trials.values(), key=lambda t: t.id)
+
+
+def finalize(
+    store: RunStore,
+    trials: Sequence[Trial],
+    objectives: Sequence[Objective],
+    baseline: dict[str, float],
+    *,
+    model: nn.Module | None = None,
+    test_data: Data | None = None,
+    title: str = "",
+) -> SearchResult:
+    """Pareto front, test accuracy of its points (the test split's one use), pareto.json and pareto.png."""
+    front = front_of(trials, objectives)
+    test_accuracy: dict[int, float] = {}
+    if model is not None and test_data is not None:
+        baseline = {**baseline, "test_accuracy": accuracy(model, test_data)}
+        for t in front:
+            test_accuracy[t.id] = accuracy(compress(model, Policy.from_dict(t.policy)), test_data)
+    store.write_json("pareto.json", {
+        "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
+        "baseline": baseline,
+        "trials": [{**t.to_record(), "test_accuracy": test_accuracy.get(t.id)} for t in front],
+    })
+    if {"accuracy", "size_bytes"} <= set(baseline):
+        plot_pareto(store.path / "pareto.png", [t.to_record() for t in trials],
+                    [t.to_record() for t in front], baseline, title=title)
+    return SearchResult(store.path, list(trials), front, baseline, tuple(objectives), test_accuracy)
+
+
+def _as_data(data: Any, what: str) -> Data:
+    """Accept (inputs, labels) tensors or any iterable of such batches (e.g. a DataLoader)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
+        return data[0], data[1]
+    try:
+        xs, ys = zip(*[(x, y) for x, y in data])
+    except (TypeError, ValueError) as err:
+        raise AutocompError(f"{what}: expected (inputs, labels) tensors or batches of them") from err
+    return torch.cat(xs), torch.cat(ys)
+
+
+def search(
+    model: nn.Module,
+    val_data: Any,
+    *,
+    space: SearchSpace,
+    objectives: Any = ("accuracy", "size_bytes"),
+    constraints: Sequence[Constraint] = (),
+    optimizer: str = "random",
+    optimizer_settings: Mapping[str, Any] | None = None,
+    trials: int = 50,
+    seed: int = 0,
+    test_data: Any = None,
+    extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
+    latency: LatencySpec = DEFAULT_LATENCY,
+    runs_dir: str | os.PathLike = "runs",
+    name: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    model_ref: Mapping[str, Any] | None = None,
+    space_yaml: str | None = None,
+    run_info: Mapping[str, Any] | None = None,
+) -> SearchResult:
+    """Search compression policies for a trained `model`; the Python entry point.
+
+    Args:
+        model: the trained model to compress (never modified).
+        val_data: data the search scores on: (inputs, labels) tensors or a DataLoader of batches.
+        space: which layers get which primitives and knob ranges.
+        objectives: metric names, `Objective`s, or a callable `f(metrics) -> float` to maximize.
+        constraints: bounds on metrics; violating trials are kept but never on the Pareto front.
+        optimizer: an optimizer name (see `autocomp.optimizers.OPTIMIZERS`).
+        trials: how many finished trials the run should hold.
+        test_data: optional held-out data, used once at the end for the Pareto points.
+        extra_metrics: user callables `f(compressed_model) -> float`, available to objectives by name.
+        runs_dir, name: the run directory is `runs_dir/name` (a timestamped name by default).
+        resume: continue the run in that directory instead of refusing to reuse it.
+    """
+    objectives = as_objectives(objectives)
+    val = _as_data(val_data, "val_data")
+    test = _as_data(test_data, "test_data") if test_data is not None else None
+    bound = space.bind(model)
+    run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
+    if resume:
+        store = RunStore.open(run_dir)
+        info = store.read_json("run.json")
+        if info["settings"]["optimizer"] != optimizer or info["settings"]["seed"] != seed:
+            raise RunError(f"{run_dir}: resume with the run's own optimizer and seed "
+                           f"({info['settings']['optimizer']}, {info['settings']['seed']})")
+    else:
+        info = {
+            **(run_info or {}),
+            "settings": {"optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}),
+                         "trials": trials, "seed": seed},
+            "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
+            "constraints": [vars(c) for c in constraints],
+            "latency": {**vars(latency), "measured": "median wall time of the compressed model's forward pass"},
+            "machine": machine_info(),
+            "executor": "in-process",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        store = RunStore.create(run_dir, space_yaml=space_yaml or "# space given as Python objects\n",
+                                run_info=info)
+    try:
+        evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
+                                         extra_metrics=extra_metrics)
+        baseline = evaluator(Policy.of({}))
+        info["baseline"] = baseline
+        store.write_json("run.json", info)
+        opt = make_optimizer(optimizer, bound, directions=[o.direction for o in objectives], seed=seed,
+                             **dict(optimizer_settings or {}))
+        executor = InProcessExecutor(evaluator)
+        done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress)
+        executor.close()
+        title = f"{run_dir.name}: {optimizer}, {len(done)} trials"
+        return finalize(store, done, objectives, baseline, model=model, test_data=test, title=title)
+    finally:
+        store.close()
+
+
+def trial_record(run_dir: str | os.PathLike, trial_id: int) -> dict[str, Any]:
+    """The journaled record of one trial (read without taking the run's lock)."""
+    for record in RunStore(run_dir).trials():
+        if record["id"] == trial_id:
+            return record
+    raise RunError(f"{run_dir}: no trial with id {trial_id}")
+
+
+__all__ = ["SearchResult", "Trial", "finalize", "front_of", "run_loop", "search"]

@@ -1,0 +1,176 @@
+"""From a search-space file to a ready search: data, model, trained (cached) baseline, run directory.
+
+Everything a user can get wrong (the file, the data directory, the layer selectors) is checked before
+anything is written, so a bad input leaves no half-made run directory behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocomp.errors import AutocompError, RunError
+from autocomp.metrics import accuracy
+from autocomp.objective import Constraint, Objective
+from autocomp.runner import SearchResult, search
+from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
+from autocomp.space.spec import RunSpec
+from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
+
+BASELINE = "baseline.pt"
+
+
+def read_spec(path: str | os.PathLike) -> RunSpec:
+    return load_run_spec(path, models=MODELS, datasets=DATASETS)
+
+
+def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, KeyError) as err:
+        raise AutocompError(f"cannot load weights '{path}' into the model: {err}") from err
+
+
+def _baseline_key(spec: RunSpec, splits: Splits) -> str:
+    what = {"model": asdict(spec.model), "data": splits.description, "train": asdict(spec.train),
+            "val_fraction": spec.data.val_fraction, "n_train": len(splits.train[1]), "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Path, log=print) -> nn.Module:
+    """The model to compress: its given weights, the run's saved baseline, a cached one, or trained now."""
+    model = build_model(spec.model.name, spec.model.kwargs)
+    saved = run_dir / BASELINE
+    if spec.model.weights:
+        _load_weights(model, spec.model.weights)
+    elif saved.is_file():
+        _load_weights(model, saved)
+    else:
+        cached = cache_dir / f"baseline-{_baseline_key(spec, splits)}.pt"
+        if cached.is_file():
+            _load_weights(model, cached)
+            log(f"baseline: cached weights {cached}")
+        else:
+            start = time.perf_counter()
+            log(f"baseline: training {spec.model.name} for {spec.train.epochs} epochs (seed {spec.train.seed})")
+            train_baseline(model, splits.train, spec.train)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, cached)
+            log(f"baseline: trained in {time.perf_counter() - start:.1f} s")
+        shutil.copyfile(cached, saved)
+    return model.eval()
+
+
+def _objectives(spec: RunSpec) -> tuple[list[Objective], list[Constraint]]:
+    objectives = [Objective(name=o.metric, direction=o.direction) for o in spec.objectives]
+    constraints = [Constraint(metric=c.metric, min=c.min, max=c.max) for c in spec.constraints]
+    return objectives, constraints
+
+
+def run_spec_search(
+    spec: RunSpec,
+    *,
+    optimizer: str,
+    trials: int,
+    seed: int,
+    runs_dir: str | os.PathLike,
+    name: str | None,
+    data_dir: str | None,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> SearchResult:
+    """Search as a search-space file describes; `resume` continues the run already in runs_dir/name."""
+    data_dir = data_dir or spec.data.dir
+    splits = load_dataset(spec.data.name, data_dir, val_fraction=spec.data.val_fraction, seed=spec.train.seed)
+    name = name or f"{Path(spec.source or 'run').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(runs_dir) / name
+    if not resume and (run_dir / "run.json").exists():
+        raise RunError(f"run directory '{run_dir}' already holds a run: `autocomp resume {run_dir}` "
+                       "or choose another --name")
+    probe = build_model(spec.model.name, spec.model.kwargs)
+    spec.space.bind(probe)  # selector errors surface now, before anything is written
+    log(f"data: {splits.description}: train {len(splits.train[1])}, val {len(splits.val[1])}, "
+        f"test {len(splits.test[1])}")
+    objectives, constraints = _objectives(spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log)
+    log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}, test accuracy "
+        f"{accuracy(model, splits.test):.4f}")
+    model_ref = {"name": spec.model.name, "kwargs": dict(spec.model.kwargs)}
+    run_info = {
+        "origin": "cli",
+        "space_file": spec.source,
+        "model": asdict(spec.model),
+        "model_ref": model_ref,  # what packed headers record; export must write the very same bytes
+        "data": {"name": spec.data.name, "dir": str(Path(data_dir).resolve()) if data_dir else None,
+                 "description": splits.description, "train": len(splits.train[1]),
+                 "val": len(splits.val[1]), "test": len(splits.test[1])},
+        "input_shape": list(splits.val[0].shape[1:]),
+    }
+    return search(
+        model, splits.val, space=spec.space, objectives=objectives, constraints=constraints,
+        optimizer=optimizer, trials=trials, seed=seed, test_data=splits.test, latency=spec.latency,
+        runs_dir=runs_dir, name=name, resume=resume, progress=progress,
+        model_ref=model_ref,
+        space_yaml=dump_run_spec(spec), run_info=run_info,
+    )
+
+
+def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"'{run_dir}' is not a run directory (no run.json)") from None
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: not valid JSON ({err})") from err
+
+
+def run_spec(run_dir: str | os.PathLike) -> RunSpec:
+    """The resolved space a run saved (space.yaml), for resume and export."""
+    path = Path(run_dir) / "space.yaml"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: missing space.yaml")
+    return parse_run_spec(path.read_text(), file=str(path), models=MODELS, datasets=DATASETS)
+
+
+def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str | None,
+               progress: bool = True, log=print) -> SearchResult:
+    """Continue a CLI run killed at any moment (or extend a finished one with more trials)."""
+    run_dir = Path(run_dir)
+    info = run_info(run_dir)
+    if info.get("origin") != "cli":
+        raise RunError(f"{run_dir}: started from Python with a user model; resume it with "
+                       "autocomp.search(..., resume=True)")
+    spec = run_spec(run_dir)
+    settings = info["settings"]
+    return run_spec_search(
+        spec, optimizer=settings["optimizer"], trials=trials or settings["trials"], seed=settings["seed"],
+        runs_dir=run_dir.parent, name=run_dir.name, data_dir=data_dir or info["data"]["dir"], resume=True,
+        progress=progress, log=log,
+    )
+
+
+def load_run_model(run_dir: str | os.PathLike) -> nn.Module:
+    """The uncompressed baseline of a CLI run, loaded from its baseline.pt (weights only)."""
+    run_dir = Path(run_dir)
+    spec = run_spec(run_dir)
+    model = build_model(spec.model.name, spec.model.kwargs)
+    weights = Path(spec.model.weights) if spec.model.weights else run_dir / BASELINE
+    if not weights.is_file():
+        raise RunError(f"{run_dir}: baseline weights '{weights}' are missing")
+    _load_weights(model, weights)
+    return model.eval()

@@ -1,0 +1,166 @@
+"""Parameter kinds of a search space: what one knob may take. Pure Python, no torch, so optimizers use them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class Choice:
+    """One of a fixed list of values (numbers or strings)."""
+
+    values: tuple[Any, ...]
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def grid(self, max_points: int = 10) -> list[Any]:
+        return list(self.values)
+
+    def nearest(self, value: Any) -> Any:
+        if value in self.values:
+            return value
+        numeric = [v for v in self.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if isinstance(value, (int, float)) and numeric:
+            return min(numeric, key=lambda v: abs(v - value))
+        return self.values[0]
+
+    def to_unit(self, value: Any) -> float:
+        """Position in [0, 1] (the index, spread evenly): used by optimizers that work on a cube."""
+        return (self.values.index(value) + 0.5) / len(self.values)
+
+    def from_unit(self, u: float) -> Any:
+        return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntRange:
+    """An integer in [low, high] (both inclusive), on a grid of `step`, optionally log-spaced."""
+
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def _values(self) -> np.ndarray:
+        return np.arange(self.low, self.high + 1, self.step, dtype=np.int64)
+
+    def sample(self, rng: np.random.Generator) -> int:
+        if self.log:
+            return self.nearest(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        values = self._values()
+        return int(values[int(rng.integers(len(values)))])
+
+    def contains(self, value: Any) -> bool:
+        return (
+            isinstance(value, (int, np.integer))
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+            and (value - self.low) % self.step == 0
+        )
+
+    def grid(self, max_points: int = 10) -> list[int]:
+        values = self._values()
+        if len(values) <= max_points:
+            return [int(v) for v in values]
+        picks = np.unique(np.round(np.linspace(0, len(values) - 1, max_points)).astype(int))
+        return [int(values[i]) for i in picks]
+
+    def nearest(self, value: float) -> int:
+        values = self._values()
+        return int(values[int(np.argmin(np.abs(values - value)))])
+
+    def to_unit(self, value: int) -> float:
+        return 0.5 if self.high == self.low else (value - self.low) / (self.high - self.low)
+
+    def from_unit(self, u: float) -> int:
+        return self.nearest(self.low + u * (self.high - self.low))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatRange:
+    """A float in [low, high], continuous or on a grid of `step`, optionally log-uniform."""
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    def sample(self, rng: np.random.Generator) -> float:
+        if self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            value = rng.uniform(self.low, self.high)
+        return self.nearest(value) if self.step else float(value)
+
+    def contains(self, value: Any) -> bool:
+        if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+            return False
+        if not self.low - 1e-12 <= value <= self.high + 1e-12:
+            return False
+        if self.step:
+            k = (value - self.low) / self.step
+            return abs(k - round(k)) < 1e-6
+        return True
+
+    def grid(self, max_points: int = 10) -> list[float]:
+        if self.step:
+            n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+            values = [self._snap(self.low + i * self.step) for i in range(n)]
+            if n <= max_points:
+                return values
+            picks = np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(int))
+            return [values[i] for i in picks]
+        if self.log:
+            return [float(v) for v in np.geomspace(self.low, self.high, max_points)]
+        return [float(v) for v in np.linspace(self.low, self.high, max_points)]
+
+    def _snap(self, value: float) -> float:
+        # 12 decimals: a grid value prints as written in the YAML (0.35, not 0.35000000000000003)
+        return round(min(max(value, self.low), self.high), 12)
+
+    def nearest(self, value: float) -> float:
+        value = min(max(float(value), self.low), self.high)
+        if not self.step:
+            return value
+        return self._snap(self.low + round((value - self.low) / self.step) * self.step)
+
+    def to_unit(self, value: float) -> float:
+        if self.high == self.low:
+            return 0.5
+        if self.log:
+            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+        return (value - self.low) / (self.high - self.low)
+
+    def from_unit(self, u: float) -> float:
+        if self.log:
+            return self.nearest(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))))
+        return self.nearest(self.low + u * (self.high - self.low))
+
+
+Domain = Choice | IntRange | FloatRange
+
+
+@dataclass(frozen=True, kw_only=True)
+class Param:
+    """One searchable knob bound to a layer (or to a group of layers sharing it).
+
+    `name` is unique in a space: "<layer>.<primitive>.<knob>" (or "<group>.<primitive>.<knob>" when shared).
+    `knob` is "<primitive>.<knob>", the same for every layer, so the uniform policy can tie them together.
+    """
+
+    name: str
+    domain: Domain
+    primitive: str
+    knob: str
+    layers: tuple[str, ...]
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return self.domain.sample(rng)

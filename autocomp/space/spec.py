@@ -1,0 +1,94 @@
+"""What a search-space file describes besides the space itself: model, data, objectives, budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autocomp.space.space import SearchSpace
+
+# metrics an objective or constraint may name, with the direction that is better
+METRICS: dict[str, str] = {
+    "accuracy": "maximize",
+    "accuracy_drop": "minimize",
+    "size_bytes": "minimize",
+    "compression_ratio": "maximize",
+    "params": "minimize",
+    "flops": "minimize",
+    "latency_ms": "minimize",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A zoo model name (or a `module:attr` factory) with keyword arguments, and optional weights."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """A dataset name (`mnist5k` ships with the install; `mnist` needs a directory) and its splits."""
+
+    name: str
+    dir: str | None = None
+    val_fraction: float = 0.1
+    batch_size: int = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """How the baseline is trained when no weights are given (seeded, cached)."""
+
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencySpec:
+    """Conditions of the latency measurement, recorded in run.json beside the numbers."""
+
+    batch_size: int = 1
+    threads: int = 1
+    warmup: int = 10
+    repeats: int = 50
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveSpec:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstraintSpec:
+    """A bound on a metric; a candidate outside it is infeasible (kept, never on the Pareto front)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything one search-space file says."""
+
+    model: ModelSpec
+    data: DataSpec
+    space: SearchSpace
+    objectives: tuple[ObjectiveSpec, ...] = (
+        ObjectiveSpec(metric="accuracy", direction="maximize"),
+        ObjectiveSpec(metric="size_bytes", direction="minimize"),
+    )
+    constraints: tuple[ConstraintSpec, ...] = ()
+    train: TrainSpec = field(default_factory=TrainSpec)
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    source: str | None = None  # the file it came from
+
+
+DEFAULT_LATENCY = LatencySpec()

@@ -1,0 +1,129 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from autocomp.cli import main
+from autocomp.export import load_packed
+from autocomp.testing.tiny import write_fake_mnist
+
+SPACE = """\
+version: 1
+model: {name: lenet300}
+data: {name: mnist, val_fraction: 0.2}
+train: {epochs: 1, batch_size: 64}
+latency: {repeats: 3, warmup: 1}
+groups:
+  - name: fc
+    layers: ["type:Linear"]
+    primitives:
+      lowrank: {rank_ratio: {choice: [0.25, 1.0]}}
+      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
+      quantize: {bits: {choice: [2, 4, 8, 32]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_fake_mnist(root / "data" / "mnist", n_train=400, n_test=100)
+    (root / "space.yaml").write_text(SPACE)
+    return root
+
+
+def search_args(root, name, trials=4, *extra):
+    return ["search", str(root / "space.yaml"), "--data-dir", str(root / "data"), "--trials", str(trials),
+            "--runs-dir", str(root / "runs"), "--name", name, "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(workspace):
+    assert main(search_args(workspace, "demo", 5)) == 0
+    return workspace / "runs" / "demo"
+
+
+def test_search_writes_the_run_directory_contract(finished_run, capsys):
+    for name in ("trials.jsonl", "pareto.json", "pareto.png", "run.json", "space.yaml", "baseline.pt"):
+        assert (finished_run / name).is_file(), name
+    info = json.loads((finished_run / "run.json").read_text())
+    assert info["latency"]["batch_size"] == 1 and info["latency"]["threads"] == 1
+    assert info["baseline"]["accuracy"] > 0.5 and info["data"]["val"] == 80
+    pareto = json.loads((finished_run / "pareto.json").read_text())
+    assert pareto["trials"] and all(t["test_accuracy"] is not None for t in pareto["trials"])
+
+
+def test_export_packed_size_equals_reported_and_reloads_exactly(finished_run, tmp_path, capsys):
+    from autocomp.compress import compress
+    from autocomp.policy import Policy
+    from autocomp.session import load_run_model
+
+    pareto = json.loads((finished_run / "pareto.json").read_text())["trials"]
+    trial = min(pareto, key=lambda t: t["metrics"]["size_bytes"])
+    out = tmp_path / "model.acz"
+    assert main(["export", str(finished_run), "--trial", str(trial["id"]), "--format", "packed",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size == trial["metrics"]["size_bytes"]
+    expected = compress(load_run_model(finished_run), Policy.from_dict(trial["policy"]))
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_packed(out)(x), expected(x))
+
+
+def test_export_pt_is_a_loadable_program(finished_run, tmp_path):
+    trial = json.loads((finished_run / "pareto.json").read_text())["trials"][0]
+    out = tmp_path / "model.pt2"
+    assert main(["export", str(finished_run), "--trial", str(trial["id"]), "--format", "pt",
+                 "--out", str(out)]) == 0
+    program = torch.export.load(out).module()
+    from autocomp.compress import compress
+    from autocomp.policy import Policy
+    from autocomp.session import load_run_model
+
+    expected = compress(load_run_model(finished_run), Policy.from_dict(trial["policy"]))
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(program(x), expected(x), atol=1e-6)
+
+
+def test_report_prints_the_table(finished_run, capsys):
+    assert main(["report", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    assert "size_bytes" in out and "uncompressed" in out
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda s: s.replace("prune:", "prunee:"), "prunee"),
+    (lambda s: s.replace('["type:Linear"]', '["fc9"]'), "fc9"),
+    (lambda s: s.replace("[2, 4, 8, 32]", "[1, 4]"), "bits"),
+    (lambda s: s.replace("version: 1", "version: 1\nobjectivs: [accuracy]"), "objectivs"),
+])
+def test_bad_space_exits_2_naming_file_line_and_writes_nothing(workspace, edit, key, capsys):
+    bad = workspace / "bad.yaml"
+    bad.write_text(edit(SPACE))
+    args = search_args(workspace, "bad")
+    args[1] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:" in err and key in err and "Traceback" not in err
+    assert not (workspace / "runs" / "bad").exists()
+
+
+def test_missing_data_dir_exits_2_and_writes_nothing(workspace, capsys):
+    args = search_args(workspace, "nodata")
+    args[3] = str(workspace / "nowhere")
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (workspace / "runs" / "nodata").exists()
+
+
+def test_reusing_a_run_name_is_refused(finished_run, workspace, capsys):
+    assert main(search_args(workspace, "demo")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_a_process(workspace):
+    done = subprocess.run([sys.executable, "-m", "autocomp.cli", "export", str(workspace / "none"),
+                           "--trial", "0", "--out", "x"], capture_output=True, text=True)
+    assert done.returncode == 2 and "not a run directory" in done.stderr
