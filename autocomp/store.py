@@ -93,13 +93,14 @@ class RunStore:
 
     # --- journal ---------------------------------------------------------------------------------
     def trials(self) -> list[dict[str, Any]]:
-        """Every finished trial. A last line cut mid-write (a killed driver) is dropped from the file."""
+        """Every finished trial. A last line cut mid-write (a killed driver) is ignored, and cut from the file
+        when this store holds the run's lock (so the next append starts on a clean line)."""
         path = self.path / JOURNAL
         if not path.exists():
             return []
         data = path.read_bytes()
         complete, _, torn = data.rpartition(b"\n")
-        if torn:
+        if torn and self._lock is not None:  # only the lock holder may repair; a reader just skips it
             with open(path, "r+b") as f:  # cut the torn tail so the next append starts a clean line
                 f.truncate(len(complete) + 1 if complete else 0)
         records = []
