@@ -32,6 +32,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def _print_result(result, log=print) -> None:
     log("")
     log(f"Pareto front ({len(result.pareto)} of {len(result.trials)} trials; "
@@ -70,6 +77,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from autocomp.runner import trial_record
     from autocomp.session import load_run_model, run_info
 
+    if Path(args.out).is_dir():
+        raise AutocompError(f"--out '{args.out}' is a directory; give a file name")
     info = run_info(args.run_dir)
     record = trial_record(args.run_dir, args.trial)
     if record["status"] != "complete":
@@ -117,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder (the dataset's own, or a parent holding mnist/ ...)")
     p.add_argument("--optimizer", default="random", choices=sorted(OPTIMIZERS))
     p.add_argument("--trials", type=_positive, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--name", help="run name (default: <space>-<timestamp>)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -59,5 +59,7 @@ def export_program(path: str | os.PathLike, compressed: nn.Module, example: torc
     program = torch.export.export(compressed, (example,), dynamic_shapes=({0: batch},))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.export.save(program, tmp)
+    os.replace(tmp, path)
     return path.stat().st_size

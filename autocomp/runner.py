@@ -9,6 +9,7 @@ resumed run asks exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -296,17 +297,29 @@ def search(
     test = _as_data(test_data, "test_data") if test_data is not None else None
     bound = space.bind(model)
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
+    # what must not change between a run and its resumption, or the journal would mix two searches
+    signature = {
+        "optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
+        "objectives": [[o.name, o.direction] for o in objectives], "constraints": [vars(c) for c in constraints],
+        "params": [[p.name, repr(p.domain)] for p in bound.params],
+    }
+    signature = json.loads(json.dumps(signature))  # tuples -> lists, as run.json reads back
     if resume:
         store = RunStore.open(run_dir)
         info = store.read_json("run.json")
-        if info["settings"]["optimizer"] != optimizer or info["settings"]["seed"] != seed:
-            raise RunError(f"{run_dir}: resume with the run's own optimizer and seed "
-                           f"({info['settings']['optimizer']}, {info['settings']['seed']})")
+        saved = info.get("signature", {})
+        changed = sorted(k for k in signature if saved.get(k) != signature[k])
+        if changed:
+            store.close()
+            was = "; ".join(f"{k}={saved.get(k)}" for k in changed)
+            raise RunError(f"{run_dir}: resume with the run's own settings; these differ: {', '.join(changed)} "
+                           f"(the run has {was})")
     else:
         info = {
             **(run_info or {}),
             "settings": {"optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}),
                          "trials": trials, "seed": seed},
+            "signature": signature,
             "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
             "constraints": [vars(c) for c in constraints],
             "latency": {**vars(latency), "measured": "median wall time of the compressed model's forward pass"},

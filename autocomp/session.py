@@ -24,6 +24,7 @@ from autocomp.objective import Constraint, Objective
 from autocomp.runner import SearchResult, search
 from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.space.spec import RunSpec
+from autocomp.store import write_atomic
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
 
 BASELINE = "baseline.pt"
@@ -37,7 +38,7 @@ def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
         model.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError) as err:
+    except Exception as err:  # any unreadable or mismatched file is the user's input, not a crash
         raise AutocompError(f"cannot load weights '{path}' into the model: {err}") from err
 
 
@@ -69,8 +70,29 @@ def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Pa
             torch.save(model.state_dict(), tmp)
             os.replace(tmp, cached)
             log(f"baseline: trained in {time.perf_counter() - start:.1f} s")
-        shutil.copyfile(cached, saved)
+        tmp = saved.with_suffix(".tmp")
+        shutil.copyfile(cached, tmp)
+        os.replace(tmp, saved)  # a kill mid-copy must not leave a truncated baseline behind
     return model.eval()
+
+
+def check_model(spec: RunSpec, splits: Splits) -> nn.Module:
+    """Build the model, load given weights, and run it on a few rows: mismatches surface before any write."""
+    model = build_model(spec.model.name, spec.model.kwargs)
+    if spec.model.weights:
+        _load_weights(model, spec.model.weights)
+    x, y = splits.val
+    try:
+        with torch.no_grad():
+            logits = model.eval()(x[:2])
+    except Exception as err:
+        raise AutocompError(f"model '{spec.model.name}' cannot run on {spec.data.name} inputs of shape "
+                            f"{tuple(x.shape[1:])}: {err}") from err
+    if logits.dim() != 2 or logits.shape[1] <= int(y.max()):
+        raise AutocompError(f"model '{spec.model.name}' gives outputs of shape {tuple(logits.shape[1:])}, "
+                            f"but {spec.data.name} has {int(y.max()) + 1} classes")
+    spec.space.bind(model)  # selector errors too
+    return model
 
 
 def _objectives(spec: RunSpec) -> tuple[list[Objective], list[Constraint]]:
@@ -100,8 +122,9 @@ def run_spec_search(
     if not resume and (run_dir / "run.json").exists():
         raise RunError(f"run directory '{run_dir}' already holds a run: `autocomp resume {run_dir}` "
                        "or choose another --name")
-    probe = build_model(spec.model.name, spec.model.kwargs)
-    spec.space.bind(probe)  # selector errors surface now, before anything is written
+    if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise RunError(f"--runs-dir '{runs_dir}' is not a directory")
+    check_model(spec, splits)
     log(f"data: {splits.description}: train {len(splits.train[1])}, val {len(splits.val[1])}, "
         f"test {len(splits.test[1])}")
     objectives, constraints = _objectives(spec)
@@ -141,6 +164,9 @@ def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def run_spec(run_dir: str | os.PathLike) -> RunSpec:
     """The resolved space a run saved (space.yaml), for resume and export."""
+    if run_info(run_dir).get("origin") != "cli":
+        raise RunError(f"{run_dir}: started from Python with a user model; rebuild its models with "
+                       "autocomp.compress(model, Policy.from_dict(trial['policy']))")
     path = Path(run_dir) / "space.yaml"
     if not path.is_file():
         raise RunError(f"{run_dir}: missing space.yaml")
@@ -157,6 +183,9 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
                        "autocomp.search(..., resume=True)")
     spec = run_spec(run_dir)
     settings = info["settings"]
+    if trials and trials != settings["trials"]:  # remembered, so a plain resume after a kill keeps it
+        settings["trials"] = trials
+        write_atomic(run_dir / "run.json", json.dumps(info, indent=1) + "\n")
     return run_spec_search(
         spec, optimizer=settings["optimizer"], trials=trials or settings["trials"], seed=settings["seed"],
         runs_dir=run_dir.parent, name=run_dir.name, data_dir=data_dir or info["data"]["dir"], resume=True,

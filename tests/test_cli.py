@@ -127,3 +127,44 @@ def test_console_script_runs_as_a_process(workspace):
     done = subprocess.run([sys.executable, "-m", "autocomp.cli", "export", str(workspace / "none"),
                            "--trial", "0", "--out", "x"], capture_output=True, text=True)
     assert done.returncode == 2 and "not a run directory" in done.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("model: {name: lenet300}", "model: {name: lenet300, kwargs: {num_classes: 5}}"),
+     "10 classes"),
+    (lambda s: s.replace("model: {name: lenet300}", "model: {name: lenet300, kwargs: {in_features: 100}}"),
+     "cannot run on mnist inputs"),
+    (lambda s: s.replace("model: {name: lenet300}", "model: {name: lenet300, kwargs: {num_classes: -1}}"),
+     "rejected its kwargs"),
+    (lambda s: s.replace("model: {name: lenet300}", "model: {name: lenet300, weights: space.yaml}"),
+     "cannot load weights"),
+    (lambda s: s.replace("train: {epochs: 1, batch_size: 64}", "train: {epochs: 1, seed: 100000000000000}"),
+     "must be <="),
+    (lambda s: s.replace("latency: {repeats: 3, warmup: 1}", "latency: {batch_size: 100000000000}"),
+     "must be <="),
+    (lambda s: s.replace("version: 1", "version: 1\nobjectives: [[accuracy]]"), "unknown metric"),
+    (lambda s: s + "x: " + "[" * 3000 + "]" * 3000, "invalid YAML"),
+])
+def test_bad_model_or_settings_exit_2_and_write_nothing(workspace, edit, message, capsys):
+    bad = workspace / "bad.yaml"
+    bad.write_text(edit(SPACE))
+    args = search_args(workspace, "bad2")
+    args[1] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (workspace / "runs" / "bad2").exists()
+
+
+def test_negative_seed_and_file_as_runs_dir_are_refused(workspace, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(search_args(workspace, "neg", 4, "--seed", "-1"))
+    assert exit_info.value.code == 2
+    args = search_args(workspace, "f")
+    args[args.index("--runs-dir") + 1] = str(workspace / "space.yaml")
+    assert main(args) == 2 and "not a directory" in capsys.readouterr().err
+
+
+def test_export_to_a_directory_is_refused(finished_run, tmp_path, capsys):
+    assert main(["export", str(finished_run), "--trial", "0", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -71,3 +71,18 @@ def test_layer_in_two_groups_is_an_error():
     text = SPACE.replace('["5"]', '["3"]')
     with pytest.raises(SpaceError, match="selected by two groups"):
         parse_run_spec(text).space.bind(tiny_mlp())
+
+
+def test_python_built_space_is_checked_against_what_primitives_allow():
+    from autocomp import Choice, FloatRange, Group, KnobSpec, SearchSpace, Selector
+
+    def space(knob, domain, primitive="quantize"):
+        return SearchSpace(groups=(Group(name="g", selectors=(Selector(text="type:Linear"),),
+                                         knobs=(KnobSpec(primitive=primitive, knob=knob, domain=domain),)),))
+
+    with pytest.raises(SpaceError, match="value not allowed") as err:
+        space("bits", Choice(values=(1, 16))).bind(tiny_mlp())
+    assert err.value.value == 1
+    with pytest.raises(SpaceError, match="range end not allowed"):
+        space("ratio", FloatRange(low=0.0, high=1.5), "prune").bind(tiny_mlp())
+    assert space("bits", Choice(values=(4, 32))).bind(tiny_mlp()).params

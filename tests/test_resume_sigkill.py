@@ -51,14 +51,17 @@ def test_sigkill_then_resume_keeps_every_trial_and_evaluates_none_twice(tmp_path
     proc = subprocess.Popen(cli("search", str(tmp_path / "space.yaml"), "--name", "cut", *common),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     kills = 0
-    while kills < 3:
-        target = len(journal(run_dir)) + rng.randint(1, 3)
-        deadline = time.time() + 120
-        while len(journal(run_dir)) < target and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
+    while kills < 4:
+        if kills % 2:  # at a random time: start-up, baseline loading, ask/checkpoint windows, finalize
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:  # shortly after a trial lands: mid-evaluation, mid-write, mid-checkpoint
+            target = len(journal(run_dir)) + rng.randint(1, 3)
+            deadline = time.time() + 120
+            while len(journal(run_dir)) < target and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.05))
         if proc.poll() is not None:
             break
-        time.sleep(rng.uniform(0, 0.05))  # land anywhere: mid-evaluation, mid-write, mid-checkpoint
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         kills += 1

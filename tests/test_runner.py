@@ -113,5 +113,5 @@ def test_interrupted_run_resumes_to_the_same_trials(tmp_path, tiny):
 
 def test_resume_refuses_a_different_optimizer(tmp_path, tiny):
     run(tmp_path, tiny, trials=2)
-    with pytest.raises(RunError, match="own optimizer"):
+    with pytest.raises(RunError, match="own settings; these differ: optimizer"):
         run(tmp_path, tiny, trials=3, resume=True, optimizer="uniform")

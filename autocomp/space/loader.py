@@ -41,6 +41,9 @@ LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats")
 GROUP_KEYS = ("name", "layers", "shared", "primitives")
 PARAM_KINDS = ("choice", "int", "float")
 DIRECTIONS = ("maximize", "minimize")
+# bounds on counts, batch sizes and seeds: far above any real use, low enough to fail here, not in torch
+MAX_COUNT = 1_000_000
+MAX_SEED = 2**32 - 1
 GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -132,6 +135,8 @@ def _read_yaml(text: str, file: str) -> Any:
         raise SpaceError(f"invalid YAML: {problem}", file=file, line=_line(mark) if mark else None) from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"invalid YAML: {exc}", file=file) from None
+    except RecursionError:
+        raise SpaceError("invalid YAML: nested too deeply", file=file) from None
     finally:
         loader.dispose()
 
@@ -329,16 +334,19 @@ class _Parser:
             raise self.fail("expected true or false", line=line, key=key, value=value)
         return value
 
-    def integer(self, value: Any, line: int, key: str, minimum: int | None = None) -> int:
+    def integer(self, value: Any, line: int, key: str, minimum: int | None = None,
+                maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail("expected an integer", line=line, key=key, value=value)
         if minimum is not None and value < minimum:
             raise self.fail(f"must be >= {minimum}", line=line, key=key, value=value)
+        if maximum is not None and value > maximum:
+            raise self.fail(f"must be <= {maximum}", line=line, key=key, value=value)
         return value
 
-    def at_least(self, minimum: int) -> _Rule:
-        """A rule for `fields`: an integer >= minimum."""
-        return lambda value, line, key: self.integer(value, line, key, minimum=minimum)
+    def at_least(self, minimum: int, maximum: int = MAX_COUNT) -> _Rule:
+        """A rule for `fields`: an integer in [minimum, maximum]."""
+        return lambda value, line, key: self.integer(value, line, key, minimum=minimum, maximum=maximum)
 
     def number(self, value: Any, line: int, key: str) -> float:
         """A finite int or float (never a bool), as a float."""
@@ -440,17 +448,17 @@ class _Parser:
     def train(self, value: Any, line: int, key: str) -> TrainSpec:
         m = self.mapping(value, line, key, TRAIN_KEYS)
         rules = {"epochs": self.at_least(1), "lr": self.positive, "batch_size": self.at_least(1),
-                 "seed": self.at_least(0)}
+                 "seed": self.at_least(0, MAX_SEED)}
         return TrainSpec(**self.fields(m, key, rules))
 
     def latency(self, value: Any, line: int, key: str) -> LatencySpec:
         m = self.mapping(value, line, key, LATENCY_KEYS)
-        rules = {"batch_size": self.at_least(1), "threads": self.at_least(1), "warmup": self.at_least(0),
+        rules = {"batch_size": self.at_least(1, 4096), "threads": self.at_least(1, 1024), "warmup": self.at_least(0),
                  "repeats": self.at_least(1)}
         return LatencySpec(**self.fields(m, key, rules))
 
     def metric(self, value: Any, line: int, key: str) -> str:
-        if value not in METRICS:
+        if not isinstance(value, str) or value not in METRICS:
             raise self.fail(f"unknown metric{_hint(value, METRICS)}; known: {', '.join(METRICS)}",
                             line=line, key=key, value=value)
         return value

@@ -49,14 +49,14 @@ class IntRange:
     step: int = 1
     log: bool = False
 
-    def _values(self) -> np.ndarray:
-        return np.arange(self.low, self.high + 1, self.step, dtype=np.int64)
+    def _count(self) -> int:
+        return (self.high - self.low) // self.step + 1
+
 
     def sample(self, rng: np.random.Generator) -> int:
         if self.log:
             return self.nearest(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-        values = self._values()
-        return int(values[int(rng.integers(len(values)))])
+        return self.low + self.step * int(rng.integers(self._count()))
 
     def contains(self, value: Any) -> bool:
         return (
@@ -67,15 +67,13 @@ class IntRange:
         )
 
     def grid(self, max_points: int = 10) -> list[int]:
-        values = self._values()
-        if len(values) <= max_points:
-            return [int(v) for v in values]
-        picks = np.unique(np.round(np.linspace(0, len(values) - 1, max_points)).astype(int))
-        return [int(values[i]) for i in picks]
+        n = self._count()
+        picks = range(n) if n <= max_points else np.unique(np.round(np.linspace(0, n - 1, max_points)))
+        return [self.low + int(i) * self.step for i in picks]
 
     def nearest(self, value: float) -> int:
-        values = self._values()
-        return int(values[int(np.argmin(np.abs(values - value)))])
+        k = min(max(round((value - self.low) / self.step), 0), self._count() - 1)
+        return self.low + int(k) * self.step
 
     def to_unit(self, value: int) -> float:
         return 0.5 if self.high == self.low else (value - self.low) / (self.high - self.low)
@@ -113,11 +111,8 @@ class FloatRange:
     def grid(self, max_points: int = 10) -> list[float]:
         if self.step:
             n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-            values = [self._snap(self.low + i * self.step) for i in range(n)]
-            if n <= max_points:
-                return values
-            picks = np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(int))
-            return [values[i] for i in picks]
+            picks = range(n) if n <= max_points else np.unique(np.round(np.linspace(0, n - 1, max_points)))
+            return [self._snap(self.low + int(i) * self.step) for i in picks]
         if self.log:
             return [float(v) for v in np.geomspace(self.low, self.high, max_points)]
         return [float(v) for v in np.linspace(self.low, self.high, max_points)]

@@ -10,10 +10,27 @@ from typing import Any
 import numpy as np
 
 from autocomp.errors import SpaceError
-from autocomp.primitives.configs import CONFIGS
-from autocomp.space.params import Domain, Param
+from autocomp.primitives.configs import CONFIGS, KnobRange
+from autocomp.space.params import Choice, Domain, FloatRange, Param
 
 COMPRESSIBLE = ("Linear", "Conv2d")
+
+
+def domain_problem(domain: Domain, allowed: KnobRange) -> tuple[str, Any] | None:
+    """Why a knob's domain reaches values its primitive rejects (message, value), or None if it does not."""
+    if isinstance(domain, Choice):
+        for value in domain.values:
+            if not allowed.allows(value) or (allowed.kind is int and not isinstance(value, int)):
+                return f"value not allowed: {allowed.describe()}", value
+        return None
+    if isinstance(domain, FloatRange) and allowed.kind is int:
+        return f"this knob takes integers ({allowed.describe()})", domain
+    inside = KnobRange(kind=allowed.kind, low=allowed.low, high=allowed.high, low_open=allowed.low_open,
+                       high_open=allowed.high_open)  # a range may not span the gap up to an extra value
+    for end in (domain.low, domain.high):
+        if not inside.allows(end):
+            return f"range end not allowed: {allowed.describe()}", end
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +113,14 @@ class SearchSpace:
                     )
                 owner[layer] = group.name
             for spec in group.knobs:
+                key = f"groups.{group.name}.primitives.{spec.primitive}.{spec.knob}"
+                if spec.primitive not in CONFIGS or spec.knob not in CONFIGS[spec.primitive].KNOBS:
+                    raise SpaceError("unknown primitive or knob", file=spec.where.file, line=spec.where.line,
+                                     key=key, value=f"{spec.primitive}.{spec.knob}")
+                problem = domain_problem(spec.domain, CONFIGS[spec.primitive].KNOBS[spec.knob])
+                if problem:  # the YAML loader checks this too; spaces built in Python meet it here
+                    raise SpaceError(problem[0], file=spec.where.file, line=spec.where.line, key=key,
+                                     value=problem[1])
                 allowed = CONFIGS[spec.primitive].APPLIES_TO
                 for layer in layers:
                     kind = type(types[layer]).__name__

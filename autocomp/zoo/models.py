@@ -64,7 +64,7 @@ def build_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module
         raise AutocompError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
     try:
         model = factory(**kwargs)
-    except TypeError as err:
+    except Exception as err:  # bad kwargs show up as TypeError, RuntimeError, ValueError...
         raise AutocompError(f"model '{name}' rejected its kwargs {kwargs}: {err}") from err
     if not isinstance(model, nn.Module):
         raise AutocompError(f"model factory '{name}' returned {type(model).__name__}, not an nn.Module")
