@@ -69,13 +69,12 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import torch
 
     from autocomp.compress import compress
-    from autocomp.export import artifact_meta, export_program, pack_model, write_bytes
+    from autocomp.export import artifact_meta, export_int8, export_onnx, export_program, pack_model, write_bytes
     from autocomp.policy import Policy
     from autocomp.runner import trial_record
-    from autocomp.session import load_run_model, run_info
+    from autocomp.session import load_run_calibration, load_run_model, run_info
 
     if Path(args.out).is_dir():
         raise AutocompError(f"--out '{args.out}' is a directory; give a file name")
@@ -84,16 +83,25 @@ def cmd_export(args: argparse.Namespace) -> None:
     if record["status"] != "complete":
         raise AutocompError(f"trial {args.trial} of {args.run_dir} did not complete ({record.get('error')})")
     policy = Policy.from_dict(record["policy"])
-    compressed = compress(load_run_model(args.run_dir), policy)
+    calibration = load_run_calibration(args.run_dir)
+    example = calibration[0][:1]
+    # the same call the evaluator made, so the bytes are the very ones the trial measured
+    compressed = compress(load_run_model(args.run_dir), policy, example=example, calibration=calibration)
     if args.format == "packed":
-        size = write_bytes(args.out, pack_model(compressed, artifact_meta(info["model_ref"], policy)))
+        meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
+        size = write_bytes(args.out, pack_model(compressed, meta))
         print(f"wrote {args.out}: {size:,} bytes (trial {args.trial} reported size_bytes "
               f"{int(record['metrics']['size_bytes']):,})")
-    else:
-        example = torch.zeros(1, *info["input_shape"])
+    elif args.format == "pt":
         size = export_program(args.out, compressed, example)
         print(f"wrote {args.out}: {size:,} bytes, a torch.export program "
               f"(load with torch.export.load(path).module())")
+    elif args.format == "onnx":
+        size = export_onnx(args.out, compressed, calibration[0][:8])
+        print(f"wrote {args.out}: {size:,} bytes, ONNX, checked against PyTorch with ONNX Runtime (<= 1e-4)")
+    else:
+        size = export_int8(args.out, compressed, calibration[0])
+        print(f"wrote {args.out}: {size:,} bytes, int8 kernels (TorchScript; load with torch.jit.load)")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -142,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write one trial's compressed model")
     p.add_argument("run_dir")
     p.add_argument("--trial", type=int, required=True)
-    p.add_argument("--format", choices=("packed", "pt"), default="packed")
+    p.add_argument("--format", choices=("packed", "pt", "onnx", "int8"), default="packed",
+                   help="packed: the .acz whose size is size_bytes; pt: torch.export program; onnx; int8: "
+                        "the real int8 model on PyTorch's quantized engine")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
 

@@ -4,36 +4,51 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.policy import Policy
-from autocomp.primitives import apply_primitive
+from autocomp.primitives import MODEL_HANDLERS, STAGES, Context, apply_primitive
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
-def _targets(module: nn.Module) -> list[str]:
+def layer_targets(module: nn.Module) -> list[str]:
     """Relative names of the Linear/Conv2d layers inside `module` ("" for the module itself)."""
     return [name for name, m in module.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
-def compress(model: nn.Module, policy: Policy) -> nn.Module:
-    """Apply `policy` to a deep copy of `model`, layer by layer, primitives in `STAGES` order.
+def compress(
+    model: nn.Module,
+    policy: Policy,
+    *,
+    example: torch.Tensor | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Apply `policy` to a deep copy of `model`, one stage (primitive type) at a time in `STAGES` order.
 
-    A primitive that replaces a layer (low rank -> two layers) hands every later primitive of that
-    layer all of the replacement's parts, so e.g. pruning and quantization apply to both SVD factors.
+    A primitive that replaces a layer (low rank -> two or three layers) hands every later primitive of that
+    layer all of the replacement's parts, so e.g. pruning and quantization apply to each factor. Model-level
+    primitives (channel removal, global pruning, activation calibration) get `example` / `calibration`.
     """
     compressed = copy.deepcopy(model)
-    for layer_name, configs in policy.layers:
+    for layer_name, _ in policy.layers:
         try:
-            module = compressed.get_submodule(layer_name)
+            compressed.get_submodule(layer_name)
         except AttributeError:
             raise AutocompError(f"policy names layer '{layer_name}', which the model does not have") from None
-        for config in configs:
-            if config.is_identity():
-                continue
-            for target in _targets(module):
+    context = Context(example=example, calibration=calibration)
+    for stage in STAGES:
+        configs = {name: c for name, cs in policy.layers for c in cs if type(c) is stage and not c.is_identity()}
+        if not configs:
+            continue
+        if stage in MODEL_HANDLERS:
+            compressed = MODEL_HANDLERS[stage](compressed, configs, context)
+            continue
+        for layer_name, config in configs.items():
+            module = compressed.get_submodule(layer_name)
+            for target in layer_targets(module):
                 part = module.get_submodule(target) if target else module
                 replacement = apply_primitive(part, config)
                 if replacement is part:

@@ -35,9 +35,12 @@ class CompressionEvaluator:
         latency: LatencySpec = DEFAULT_LATENCY,
         model_ref: Mapping[str, Any] | None = None,
         extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
+        calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.model = model.eval()
         self.data = data
+        # calibration rows (activation ranges, Taylor scores); the first validation rows if none are given
+        self.calibration = calibration if calibration is not None else (data[0][:256], data[1][:256])
         self.latency = latency
         self.model_ref = dict(model_ref) if model_ref else None
         self.extra_metrics = dict(extra_metrics or {})
@@ -50,10 +53,15 @@ class CompressionEvaluator:
         self.baseline_accuracy = accuracy(self.model, data)
         self.fp32_bytes = 4 * count_params(self.model)[0]
 
+    def compressed(self, policy: Policy) -> nn.Module:
+        """The compressed model exactly as evaluated (and as `export` rebuilds it)."""
+        return compress(self.model, policy, example=self.example, calibration=self.calibration)
+
     def __call__(self, policy: Policy) -> dict[str, float]:
-        compressed = compress(self.model, policy)
+        compressed = self.compressed(policy)
         acc = accuracy(compressed, self.data)
-        size = len(pack_model(compressed, artifact_meta(self.model_ref, policy)))
+        meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
+        size = len(pack_model(compressed, meta))
         stored, nonzero = count_params(compressed)
         flops, sparse_flops = count_flops(compressed, self.example)
         timing = measure_latency(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ from autocomp.policy import Policy
 from autocomp.zoo.models import build_model
 
 
-def artifact_meta(model_ref: Mapping[str, Any] | None, policy: Policy) -> dict[str, Any]:
-    """What the packed header records: how to rebuild the architecture (zoo name + kwargs) and the policy."""
-    return {"model": dict(model_ref) if model_ref else None, "policy": policy.to_dict()}
+def artifact_meta(model_ref: Mapping[str, Any] | None, policy: Policy, input_shape: Sequence[int]) -> dict[str, Any]:
+    """What the packed header records to rebuild the architecture: the zoo name + kwargs, the policy, and
+    the input shape (channel removal traces the model on an example of it)."""
+    return {"model": dict(model_ref) if model_ref else None, "policy": policy.to_dict(),
+            "input_shape": list(input_shape)}
 
 
 def pack_model(compressed: nn.Module, meta: Mapping[str, Any]) -> bytes:
@@ -28,12 +30,7 @@ def pack_model(compressed: nn.Module, meta: Mapping[str, Any]) -> bytes:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> int:
     """Write `data` whole (temporary file, then rename) and return the size on disk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path.stat().st_size
+    return _replace_atomically(path, lambda target: Path(target).write_bytes(data))
 
 
 def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -48,7 +45,9 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         if not meta.get("model"):
             raise PackedFormatError(f"{path}: built from a user model; pass that model to load_packed(model=...)")
         model = build_model(meta["model"]["name"], meta["model"].get("kwargs"))
-    skeleton = compress(model, Policy.from_dict(meta.get("policy", {})))
+    example = torch.zeros(1, *meta["input_shape"]) if meta.get("input_shape") else None
+    # only the shapes of the skeleton matter: every tensor (scales and calibrated ranges too) is overwritten
+    skeleton = compress(model, Policy.from_dict(meta.get("policy", {})), example=example)
     return packed.load_into(skeleton, data)
 
 
@@ -57,9 +56,46 @@ def export_program(path: str | os.PathLike, compressed: nn.Module, example: torc
     batch = torch.export.Dim("batch", min=1)
     example = torch.cat([example[:1], example[:1]])  # a batch of 2, so the batch dim is not specialised to 1
     program = torch.export.export(compressed, (example,), dynamic_shapes=({0: batch},))
+    return _replace_atomically(path, lambda target: torch.export.save(program, target))
+
+
+def _replace_atomically(path: str | os.PathLike, write) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.export.save(program, tmp)
+    write(str(tmp))
     os.replace(tmp, path)
     return path.stat().st_size
+
+
+def export_onnx(path: str | os.PathLike, compressed: nn.Module, example: torch.Tensor, *,
+                tolerance: float = 1e-4) -> int:
+    """Write an ONNX model (dynamic batch) and check it against PyTorch with ONNX Runtime."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime
+
+    def write(target: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(compressed, (example,), target, dynamo=False, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              opset_version=17)
+        session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            expected = compressed(example).numpy()
+        got = session.run(None, {"input": example.numpy()})[0]
+        error = float(np.abs(got - expected).max())
+        if error > tolerance:
+            raise PackedFormatError(f"ONNX Runtime output differs from PyTorch by {error:.2e} (> {tolerance})")
+
+    return _replace_atomically(path, write)
+
+
+def export_int8(path: str | os.PathLike, compressed: nn.Module, calibration: torch.Tensor) -> int:
+    """Write the real int8 model (PyTorch quantized kernels, TorchScript; load with torch.jit.load)."""
+    from autocomp.int8 import save_int8, to_int8
+
+    int8_model = to_int8(compressed, calibration)
+    return _replace_atomically(path, lambda target: save_int8(target, int8_model, calibration[:1]))

@@ -24,7 +24,6 @@ from torch import nn
 from tqdm import tqdm
 
 import autocomp
-from autocomp.compress import compress
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, InProcessExecutor, Outcome, Task
@@ -222,17 +221,17 @@ def finalize(
     objectives: Sequence[Objective],
     baseline: dict[str, float],
     *,
-    model: nn.Module | None = None,
+    evaluator: CompressionEvaluator | None = None,
     test_data: Data | None = None,
     title: str = "",
 ) -> SearchResult:
     """Pareto front, test accuracy of its points (the test split's one use), pareto.json and pareto.png."""
     front = front_of(trials, objectives)
     test_accuracy: dict[int, float] = {}
-    if model is not None and test_data is not None:
-        baseline = {**baseline, "test_accuracy": accuracy(model, test_data)}
+    if evaluator is not None and test_data is not None:
+        baseline = {**baseline, "test_accuracy": accuracy(evaluator.model, test_data)}
         for t in front:
-            test_accuracy[t.id] = accuracy(compress(model, Policy.from_dict(t.policy)), test_data)
+            test_accuracy[t.id] = accuracy(evaluator.compressed(Policy.from_dict(t.policy)), test_data)
     store.write_json("pareto.json", {
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "baseline": baseline,
@@ -267,6 +266,7 @@ def search(
     trials: int = 50,
     seed: int = 0,
     test_data: Any = None,
+    calibration_data: Any = None,
     extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
     latency: LatencySpec = DEFAULT_LATENCY,
     runs_dir: str | os.PathLike = "runs",
@@ -288,6 +288,8 @@ def search(
         optimizer: an optimizer name (see `autocomp.optimizers.OPTIMIZERS`).
         trials: how many finished trials the run should hold.
         test_data: optional held-out data, used once at the end for the Pareto points.
+        calibration_data: a few hundred training rows for activation ranges and Taylor scores
+            (default: the first 256 rows of val_data).
         extra_metrics: user callables `f(compressed_model) -> float`, available to objectives by name.
         runs_dir, name: the run directory is `runs_dir/name` (a timestamped name by default).
         resume: continue the run in that directory instead of refusing to reuse it.
@@ -295,6 +297,7 @@ def search(
     objectives = as_objectives(objectives)
     val = _as_data(val_data, "val_data")
     test = _as_data(test_data, "test_data") if test_data is not None else None
+    calibration = _as_data(calibration_data, "calibration_data") if calibration_data is not None else None
     bound = space.bind(model)
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
     # what must not change between a run and its resumption, or the journal would mix two searches
@@ -331,7 +334,7 @@ def search(
                                 run_info=info)
     try:
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
-                                         extra_metrics=extra_metrics)
+                                         extra_metrics=extra_metrics, calibration=calibration)
         baseline = evaluator(Policy.of({}))
         info["baseline"] = baseline
         store.write_json("run.json", info)
@@ -341,7 +344,7 @@ def search(
         done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress)
         executor.close()
         title = f"{run_dir.name}: {optimizer}, {len(done)} trials"
-        return finalize(store, done, objectives, baseline, model=model, test_data=test, title=title)
+        return finalize(store, done, objectives, baseline, evaluator=evaluator, test_data=test, title=title)
     finally:
         store.close()
 

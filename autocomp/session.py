@@ -28,6 +28,20 @@ from autocomp.store import write_atomic
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
 
 BASELINE = "baseline.pt"
+CALIBRATION = "calibration.pt"  # the rows that calibrate activation ranges: export must use the same
+
+
+def calibration_rows(splits: Splits, run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """256 training rows, saved in the run directory once, so evaluation, resume and export agree."""
+    path = run_dir / CALIBRATION
+    if path.is_file():
+        rows = torch.load(path, weights_only=True)
+        return rows["inputs"], rows["labels"]
+    x, y = splits.train[0][:256].clone(), splits.train[1][:256].clone()
+    tmp = path.with_suffix(".tmp")
+    torch.save({"inputs": x, "labels": y}, tmp)
+    os.replace(tmp, path)
+    return x, y
 
 
 def read_spec(path: str | os.PathLike) -> RunSpec:
@@ -144,7 +158,8 @@ def run_spec_search(
         "input_shape": list(splits.val[0].shape[1:]),
     }
     return search(
-        model, splits.val, space=spec.space, objectives=objectives, constraints=constraints,
+        model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
+        objectives=objectives, constraints=constraints,
         optimizer=optimizer, trials=trials, seed=seed, test_data=splits.test, latency=spec.latency,
         runs_dir=runs_dir, name=name, resume=resume, progress=progress,
         model_ref=model_ref,
@@ -191,6 +206,14 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
         runs_dir=run_dir.parent, name=run_dir.name, data_dir=data_dir or info["data"]["dir"], resume=True,
         progress=progress, log=log,
     )
+
+
+def load_run_calibration(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        raise RunError(f"{run_dir}: missing {CALIBRATION}")
+    rows = torch.load(path, weights_only=True)
+    return rows["inputs"], rows["labels"]
 
 
 def load_run_model(run_dir: str | os.PathLike) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -10,9 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from autocomp import packed
+from autocomp import huffman, packed
 from autocomp.errors import PackedFormatError
-from autocomp.packed import WeightCoding, dequantize, load_into, pack, packed_size, read_meta, unpack
+from autocomp.packed import (
+    CodebookCoding,
+    WeightCoding,
+    dequantize,
+    load_into,
+    pack,
+    packed_size,
+    read_meta,
+    unpack,
+)
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
@@ -302,3 +312,409 @@ def test_bit_packing_roundtrip() -> None:
         buf = packed._pack_uint(values, width)
         assert len(buf) == (1001 * width + 7) // 8
         assert np.array_equal(packed._unpack_uint(buf, width, 1001), values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Codebook (weight sharing) coding
+
+
+def _share(
+    layer: nn.Module,
+    bits: int,
+    density: float = 1.0,
+    seed: int = 0,
+    size: int | None = None,
+    book: torch.Tensor | None = None,
+) -> CodebookCoding:
+    """Replaces the layer's weight by random entries of a codebook (``size`` random centroids, or
+    ``book``), then prunes it to ``density``; sets weight_coding."""
+    g = torch.Generator().manual_seed(seed)
+    if book is None:
+        book = torch.randn(size or 2**bits, generator=g) * 0.1
+    idx = torch.randint(0, book.numel(), layer.weight.shape, generator=g)
+    rank = torch.randperm(layer.weight.numel(), generator=g).reshape(layer.weight.shape)
+    with torch.no_grad():
+        layer.weight.copy_(book[idx] * (rank < round(density * layer.weight.numel())))
+    layer.weight_coding = CodebookCoding(bits, book)
+    return layer.weight_coding
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+@pytest.mark.parametrize("density", [1.0, 0.3, 0.05])
+@pytest.mark.parametrize("bits", [1, 2, 5, 8])
+def test_roundtrip_codebook(bits: int, density: float, entropy: bool) -> None:
+    model = nn.Sequential(nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    coding = _share(model[0], bits, density, seed=bits)
+    data = pack(model, entropy=entropy)
+    assert data[4] == 2  # codebooks need version 2 rows
+    _, tensors, codings = unpack(data)
+    assert codings == {"0": coding}
+    assert codings["0"].codebook.dtype == torch.float32
+    _assert_same_state(model, tensors)
+    report = _weight_report(data, "0.weight")
+    assert report["coding"] == "codebook" and report["codebook_bytes"] == 4 * 2**bits
+    assert report["scale_bytes"] == 0 and report["value_bits"] == bits
+    if density < 1.0:
+        assert report["position"] != "dense"  # no 0.0 centroid: zeros are positions only
+    if report["position"] == "relative":
+        assert report["fillers"] == 0
+    fresh = nn.Sequential(nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    load_into(fresh, data)
+    assert fresh[0].weight_coding == coding and not hasattr(fresh[2], "weight_coding")
+    x = torch.randn(8, 300)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_codebook_cost_is_exact() -> None:
+    layer = nn.Linear(784, 300, bias=False)
+    _share(layer, 5, density=0.3)
+    nonzero = (layer.weight.detach() != 0).reshape(-1).numpy()
+    costs = packed._position_costs(nonzero, 5, 4, zero_code=False)
+    assert set(costs) == {"bitmask", "relative"}
+    report = _weight_report(pack(layer), "weight")
+    assert report["bytes"] == min(c for c, _ in costs.values()) + 4 * 32
+
+
+def test_codebook_with_a_zero_centroid_stores_zeros() -> None:
+    # A 0.0 (or -0.0) centroid is a code for zero: dense and relative fillers become possible, and a
+    # zero still comes back as +0.0.
+    for zero in (0.0, -0.0):
+        book = torch.tensor([-0.5, zero, 0.25, 1.0])
+        layer = nn.Linear(100, 10, bias=False)
+        coding = _share(layer, 2, density=0.9, book=book)
+        nonzero = (layer.weight.detach() != 0).reshape(-1).numpy()
+        assert "dense" in packed._position_costs(nonzero, 2, 4, zero_code=True)
+        data = pack(layer)
+        assert _weight_report(data, "weight")["position"] == "dense"
+        _, tensors, codings = unpack(data)
+        _assert_same_state(layer, tensors)
+        assert codings[""] == coding
+        assert torch.equal(_bits(codings[""].codebook), _bits(book))  # the centroid's sign is kept
+
+        sparse = nn.Linear(1000, 20, bias=False)
+        _share(sparse, 2, density=0.15, book=book)
+        with torch.no_grad():
+            sparse.weight.view(-1)[5000:15000] = 0.0  # one long run: fillers beat wider indices
+        data = pack(sparse)
+        report = _weight_report(data, "weight")
+        assert report["position"] == "relative" and report["fillers"] > 0
+        _assert_same_state(sparse, unpack(data)[1])
+
+
+def test_codebook_smaller_than_its_width_and_duplicates() -> None:
+    layer = nn.Linear(50, 20)
+    coding = _share(layer, 6, density=0.5, book=torch.tensor([0.5, -0.25, 0.5, 2.0, -0.25]))
+    for entropy in (False, True):
+        data = pack(layer, entropy=entropy)
+        _, tensors, codings = unpack(data)
+        _assert_same_state(layer, tensors)
+        assert codings[""] == coding
+        assert _weight_report(data, "weight")["codebook_bytes"] == 20
+
+
+def test_lying_codebook_raises() -> None:
+    layer = nn.Linear(20, 10)
+    coding = _share(layer, 3)
+    with torch.no_grad():
+        layer.weight[2, 2] = float(coding.codebook[0]) + 1e-3
+    with pytest.raises(PackedFormatError, match="codebook"):
+        pack(layer)
+    for bad in (
+        CodebookCoding(3, coding.codebook.double()),
+        CodebookCoding(2, coding.codebook),  # 8 centroids do not fit 2-bit indices
+        CodebookCoding(3, coding.codebook.reshape(2, 4)),
+        CodebookCoding(3, torch.tensor([float("nan")] * 8)),
+        CodebookCoding(0, coding.codebook),
+        CodebookCoding(3, torch.zeros(0)),
+    ):
+        _share(layer, 3)
+        layer.weight_coding = bad
+        with pytest.raises(PackedFormatError):
+            pack(layer)
+    layer.weight_coding = "k-means"
+    with pytest.raises(PackedFormatError, match="CodebookCoding"):
+        pack(layer)
+
+
+def test_codebook_coding_equality() -> None:
+    a = CodebookCoding(2, torch.tensor([1.0, 2.0]))
+    assert a == CodebookCoding(2, torch.tensor([1.0, 2.0]))
+    assert a != CodebookCoding(3, torch.tensor([1.0, 2.0]))
+    assert a != CodebookCoding(2, torch.tensor([1.0, 2.5]))
+    assert a != CodebookCoding(2, torch.tensor([1.0, 2.0, 3.0]))
+    assert a != WeightCoding(2, torch.tensor([1.0, 2.0]))
+    assert hash(a) == hash(CodebookCoding(2, torch.tensor([1.0, 2.0])))
+
+
+def test_plain_files_keep_version_1() -> None:
+    assert _small_packed()[4] == 1
+    layer = nn.Linear(30, 3)
+    assert pack(layer, entropy=True) == pack(layer)  # nothing worth Huffman-coding: the same bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# Huffman (entropy) coding
+
+
+def _clustered_prune(layer: nn.Module, seed: int = 0) -> None:
+    """Keeps weights in clumps: 60% of zero runs are empty, the rest 1..149 long (not geometric, so
+    Huffman-coded gaps beat fixed-width ones)."""
+    rng = np.random.default_rng(seed)
+    n = layer.weight.numel()
+    runs = np.where(rng.random(n) < 0.6, 0, rng.integers(1, 150, n))
+    positions = np.cumsum(runs + 1) - 1
+    mask = torch.zeros(n)
+    mask[positions[positions < n]] = 1.0
+    with torch.no_grad():
+        layer.weight.mul_(mask.reshape(layer.weight.shape))
+
+
+def _skewed_model() -> nn.Sequential:
+    """Gaussian weights quantized to 5 bits (codes crowd the middle), a sparse raw layer (relative)
+    and a codebook layer with skewed index frequencies."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    nn.init.normal_(model[0].weight)
+    _quantize(model[0], 5, density=0.5)
+    _clustered_prune(model[2])
+    book = torch.linspace(-1, 1, 16)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.multinomial(torch.linspace(1, 30, 16) ** 2, 1000, replacement=True, generator=g)
+    with torch.no_grad():
+        model[4].weight.copy_(book[idx].reshape(10, 100))
+    model[4].weight_coding = CodebookCoding(4, book)
+    return model
+
+
+def test_entropy_roundtrip_and_savings() -> None:
+    model = _skewed_model()
+    plain, coded = pack(model), pack(model, entropy=True)
+    assert len(coded) < len(plain)
+    _, tensors, codings = unpack(coded)
+    _assert_same_state(model, tensors)
+    assert codings == {"0": model[0].weight_coding, "4": model[4].weight_coding}
+    reports = {r["name"]: r for r in packed.tensor_report(coded)}
+    assert reports["0.weight"]["value_huffman"] and reports["0.weight"]["huffman_saved"] > 0
+    assert reports["2.weight"]["position"] == "relative" and reports["2.weight"]["index_huffman"]
+    assert not reports["2.weight"]["value_huffman"]  # raw fp32 values are never Huffman-coded
+    assert reports["4.weight"]["value_huffman"]
+    assert not any(r["index_huffman"] or r["value_huffman"] for n, r in reports.items() if "bias" in n)
+    plain_reports = {r["name"]: r for r in packed.tensor_report(plain)}
+    assert not any(r["index_huffman"] or r["value_huffman"] or r["huffman_saved"] for r in plain_reports.values())
+    for name, r in reports.items():
+        assert r["bytes"] == r["scale_bytes"] + r["codebook_bytes"] + r["index_bytes"] + r["value_bytes"]
+        assert r["bytes"] <= plain_reports[name]["bytes"], name
+    fresh = _skewed_model()
+    fresh[2].weight_coding = WeightCoding(8, torch.ones(100))  # stale: removed on load
+    load_into(fresh, coded)
+    assert not hasattr(fresh[2], "weight_coding")
+    x = torch.randn(4, 784)
+    assert torch.equal(fresh(x), model(x))
+    assert pack(fresh, entropy=True) == coded  # deterministic
+
+
+def test_entropy_on_skewed_quantized_codes_is_strictly_smaller() -> None:
+    layer = nn.Linear(784, 300)
+    torch.manual_seed(0)
+    nn.init.normal_(layer.weight)
+    _quantize(layer, 5)
+    plain, coded = packed_size(layer), packed_size(layer, entropy=True)
+    assert coded < plain
+    report = _weight_report(pack(layer, entropy=True), "weight")
+    assert report["value_huffman"] and report["position"] == "dense"
+    assert 0 < plain - coded <= report["huffman_saved"]  # the header row grows a little
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("density", [1.0, 0.4, 0.05, 0.002, 0.0])
+def test_entropy_roundtrip_quantized(bits: int, density: float) -> None:
+    layer = nn.Linear(300, 80)
+    torch.manual_seed(bits)
+    nn.init.normal_(layer.weight)
+    coding = _quantize(layer, bits, density=density, seed=bits)
+    data = pack(layer, entropy=True)
+    _, tensors, codings = unpack(data)
+    assert codings == {"": coding}
+    _assert_same_state(layer, tensors)
+    assert len(data) <= packed_size(layer)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.08, 0.01, 0.001, 0.0])
+def test_entropy_never_larger(density: float) -> None:
+    model = _mlp()
+    for i, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
+        _prune(layer, density, seed=i)
+    _quantize(model[2], 3, density=density)
+    _share(model[4], 2, density=density)
+    data = pack(model, entropy=True)
+    assert len(data) <= packed_size(model)
+    _assert_same_state(model, unpack(data)[1])
+
+
+def test_entropy_relative_positions_roundtrip() -> None:
+    # Clumped weights: Huffman-coded gaps, with fillers for the run too long for any index width.
+    for coder in ("raw", "quantized", "codebook"):
+        layer = nn.Linear(1000, 300, bias=False)
+        torch.manual_seed(0)
+        if coder == "quantized":
+            _quantize(layer, 4)
+        elif coder == "codebook":  # a 0.0 centroid makes fillers possible (else no width fits)
+            _share(layer, 3, book=torch.tensor([-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4]))
+        _clustered_prune(layer)
+        with torch.no_grad():
+            layer.weight.view(-1)[:150000] = 0.0
+        data = pack(layer, entropy=True)
+        report = _weight_report(data, "weight")
+        assert report["position"] == "relative" and report["index_huffman"], coder
+        _assert_same_state(layer, unpack(data)[1])
+        assert len(data) < packed_size(layer)
+
+
+def test_huffman_coder_roundtrip() -> None:
+    rng = np.random.default_rng(0)
+    streams = [
+        np.array([3] * 17),  # one symbol: a 1-bit code
+        np.array([0, 1]),
+        rng.integers(0, 256, 5000),  # flat: no gain, but correct
+        rng.geometric(0.001, 20000) - 1,  # a large alphabet
+        np.minimum(rng.geometric(0.5, 5000) - 1, 40),  # code lengths past 16 get limited
+        np.clip(np.round(rng.normal(15, 3, 700_000)), 0, 30).astype(np.int64),  # several decoding segments
+    ]
+    for symbols in streams:
+        hist = np.bincount(symbols)
+        size, lengths = huffman.encoded_size(hist)
+        assert lengths.max() <= huffman.MAX_LENGTH
+        buf = huffman.encode(symbols, lengths)
+        assert len(buf) == size
+        assert np.array_equal(huffman.decode(buf, symbols.size, 1 << 16), symbols)
+    assert huffman.encoded_size(np.zeros(4, np.int64)) is None
+    fibonacci = [1, 1]
+    for _ in range(30):
+        fibonacci.append(fibonacci[-1] + fibonacci[-2])
+    lengths = huffman.code_lengths(np.array(fibonacci))
+    assert lengths.max() == huffman.MAX_LENGTH and (2.0 ** -lengths.astype(float)).sum() == 1.0
+
+
+def test_corrupt_huffman_sections_raise() -> None:
+    rng = np.random.default_rng(0)
+    symbols = np.clip(np.round(rng.normal(8, 2, 3001)), 0, 15).astype(np.int64)
+    _, lengths = huffman.encoded_size(np.bincount(symbols))
+    top, width = int(lengths.max()), int(lengths.max()).bit_length()
+    table_bits = 24 + (int(np.flatnonzero(lengths)[-1]) + 1) * width
+    if (table_bits + lengths[symbols].sum()) % 8 == 0:
+        symbols = symbols[:-1]  # then the last byte has padding bits to corrupt
+    good = huffman.encode(symbols, lengths)
+    assert 8 * len(good) - table_bits - lengths[symbols].sum() > 0
+    assert np.array_equal(huffman.decode(good, symbols.size, 16), symbols)
+    broken = {
+        "short": good[:2],
+        "cut": good[:-1],
+        "longer": good + b"\x00",
+        "too many symbols": good[:1] + (40).to_bytes(2, "little") + good[3:],
+        "no such code length": bytes([0]) + good[1:],
+        "code length over 16": bytes([17]) + good[1:],
+        "longest code shorter than stated": bytes([top + 1]) + good[1:],
+        "table not a prefix code": good[:3] + bytes([good[3] ^ 0x10]) + good[4:],
+        "padding bits set": good[:-1] + bytes([good[-1] | 1]),
+    }
+    for what, buf in broken.items():
+        try:
+            huffman.decode(buf, symbols.size, 16)
+        except PackedFormatError:
+            continue
+        pytest.fail(f"no PackedFormatError for a section with {what}")
+    with pytest.raises(PackedFormatError, match="symbols"):
+        huffman.decode(good, symbols.size, 8)  # symbols beyond the alphabet
+    with pytest.raises(PackedFormatError):
+        huffman.decode(good, symbols.size + 10, 16)  # codes run past the end
+    with pytest.raises(PackedFormatError):
+        huffman.decode(good, symbols.size - 10, 16)  # codes left over
+    # a lone symbol has a 1-bit code "0": a 1 bit is no code
+    lone = huffman.encode(np.zeros(10, np.int64), np.array([1]))
+    with pytest.raises(PackedFormatError, match="no code"):
+        huffman.decode(lone[:3] + bytes([lone[3] | 0x08]) + lone[4:], 10, 2)
+
+
+def _rewrite(data: bytes, edit) -> bytes:
+    """Applies ``edit(rows, body) -> body`` to a packed file and re-seals it with a valid checksum."""
+    magic, version, length = struct.unpack_from("<4sBI", data)
+    header = json.loads(zlib.decompress(data[9 : 9 + length]))
+    body = edit(header["tensors"], bytearray(data[9 + length :]))
+    header["crc"] = zlib.crc32(bytes(body))
+    text = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    return struct.pack("<4sBI", magic, version, len(text)) + text + bytes(body)
+
+
+def _huffman_section(rows: list, name: str, key: str) -> tuple[list, int, int]:
+    """(row, start offset in the body, length) of a tensor's Huffman-coded section."""
+    offset = 0
+    for row in rows:
+        parsed = packed._check_row(row, 2)
+        head, index, _ = parsed.sections()
+        if row[0] == name:
+            start = offset + head + (index if key == "hv" else 0)
+            return row, start, row[8][key]
+        offset += parsed.nbytes
+    raise KeyError(name)
+
+
+def test_corrupt_huffman_data_in_a_file_raises() -> None:
+    data = pack(_skewed_model(), entropy=True)
+    spots = [*range(300), *range(300, len(data), 1009)]  # all of the prefix and header, some payload
+    for cut in spots:
+        with pytest.raises(PackedFormatError):
+            unpack(data[:cut])
+    for i in spots:
+        broken = bytearray(data)
+        broken[i] ^= 0x41
+        with pytest.raises(PackedFormatError):
+            unpack(bytes(broken))
+
+    assert _rewrite(data, lambda rows, body: body) == data
+    for name, key in (("0.weight", "hv"), ("2.weight", "hi"), ("4.weight", "hv")):
+
+        def table(rows: list, body: bytearray, name: str = name, key: str = key) -> bytearray:
+            _, start, _ = _huffman_section(rows, name, key)
+            body[start] = 17  # longest code length out of range
+            return body
+
+        def shorter(rows: list, body: bytearray, name: str = name, key: str = key) -> bytearray:
+            row, start, length = _huffman_section(rows, name, key)
+            row[8][key] -= 1
+            row[7] -= 1
+            del body[start + length - 1]
+            return body
+
+        def stream(rows: list, body: bytearray, name: str = name, key: str = key, i: int = 0) -> bytearray:
+            _, start, length = _huffman_section(rows, name, key)
+            body[start + 3 + i % (length - 3)] ^= 0xFF
+            return body
+
+        with pytest.raises(PackedFormatError, match=name.replace(".", r"\.")):
+            unpack(_rewrite(data, table))
+        with pytest.raises(PackedFormatError, match=name.replace(".", r"\.")):
+            unpack(_rewrite(data, shorter))
+        # Flipped stream bytes either fail to decode or decode to other valid data: never another error.
+        failures = 0
+        for i in range(0, 60, 5):
+            try:
+                unpack(_rewrite(data, lambda rows, body, i=i: stream(rows, body, i=i)))
+            except PackedFormatError:
+                failures += 1
+        assert failures > 0
+
+
+def test_row_extensions_are_validated() -> None:
+    data = pack(_skewed_model(), entropy=True)
+
+    def set_extensions(rows: list, body: bytearray, value: object) -> bytearray:
+        rows[0][8:] = [value]  # 0.weight: 5-bit codes, dense
+        return body
+
+    for value in ({}, {"xx": 1}, {"hv": -3}, {"hv": True}, [], {"hi": 5}, {"cb": 1000}):
+        with pytest.raises(PackedFormatError, match="header"):
+            unpack(_rewrite(data, lambda rows, body, value=value: set_extensions(rows, body, value)))
+    version1 = _rewrite(data, lambda rows, body: body)
+    version1 = version1[:4] + b"\x01" + version1[5:]
+    with pytest.raises(PackedFormatError, match="row"):
+        unpack(version1)

@@ -5,7 +5,7 @@ from autocomp.errors import SpaceError
 from autocomp.policy import Policy
 from autocomp.primitives import LowRank, Prune, Quantize
 from autocomp.space.loader import parse_run_spec
-from autocomp.testing.tiny import tiny_cnn, tiny_mlp
+from autocomp.testing.tiny import tiny_mlp
 
 SPACE = """
 version: 1
@@ -61,12 +61,6 @@ def test_selector_matching_nothing_names_file_line_key_value():
     assert "groups.head.layers" in str(err.value)
 
 
-def test_lowrank_on_a_conv_layer_is_an_error():
-    text = SPACE.replace('["5"]', '["type:Conv2d"]').replace("re:[13]", "5")
-    with pytest.raises(SpaceError, match="applies to Linear"):
-        parse_run_spec(text).space.bind(tiny_cnn())
-
-
 def test_layer_in_two_groups_is_an_error():
     text = SPACE.replace('["5"]', '["3"]')
     with pytest.raises(SpaceError, match="selected by two groups"):
@@ -81,8 +75,11 @@ def test_python_built_space_is_checked_against_what_primitives_allow():
                                          knobs=(KnobSpec(primitive=primitive, knob=knob, domain=domain),)),))
 
     with pytest.raises(SpaceError, match="value not allowed") as err:
-        space("bits", Choice(values=(1, 16))).bind(tiny_mlp())
-    assert err.value.value == 1
+        space("bits", Choice(values=(4, 16))).bind(tiny_mlp())
+    assert err.value.value == 16
+    with pytest.raises(SpaceError, match="takes names"):
+        space("method", FloatRange(low=0.0, high=1.0), "lowrank").bind(tiny_mlp())
     with pytest.raises(SpaceError, match="range end not allowed"):
         space("ratio", FloatRange(low=0.0, high=1.5), "prune").bind(tiny_mlp())
     assert space("bits", Choice(values=(4, 32))).bind(tiny_mlp()).params
+    assert space("method", Choice(values=("svd", "tucker2")), "lowrank").bind(tiny_mlp()).params

@@ -5,7 +5,7 @@ from torch import nn
 from autocomp.compress import compress
 from autocomp.export import artifact_meta, pack_model
 from autocomp.policy import Policy
-from autocomp.primitives import LowRank, Prune, Quantize
+from autocomp.primitives import Channels, LowRank, Prune, Quantize, Share
 from autocomp.primitives.lowrank import factorize_linear
 from autocomp.primitives.prune import magnitude_mask
 from autocomp.primitives.quantize import quantize_weight
@@ -20,19 +20,17 @@ from autocomp.testing.conformance import (
 from autocomp.testing.tiny import tiny_cnn, tiny_data, tiny_mlp
 
 MODELS = {"mlp": tiny_mlp, "cnn": tiny_cnn}
-IDENTITIES = [Prune(ratio=0.0), LowRank(rank_ratio=1.0), Quantize(bits=32)]
+IDENTITIES = [Prune(ratio=0.0), LowRank(rank_ratio=1.0), Quantize(bits=32), Share(bits=32), Channels(ratio=0.0)]
 
 
 def _size(model, policy):
-    return len(pack_model(compress(model, policy), artifact_meta(None, Policy.of({}))))
+    return len(pack_model(compress(model, policy), artifact_meta(None, Policy.of({}), (1, 8, 8))))
 
 
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("config", IDENTITIES, ids=lambda c: c.NAME)
 def test_identity_config_reproduces_outputs_exactly(kind, config):
     model = MODELS[kind]()
-    if isinstance(config, LowRank) and kind == "cnn":
-        pytest.skip("lowrank applies to Linear layers only")
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     policy = Policy.of({n: [config] for n in layers})
     check_identity_exact(model, compress(model, policy), tiny_data(32)[0])

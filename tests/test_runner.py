@@ -63,7 +63,7 @@ def test_pareto_front_is_non_dominated_and_sizes_are_real(tmp_path, tiny):
     t = result.pareto[-1]
     compressed = compress(model, Policy.from_dict(t.policy))
     path = tmp_path / "m.acz"
-    assert write_bytes(path, pack_model(compressed, artifact_meta(None, Policy.from_dict(t.policy)))) == \
+    assert write_bytes(path, pack_model(compressed, artifact_meta(None, Policy.from_dict(t.policy), (1, 8, 8)))) == \
         t.metrics["size_bytes"]
     assert outputs(load_packed(path, model=model), x).equal(outputs(compressed, x))
 

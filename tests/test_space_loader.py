@@ -143,7 +143,7 @@ BAD: list[tuple[str, Any, int | None, str | None, Any]] = [
     ("top-level typo", (BASE, BASE + "objectivs: [accuracy]\n"), 12, "objectivs", None),
     ("primitive typo", ("prune: {", "prunee: {"), 10, f"{P}.prunee", None),
     ("unknown knob", ("ratio:", "amount:"), 10, f"{P}.prune.amount", None),
-    ("bits below range", ("[2, 8]", "[1, 8]"), 11, f"{P}.quantize.bits", 1),
+    ("bits below range", ("[2, 8]", "[0, 8]"), 11, f"{P}.quantize.bits", 0),
     ("ratio high is open", ("[0.0, 0.9]", "[0, 1.0]"), 10, f"{P}.prune.ratio", 1.0),
     ("int range spans to extra", ("[2, 8]", "[2, 32]"), 11, f"{P}.quantize.bits", 32),
     ("float range for int knob", ("{int: [2, 8]}", "{float: [2, 8]}"), 11, f"{P}.quantize.bits",
@@ -198,8 +198,12 @@ def test_messages_help() -> None:
         parse_run_spec(BASE.replace("prune: {", "prunee: {"))
     with pytest.raises(SpaceError, match="unknown prune knob 'amount'; allowed: ratio"):
         parse_run_spec(BASE.replace("ratio:", "amount:"))
-    with pytest.raises(SpaceError, match=r"int in \[2, 8\] or one of \[32\]"):
-        parse_run_spec(BASE.replace("[2, 8]", "[1, 8]"))
+    with pytest.raises(SpaceError, match=r"int in \[1, 8\] or one of \[32\]"):
+        parse_run_spec(BASE.replace("[2, 8]", "[0, 8]"))
+    with pytest.raises(SpaceError, match=r"takes names \(one of \['auto', 'svd', 'tucker2', 'spatial'\]\)"):
+        parse_run_spec(BASE.replace("prune: {", "lowrank: {method: {int: [1, 2]}}\n      prune: {"))
+    with pytest.raises(SpaceError, match=r"value not allowed: one of \['l1'"):
+        parse_run_spec(BASE.replace("prune: {", "channels: {criterion: l3}\n      prune: {"))
     with pytest.raises(SpaceError, match="lines 5 and 6"):
         parse_run_spec(BASE.replace("  name: mnist\n", "  name: mnist\n  name: other\n"))
     with pytest.raises(SpaceError, match="anchors and aliases are not supported"):

@@ -1,7 +1,17 @@
-"""Compression primitives: frozen configs and the handlers that apply them to one layer."""
+"""Compression primitives: frozen configs and the handlers that apply them."""
 
-from autocomp.primitives import lowrank, prune, quantize  # noqa: F401  (registers the handlers)
-from autocomp.primitives.configs import CONFIGS, STAGES, LowRank, PrimitiveConfig, Prune, Quantize
-from autocomp.primitives.registry import HANDLERS, apply_primitive
+from autocomp.primitives import channels, lowrank, prune, quantize, share  # noqa: F401  (registers handlers)
+from autocomp.primitives.configs import (
+    CONFIGS,
+    STAGES,
+    Channels,
+    LowRank,
+    PrimitiveConfig,
+    Prune,
+    Quantize,
+    Share,
+)
+from autocomp.primitives.registry import HANDLERS, MODEL_HANDLERS, Context, apply_primitive
 
-__all__ = ["CONFIGS", "HANDLERS", "STAGES", "LowRank", "PrimitiveConfig", "Prune", "Quantize", "apply_primitive"]
+__all__ = ["CONFIGS", "HANDLERS", "MODEL_HANDLERS", "STAGES", "Channels", "Context", "LowRank",
+           "PrimitiveConfig", "Prune", "Quantize", "Share", "apply_primitive"]

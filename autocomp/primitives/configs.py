@@ -14,14 +14,16 @@ from typing import Any, ClassVar
 class KnobRange:
     """What values a primitive accepts for one knob (a search range must stay inside it)."""
 
-    kind: type  # int or float
-    low: float
-    high: float
+    kind: type  # int, float, or str (categorical: the allowed names are `extra`)
+    low: float = 0.0
+    high: float = 0.0
     low_open: bool = False
     high_open: bool = False
     extra: tuple[Any, ...] = ()  # allowed values outside [low, high], e.g. 32 bits = "keep fp32"
 
     def allows(self, value: Any) -> bool:
+        if self.kind is str:
+            return isinstance(value, str) and value in self.extra
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if value in self.extra:
@@ -33,6 +35,8 @@ class KnobRange:
         return above and below
 
     def describe(self) -> str:
+        if self.kind is str:
+            return f"one of {list(self.extra)}"
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
         text = f"{self.kind.__name__} in {lo}{self.low:g}, {self.high:g}{hi}"
@@ -55,45 +59,114 @@ class PrimitiveConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LowRank(PrimitiveConfig):
-    """Truncated SVD of a Linear layer into two: rank = ceil(rank_ratio * min(in, out)).
+class Channels(PrimitiveConfig):
+    """Structured pruning: remove the `ratio` fraction of a layer's output channels (filters), physically.
 
-    Skipped (the layer is left whole) where the two factors would not hold fewer weights.
+    Dependent layers (the next layer's inputs, BatchNorm, residual additions, concatenations) shrink with
+    it. `criterion` ranks channels: l1 / l2 weight norm, bn_scale (network slimming: |gamma| of the
+    following BatchNorm) or taylor (first-order |w * dL/dw|, needs calibration data). The kept count is
+    rounded to a multiple of `round_to`. Applied to the whole model at once (a dependency graph), first.
     """
 
-    NAME: ClassVar[str] = "lowrank"
-    APPLIES_TO: ClassVar[tuple[str, ...]] = ("Linear",)
-    KNOBS: ClassVar[dict[str, KnobRange]] = {"rank_ratio": KnobRange(kind=float, low=0.0, high=1.0, low_open=True)}
-    rank_ratio: float = 1.0
-
-    def is_identity(self) -> bool:
-        return self.rank_ratio >= 1.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Prune(PrimitiveConfig):
-    """Unstructured magnitude pruning: zero the `ratio` fraction of a layer's weights smallest in magnitude."""
-
-    NAME: ClassVar[str] = "prune"
-    KNOBS: ClassVar[dict[str, KnobRange]] = {"ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True)}
+    NAME: ClassVar[str] = "channels"
+    KNOBS: ClassVar[dict[str, KnobRange]] = {
+        "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True),
+        "criterion": KnobRange(kind=str, extra=("l1", "l2", "bn_scale", "taylor")),
+        "round_to": KnobRange(kind=int, low=1, high=256),
+    }
     ratio: float = 0.0
+    criterion: str = "l1"
+    round_to: int = 1
 
     def is_identity(self) -> bool:
         return self.ratio <= 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class Quantize(PrimitiveConfig):
-    """Symmetric per-output-channel weight quantization to `bits` (32 keeps fp32)."""
+class LowRank(PrimitiveConfig):
+    """Low-rank factorisation: truncated SVD of a Linear (or 1x1 conv) layer; for a kxk Conv2d, Tucker-2
+    (1x1 -> kxk core -> 1x1) or spatial SVD (kx1 then 1xk).
 
-    NAME: ClassVar[str] = "quantize"
-    KNOBS: ClassVar[dict[str, KnobRange]] = {"bits": KnobRange(kind=int, low=2, high=8, extra=(32,))}
+    Rank = the smaller of ceil(rank_ratio * full rank) and the rank keeping `energy` of the sum of squared
+    singular values. `method` auto picks SVD for Linear/1x1 and Tucker-2 for kxk. Skipped (the layer is
+    left whole) where the factors would not hold fewer weights.
+    """
+
+    NAME: ClassVar[str] = "lowrank"
+    KNOBS: ClassVar[dict[str, KnobRange]] = {
+        "rank_ratio": KnobRange(kind=float, low=0.0, high=1.0, low_open=True),
+        "energy": KnobRange(kind=float, low=0.0, high=1.0, low_open=True),
+        "method": KnobRange(kind=str, extra=("auto", "svd", "tucker2", "spatial")),
+    }
+    rank_ratio: float = 1.0
+    energy: float = 1.0
+    method: str = "auto"
+
+    def is_identity(self) -> bool:
+        return self.rank_ratio >= 1.0 and self.energy >= 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prune(PrimitiveConfig):
+    """Unstructured pruning: zero the `ratio` fraction of a layer's weights with the lowest scores.
+
+    score magnitude = |w|; lamp = LAMP (Lee et al. 2021), |w|^2 over the sum of the squares of all weights
+    at least as large, which makes scores comparable across layers. scope layer prunes each layer to its
+    own ratio; global pools every layer whose policy says global and prunes `ratio` of the pool by one
+    threshold (with lamp, the per-layer amounts then follow from the scores).
+    """
+
+    NAME: ClassVar[str] = "prune"
+    KNOBS: ClassVar[dict[str, KnobRange]] = {
+        "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True),
+        "score": KnobRange(kind=str, extra=("magnitude", "lamp")),
+        "scope": KnobRange(kind=str, extra=("layer", "global")),
+    }
+    ratio: float = 0.0
+    score: str = "magnitude"
+    scope: str = "layer"
+
+    def is_identity(self) -> bool:
+        return self.ratio <= 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Share(PrimitiveConfig):
+    """Weight sharing (Deep Compression): k-means of a layer's nonzero weights into 2^bits centroids,
+    linearly initialised; weights become codebook indices. 32 = off. `tie` names a group of layers with
+    identical weight shapes that share one weight tensor (cross-layer tying); empty = no tying.
+    """
+
+    NAME: ClassVar[str] = "share"
+    KNOBS: ClassVar[dict[str, KnobRange]] = {"bits": KnobRange(kind=int, low=1, high=8, extra=(32,))}
     bits: int = 32
 
     def is_identity(self) -> bool:
         return self.bits >= 32
 
 
-# the order compress() applies them in: factorise first (it changes shapes), then zero, then round
-STAGES: tuple[type[PrimitiveConfig], ...] = (LowRank, Prune, Quantize)
+@dataclass(frozen=True, kw_only=True)
+class Quantize(PrimitiveConfig):
+    """Symmetric weight quantization to `bits` (1 = sign x scale; 2 = ternary {-s, 0, s}; 32 keeps fp32),
+    per output channel or per tensor; `act_bits` < 32 fake-quantizes the layer's input with a range
+    calibrated on sample data. A layer that shares weights has its codebook quantized instead.
+    """
+
+    NAME: ClassVar[str] = "quantize"
+    KNOBS: ClassVar[dict[str, KnobRange]] = {
+        "bits": KnobRange(kind=int, low=1, high=8, extra=(32,)),
+        "per_channel": KnobRange(kind=int, low=0, high=1),
+        "act_bits": KnobRange(kind=int, low=2, high=8, extra=(32,)),
+    }
+    bits: int = 32
+    per_channel: int = 1
+    act_bits: int = 32
+
+    def is_identity(self) -> bool:
+        return self.bits >= 32 and self.act_bits >= 32
+
+
+# the order compress() applies them in: remove channels across the model first (shapes change everywhere),
+# then factorise (shapes change within a layer), zero, cluster, and finally round
+STAGES: tuple[type[PrimitiveConfig], ...] = (Channels, LowRank, Prune, Share, Quantize)
 CONFIGS: dict[str, type[PrimitiveConfig]] = {cls.NAME: cls for cls in STAGES}

@@ -1,26 +1,73 @@
-"""Unstructured magnitude pruning (Han et al. 2015): zero the smallest-magnitude weights of a layer."""
+"""Unstructured pruning (Han et al. 2015): zero the lowest-scoring weights, per layer or over a pool.
+
+Scores: magnitude |w|, or LAMP (Lee et al. 2021) |w|^2 / sum of the squares of the layer's weights at
+least as large. Within one layer both rank weights identically; pooled across layers (scope global), LAMP
+makes the scores comparable, so the per-layer amounts follow from one global threshold.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from autocomp.primitives.configs import Prune
-from autocomp.primitives.registry import handler
+from autocomp.primitives.registry import Context, model_handler
+
+LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def magnitude_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean mask keeping all but the round(ratio * n) smallest |w| (ties broken by position)."""
-    n_zero = int(round(ratio * weight.numel()))
-    keep = torch.ones(weight.numel(), dtype=torch.bool)
+    return _mask_from_scores(weight.detach().abs(), ratio)
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score of each weight: w_u^2 / sum over v with |w_v| >= |w_u| of w_v^2 (ties by position)."""
+    squares = weight.detach().double().flatten().pow(2)
+    order = torch.argsort(squares, stable=True)
+    sorted_sq = squares[order]
+    tail = torch.flip(torch.cumsum(torch.flip(sorted_sq, [0]), 0), [0])  # sum of this and all larger
+    scores = torch.empty_like(squares)
+    scores[order] = torch.where(tail > 0, sorted_sq / tail, torch.zeros_like(tail))
+    return scores.view_as(weight)
+
+
+def _mask_from_scores(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    n_zero = int(round(ratio * scores.numel()))
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
     if n_zero > 0:
-        order = torch.argsort(weight.detach().abs().flatten(), stable=True)
-        keep[order[:n_zero]] = False
-    return keep.view_as(weight)
+        keep[torch.argsort(scores.flatten(), stable=True)[:n_zero]] = False
+    return keep.view_as(scores)
 
 
-@handler(Prune)
-def prune_layer(layer: nn.Module, config: Prune) -> nn.Module:
+def _apply(layer: nn.Module, keep: torch.Tensor) -> None:
     with torch.no_grad():  # torch.where, not a multiply: pruned weights become +0.0, never -0.0
-        layer.weight.copy_(torch.where(magnitude_mask(layer.weight, config.ratio), layer.weight, 0.0))
-    return layer
+        layer.weight.copy_(torch.where(keep, layer.weight, 0.0))
+
+
+def _parts(model: nn.Module, name: str) -> list[nn.Module]:
+    """The Linear/Conv2d layers a policy's layer name stands for (two or three after a factorisation)."""
+    module = model.get_submodule(name)
+    return [m for m in module.modules() if isinstance(m, LAYER_TYPES)]
+
+
+@model_handler(Prune)
+def prune_model(model: nn.Module, configs: Mapping[str, Prune], context: Context) -> nn.Module:
+    pools: dict[tuple[float, str], list[nn.Module]] = {}
+    for name, config in configs.items():
+        for layer in _parts(model, name):
+            if config.scope == "global":  # layers sharing (ratio, score) are pruned by one threshold
+                pools.setdefault((config.ratio, config.score), []).append(layer)
+            else:
+                _apply(layer, magnitude_mask(layer.weight, config.ratio))
+    for (ratio, score), layers in pools.items():
+        per_layer = [lamp_scores(m.weight) if score == "lamp" else m.weight.detach().abs().double()
+                     for m in layers]
+        keep = _mask_from_scores(torch.cat([s.flatten() for s in per_layer]), ratio)
+        start = 0
+        for layer, scores in zip(layers, per_layer):
+            _apply(layer, keep[start : start + scores.numel()].view_as(layer.weight))
+            start += scores.numel()
+    return model

@@ -1,30 +1,124 @@
-"""Symmetric per-output-channel weight quantization: w -> q * scale[c], q in [-(2^(b-1)-1), 2^(b-1)-1]."""
+"""Symmetric weight quantization (w -> q * scale) and calibrated fake quantization of layer inputs.
+
+Weights: q in [-(2^(b-1)-1), 2^(b-1)-1] per output channel or per tensor; b = 2 is ternary {-s, 0, s};
+b = 1 is sign(w) x the mean |w| of the channel (the scale that minimises the squared error of a sign
+code), pruned zeros staying zero. A layer whose weights are already shared (a k-means codebook) keeps
+its codebook: its indices are its weight bits. Activations: an affine `act_bits` grid per tensor, its range
+the min and max the layer's input takes on calibration data, applied in evaluation as fake quantization.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from autocomp.packed import WeightCoding, dequantize
 from autocomp.primitives.configs import Quantize
-from autocomp.primitives.registry import handler
+from autocomp.primitives.registry import Context, model_handler
+
+LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer codes and per-channel fp32 scales; a channel of zeros gets scale 1 (its codes are 0)."""
-    qmax = 2 ** (bits - 1) - 1
-    flat = weight.detach().reshape(weight.shape[0], -1)
-    scale = flat.abs().amax(dim=1) / qmax
+def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes and fp32 scales (one per output channel; the same one repeated when per tensor).
+
+    A channel (or tensor) of zeros gets scale 1, its codes all 0.
+    """
+    w = weight.detach()
+    flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+    if bits == 1:
+        nonzero = (flat != 0).sum(dim=1).clamp(min=1)
+        scale = flat.abs().sum(dim=1) / nonzero
+    else:
+        scale = flat.abs().amax(dim=1) / (2 ** (bits - 1) - 1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
-    view = scale.view(-1, *([1] * (weight.dim() - 1)))
-    codes = torch.clamp(torch.round(weight.detach() / view), -qmax, qmax).to(torch.int32)
+    if not per_channel:
+        scale = scale.expand(w.shape[0]).contiguous()
+    view = scale.view(-1, *([1] * (w.dim() - 1)))
+    if bits == 1:
+        codes = torch.sign(w).to(torch.int32)
+    else:
+        qmax = 2 ** (bits - 1) - 1
+        codes = torch.clamp(torch.round(w / view), -qmax, qmax).to(torch.int32)
     return codes, scale
 
 
-@handler(Quantize)
-def quantize_layer(layer: nn.Module, config: Quantize) -> nn.Module:
-    codes, scale = quantize_weight(layer.weight, config.bits)
+def quantize_layer(layer: nn.Module, bits: int, per_channel: bool = True) -> None:
+    coding = getattr(layer, "weight_coding", None)
+    if coding is not None and not isinstance(coding, WeightCoding):
+        return  # shared weights: the codebook indices are already the weight's code
+    codes, scale = quantize_weight(layer.weight, bits, per_channel)
     with torch.no_grad():
         layer.weight.copy_(dequantize(codes, scale))
-    layer.weight_coding = WeightCoding(bits=config.bits, scale=scale)
-    return layer
+    layer.weight_coding = WeightCoding(bits=bits, scale=scale)
+
+
+class QuantizedInput(nn.Module):
+    """Runs `layer` on its input fake-quantized to an affine `bits` grid (scale, zero point as buffers)."""
+
+    def __init__(self, layer: nn.Module, bits: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.bits = bits
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+
+    def calibrate(self, low: float, high: float) -> None:
+        low, high = min(low, 0.0), max(high, 0.0)  # the grid must hold 0 exactly (padding, ReLU zeros)
+        levels = 2**self.bits - 1
+        scale = (high - low) / levels if high > low else 1.0
+        self.scale.fill_(scale)
+        self.zero_point.fill_(int(min(max(round(-low / scale), 0), levels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits < 32:  # 32 while calibrating: observe what the layer gets unquantized
+            x = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 2**self.bits - 1)
+        return self.layer(x)
+
+
+def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.Tensor) -> None:
+    ranges: dict[int, list[float]] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        low, high = ranges.get(id(module), [float("inf"), float("-inf")])
+        ranges[id(module)] = [min(low, float(x.min())), max(high, float(x.max()))]
+
+    # observe the raw input of each wrapped layer, with every other wrapper still passing inputs through
+    hooks = [w.layer.register_forward_pre_hook(record) for w in wrappers]
+    saved = [(w, w.bits) for w in wrappers]
+    for w in wrappers:
+        w.bits = 32
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), 256):
+                model(inputs[start : start + 256])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for w, bits in saved:
+            w.bits = bits
+    for w in wrappers:
+        if id(w.layer) in ranges:
+            w.calibrate(*ranges[id(w.layer)])
+
+
+@model_handler(Quantize)
+def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: Context) -> nn.Module:
+    wrappers = []
+    for name, config in configs.items():
+        module = model.get_submodule(name)
+        if config.bits < 32:
+            for layer in (m for m in module.modules() if isinstance(m, LAYER_TYPES)):
+                quantize_layer(layer, config.bits, bool(config.per_channel))
+        if config.act_bits < 32:
+            wrapper = QuantizedInput(module, config.act_bits)
+            model.set_submodule(name, wrapper)
+            wrappers.append(wrapper)
+    if wrappers and context.calibration is not None:
+        _calibrate(model, wrappers, context.calibration[0])
+    # without calibration data (rebuilding a skeleton to load a packed file into) the ranges stay
+    # placeholders: the packed file carries the calibrated scale and zero point
+    return model

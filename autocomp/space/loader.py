@@ -568,8 +568,8 @@ class _Parser:
     # -- one knob's domain -------------------------------------------------------------------------------
 
     def domain(self, value: Any, line: int, key: str, allowed: KnobRange) -> Domain:
-        """A knob's param spec: a fixed number, or exactly one of choice / int / float."""
-        if _is_number(value):
+        """A knob's param spec: a fixed value, or exactly one of choice / int / float."""
+        if _is_number(value) or isinstance(value, str):
             return Choice(values=(self.knob_value(value, line, key, allowed),))
         if not isinstance(value, _Map):
             raise self.fail("expected a number or a mapping with one of: choice, int, float", line=line,
@@ -581,6 +581,9 @@ class _Parser:
         self.mapping(value, line, key, (kind,) if kind == "choice" else (kind, "step", "log"))
         if kind == "choice":
             return self.choice(value, key, allowed)
+        if allowed.kind is str:
+            raise self.fail(f"this knob takes names ({allowed.describe()}): use choice", line=line, key=key,
+                            value=value)
         if kind == "float" and allowed.kind is int:
             raise self.fail(f"this knob takes integers ({allowed.describe()}): use int or choice",
                             line=line, key=key, value=value)
@@ -603,7 +606,11 @@ class _Parser:
         return domain
 
     def knob_value(self, value: Any, line: int, key: str, allowed: KnobRange) -> Any:
-        """One value a knob may take: a finite number the primitive allows."""
+        """One value a knob may take: a name or a finite number the primitive allows."""
+        if allowed.kind is str:
+            if not allowed.allows(value):
+                raise self.fail(f"value not allowed: {allowed.describe()}", line=line, key=key, value=value)
+            return value
         self.number(value, line, key)
         if allowed.kind is int and not isinstance(value, int):
             raise self.fail(f"this knob takes integers ({allowed.describe()})", line=line, key=key,

@@ -23,6 +23,8 @@ def domain_problem(domain: Domain, allowed: KnobRange) -> tuple[str, Any] | None
             if not allowed.allows(value) or (allowed.kind is int and not isinstance(value, int)):
                 return f"value not allowed: {allowed.describe()}", value
         return None
+    if allowed.kind is str:
+        return f"this knob takes names ({allowed.describe()}): use a Choice", domain
     if isinstance(domain, FloatRange) and allowed.kind is int:
         return f"this knob takes integers ({allowed.describe()})", domain
     inside = KnobRange(kind=allowed.kind, low=allowed.low, high=allowed.high, low_open=allowed.low_open,

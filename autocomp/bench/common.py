@@ -1,0 +1,120 @@
+"""What every benchmark shares: the results.json contract, machine description, timing, cached baselines.
+
+Benchmarks report medians and ratios measured in one run, never a single absolute time as a claim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocomp.metrics import accuracy, torch_threads
+from autocomp.runner import machine_info
+from autocomp.space.spec import TrainSpec
+from autocomp.store import write_atomic
+from autocomp.zoo import Splits, build_model, load_dataset, train_baseline
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
+}
+
+
+@dataclass
+class BenchResult:
+    """One benchmark's table, settings and targets, written as results.json (DESIGN.md's contract)."""
+
+    name: str
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def target(self, name: str, value: float, op: str, bound: float) -> None:
+        self.targets[name] = {"value": value, "target": f"{op} {bound}", "met": bool(OPS[op](value, bound))}
+
+    def write(self, runs_dir: str | os.PathLike) -> Path:
+        out = Path(runs_dir) / f"bench-{self.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        doc = {"name": self.name, "machine": machine_info(), "settings": self.settings, "rows": self.rows,
+               "targets": self.targets}
+        write_atomic(out / "results.json", json.dumps(doc, indent=1, default=str) + "\n")
+        return out
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return "-" if v is None else str(v)
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+def format_targets(targets: Mapping[str, Mapping[str, Any]]) -> str:
+    return "\n".join(f"  {'MET ' if t['met'] else 'MISS'}  {name}: {t['value']:.4g} (target {t['target']})"
+                     for name, t in targets.items())
+
+
+@torch.no_grad()
+def median_ms(model: nn.Module, x: torch.Tensor, *, threads: int = 2, repeats: int = 30, warmup: int = 5) -> float:
+    with torch_threads(threads):
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def interleaved_ratio(reference: nn.Module, candidate: nn.Module, x: torch.Tensor, *, threads: int = 2,
+                      rounds: int = 7, repeats: int = 10) -> tuple[float, float, float]:
+    """(reference ms, candidate ms, speedup) as medians over alternating rounds, so machine noise hits both."""
+    ref, cand = [], []
+    for _ in range(rounds):
+        ref.append(median_ms(reference, x, threads=threads, repeats=repeats, warmup=2))
+        cand.append(median_ms(candidate, x, threads=threads, repeats=repeats, warmup=2))
+    r, c = statistics.median(ref), statistics.median(cand)
+    return r, c, r / c
+
+
+def cached_baseline(model_name: str, dataset: str, data_dir: str | None, train: TrainSpec, runs_dir: str | os.PathLike,
+                    *, subset: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                    log: Callable[[str], None] = print) -> tuple[nn.Module, Splits]:
+    """A seeded baseline trained on a fixed budget, cached under runs_dir/.cache (weights only)."""
+    splits = load_dataset(dataset, data_dir, val_fraction=0.1, seed=0)
+    if subset:
+        splits = Splits((splits.train[0][:subset], splits.train[1][:subset]), splits.val,
+                        (splits.test[0][: subset // 2], splits.test[1][: subset // 2]), splits.description)
+    model = build_model(model_name, model_kwargs)
+    key = f"{model_name}-{dataset}-{len(splits.train[1])}-e{train.epochs}-s{train.seed}-lr{train.lr}"
+    path = Path(runs_dir) / ".cache" / f"bench-{key}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        log(f"{model_name}: cached baseline {path}")
+    else:
+        start = time.perf_counter()
+        log(f"{model_name}: training a baseline on {len(splits.train[1])} {dataset} images, {train.epochs} epochs")
+        train_baseline(model, splits.train, train)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        log(f"{model_name}: trained in {time.perf_counter() - start:.0f} s, "
+            f"test accuracy {accuracy(model.eval(), splits.test):.4f}")
+    return model.eval(), splits

@@ -1,0 +1,196 @@
+"""`autocomp bench primitives`: each primitive's theoretical gain beside what its exported artifact measures.
+
+For LeNet-300-100 and LeNet-5 on MNIST and ResNet-20 on CIFAR-10 (baselines trained here on a fixed, seeded
+budget and cached), one row per primitive setting: FLOPs and size reduction in theory, the packed file's
+size on disk against the size_bytes a search would report, latency ratios against the uncompressed model
+(batch 64 and batch 1, 2 threads, medians of interleaved rounds), and accuracy before any fine-tuning.
+The int8 rows run PyTorch's real int8 kernels against the fp32 model with BatchNorm folded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autocomp import packed
+from autocomp.bench.common import BenchResult, cached_baseline, format_table, format_targets, interleaved_ratio
+from autocomp.compress import compress, layer_targets
+from autocomp.evaluate import CompressionEvaluator
+from autocomp.export import artifact_meta, export_int8, write_bytes
+from autocomp.int8 import fold_batchnorm, to_int8
+from autocomp.metrics import accuracy, count_flops, count_params
+from autocomp.policy import Policy
+from autocomp.primitives import Channels, LowRank, Prune, Quantize, Share
+from autocomp.space.spec import LatencySpec, TrainSpec
+
+COLUMNS = ("model", "primitive", "flops_x", "sparse_flops_x", "theory_size_x", "size_bytes", "disk_bytes",
+           "disk_x", "latency_x_b64", "latency_x_b1", "accuracy", "base_accuracy")
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: str
+    dataset: str
+    train: TrainSpec
+    quick_train: TrainSpec
+    int8_batch: int = 64
+
+
+SETUPS = (
+    Setup("lenet300", "mnist", TrainSpec(epochs=10), TrainSpec(epochs=1), int8_batch=256),
+    Setup("lenet5", "mnist", TrainSpec(epochs=4), TrainSpec(epochs=1)),
+    Setup("resnet20", "cifar10", TrainSpec(epochs=8, lr=2e-3, batch_size=128), TrainSpec(epochs=1)),
+)
+
+
+def _layers(model: nn.Module, kind: type | tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> list[str]:
+    return [n for n in layer_targets(model) if n and isinstance(model.get_submodule(n), kind)]
+
+
+def _all(model: nn.Module, *configs, kind=(nn.Linear, nn.Conv2d)) -> Policy:
+    return Policy.of({n: list(configs) for n in _layers(model, kind)})
+
+
+def _channels_for_half_flops(model: nn.Module, example: torch.Tensor) -> tuple[Policy, float]:
+    """The uniform channel ratio (over every conv) that removes ~50% of FLOPs, found by bisection."""
+    base = count_flops(model, example)[0]
+    low, high = 0.0, 0.9
+    for _ in range(10):
+        mid = (low + high) / 2
+        policy = _all(model, Channels(ratio=mid, criterion="l1"), kind=nn.Conv2d)
+        if count_flops(compress(model, policy, example=example), example)[0] > 0.5 * base:
+            low = mid
+        else:
+            high = mid
+    return _all(model, Channels(ratio=high, criterion="l1"), kind=nn.Conv2d), high
+
+
+def _policies(name: str, model: nn.Module, example: torch.Tensor) -> list[tuple[str, Policy, bool]]:
+    """(label, policy, entropy-coded) rows for one model."""
+    rows = [
+        ("prune 50%", _all(model, Prune(ratio=0.5)), False),
+        ("prune 90%", _all(model, Prune(ratio=0.9)), False),
+        ("prune 90% global lamp", _all(model, Prune(ratio=0.9, scope="global", score="lamp")), False),
+        ("quantize 8b", _all(model, Quantize(bits=8)), False),
+        ("quantize 4b", _all(model, Quantize(bits=4)), False),
+        ("quantize 2b (ternary)", _all(model, Quantize(bits=2)), False),
+        ("quantize 1b (sign)", _all(model, Quantize(bits=1)), False),
+        ("quantize 8b + act 8b", _all(model, Quantize(bits=8, act_bits=8)), False),
+        ("share 5b (k-means)", _all(model, Share(bits=5)), False),
+        ("prune 90% + share 5b + H", _all(model, Prune(ratio=0.9), Share(bits=5)), True),
+        ("prune 90% + quantize 5b + H", _all(model, Prune(ratio=0.9), Quantize(bits=5)), True),
+    ]
+    linear = _layers(model, nn.Linear)[:-1]  # the classifier stays whole
+    if linear:
+        rows.append(("svd rank 0.25", Policy.of({n: [LowRank(rank_ratio=0.25)] for n in linear}), False))
+    convs = [n for n in _layers(model, nn.Conv2d) if model.get_submodule(n).kernel_size != (1, 1)]
+    if convs:
+        rows.append(("tucker2 rank 0.5", Policy.of({n: [LowRank(rank_ratio=0.5, method="tucker2")]
+                                                    for n in convs[1:]}), False))
+        rows.append(("spatial svd rank 0.5", Policy.of({n: [LowRank(rank_ratio=0.5, method="spatial")]
+                                                        for n in convs[1:]}), False))
+        policy, ratio = _channels_for_half_flops(model, example)
+        rows.append((f"channels -50% flops (r={ratio:.2f})", policy, False))
+    return rows
+
+
+def _row(setup: Setup, label: str, model: nn.Module, policy: Policy, entropy: bool, evaluator, test, base,
+         tmp: Path) -> dict:
+    compressed = evaluator.compressed(policy)
+    meta = artifact_meta({"name": setup.model, "kwargs": {}}, policy, tuple(evaluator.example.shape[1:]))
+    data = packed.pack(compressed, meta=meta, entropy=entropy)
+    reported = len(data)  # what the evaluator reports as size_bytes (with entropy coding when the row uses it)
+    disk = write_bytes(tmp / "artifact.acz", data)
+    flops, sparse = count_flops(compressed, evaluator.example)
+    stored, nonzero = count_params(compressed)
+    bits = sum(int(torch.count_nonzero(m.weight)) * _weight_bits(m) for m in compressed.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d)))
+    other = sum(p.numel() for n, p in compressed.named_parameters() if not n.endswith("weight")) * 32
+    x64 = test[0][:64]
+    _, _, b64 = interleaved_ratio(model, compressed, x64)
+    _, _, b1 = interleaved_ratio(model, compressed, test[0][:1], repeats=30)
+    return {
+        "model": setup.model, "primitive": label, "flops_x": base["flops"] / flops,
+        "sparse_flops_x": base["flops"] / max(sparse, 1), "theory_size_x": base["fp32_bits"] / (bits + other),
+        "size_bytes": reported, "disk_bytes": disk, "disk_x": base["fp32_bytes"] / disk,
+        "latency_x_b64": b64, "latency_x_b1": b1, "accuracy": accuracy(compressed, test),
+        "base_accuracy": base["accuracy"], "params_nonzero": nonzero, "params_stored": stored,
+    }
+
+
+def _weight_bits(layer: nn.Module) -> int:
+    coding = getattr(layer, "weight_coding", None)
+    return int(coding.bits) if coding is not None else 32
+
+
+def _int8_row(setup: Setup, model: nn.Module, evaluator, test, base, tmp: Path) -> dict:
+    calibration = evaluator.calibration[0]
+    reference = fold_batchnorm(model)
+    int8_model = to_int8(model, calibration)
+    x = test[0][: setup.int8_batch]
+    _, _, speedup = interleaved_ratio(reference, int8_model, x)
+    _, _, speedup1 = interleaved_ratio(reference, int8_model, test[0][:1], repeats=30)
+    disk = export_int8(tmp / "int8.pt", model, calibration)
+    return {
+        "model": setup.model, "primitive": f"int8 real kernels (vs fp32 BN-folded, b{setup.int8_batch})",
+        "flops_x": 1.0, "theory_size_x": 4.0, "disk_bytes": disk, "disk_x": base["fp32_bytes"] / disk,
+        f"latency_x_b{setup.int8_batch}": speedup, "latency_x_b64": speedup if setup.int8_batch == 64 else None,
+        "latency_x_b1": speedup1, "accuracy": accuracy(int8_model, test), "base_accuracy": base["accuracy"],
+    }
+
+
+def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None] = print) -> BenchResult:
+    result = BenchResult("primitives", {"quick": quick, "threads": 2, "latency": "median of interleaved rounds",
+                                        "accuracy": "test split, before fine-tuning"})
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for setup in SETUPS:
+            subset = 2000 if quick else None
+            model, splits = cached_baseline(setup.model, setup.dataset, data_dir,
+                                            setup.quick_train if quick else setup.train, runs_dir, subset=subset,
+                                            log=log)
+            test = (splits.test[0][:500], splits.test[1][:500]) if quick else splits.test
+            evaluator = CompressionEvaluator(model, splits.val if not quick else (splits.val[0][:500],
+                                             splits.val[1][:500]), latency=LatencySpec(repeats=3, warmup=1),
+                                             calibration=(splits.train[0][:256], splits.train[1][:256]))
+            params = count_params(model)[0]
+            base = {"flops": count_flops(model, evaluator.example)[0], "fp32_bytes": 4 * params,
+                    "fp32_bits": 32 * params, "accuracy": accuracy(model, test)}
+            policies = _policies(setup.model, model, evaluator.example)
+            if quick:
+                policies = policies[::3] + [p for p in policies if p[0].startswith("channels")]
+            for label, policy, entropy in policies:
+                row = _row(setup, label, model, policy, entropy, evaluator, test, base, tmp)
+                result.rows.append(row)
+                log(f"  {setup.model:9s} {label:38s} disk {row['disk_bytes']:>9,} B  "
+                    f"lat x{row['latency_x_b64']:.2f} (b64)  acc {row['accuracy']:.4f}")
+                if label.startswith("channels") and setup.model == "resnet20":
+                    result.target("resnet20_channels_half_flops_speedup_b64", row["latency_x_b64"], ">=", 1.6)
+            row = _int8_row(setup, model, evaluator, test, base, tmp)
+            result.rows.append(row)
+            log(f"  {setup.model:9s} {row['primitive']:38s} disk {row['disk_bytes']:>9,} B  "
+                f"lat x{row[f'latency_x_b{setup.int8_batch}']:.2f}  acc {row['accuracy']:.4f}")
+            if setup.model == "resnet20":
+                result.target("resnet20_int8_speedup_b64", row["latency_x_b64"], ">=", 2.0)
+            if setup.model == "lenet300":
+                result.target("lenet300_int8_speedup_b256", row["latency_x_b256"], ">=", 1.3)
+    packed_rows = [r for r in result.rows if r.get("size_bytes")]
+    worst = max(abs(r["disk_bytes"] - r["size_bytes"]) / r["size_bytes"] for r in packed_rows)
+    result.target("packed_disk_vs_reported_max_rel_diff", worst, "<=", 0.01)
+    return result
+
+
+def main(*, quick: bool, data_dir: str | None, runs_dir: str) -> BenchResult:
+    result = run(quick=quick, data_dir=data_dir, runs_dir=runs_dir)
+    print(format_table(result.rows, COLUMNS))
+    print("targets:")
+    print(format_targets(result.targets))
+    out = result.write(runs_dir)
+    print(f"results: {out / 'results.json'}")
+    return result
