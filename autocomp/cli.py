@@ -89,7 +89,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     compressed = compress(load_run_model(args.run_dir), policy, example=example, calibration=calibration)
     if args.format == "packed":
         meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
-        size = write_bytes(args.out, pack_model(compressed, meta))
+        size = write_bytes(args.out, pack_model(compressed, meta, entropy=info["signature"].get("entropy", False)))
         print(f"wrote {args.out}: {size:,} bytes (trial {args.trial} reported size_bytes "
               f"{int(record['metrics']['size_bytes']):,})")
     elif args.format == "pt":
@@ -100,8 +100,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         size = export_onnx(args.out, compressed, calibration[0][:8])
         print(f"wrote {args.out}: {size:,} bytes, ONNX, checked against PyTorch with ONNX Runtime (<= 1e-4)")
     else:
-        size = export_int8(args.out, compressed, calibration[0])
-        print(f"wrote {args.out}: {size:,} bytes, int8 kernels (TorchScript; load with torch.jit.load)")
+        size, engine = export_int8(args.out, compressed, calibration[0])
+        print(f"wrote {args.out}: {size:,} bytes, int8 kernels for the '{engine}' engine (TorchScript: set "
+              f"torch.backends.quantized.engine = '{engine}', then torch.jit.load)")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -121,6 +122,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {store.path / 'pareto.png'}")
     if args.json:
         print(json.dumps(pareto, indent=1))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import importlib
+
+    from autocomp.bench import BENCHES
+
+    importlib.import_module(BENCHES[args.name]).main(quick=args.quick, data_dir=args.data_dir,
+                                                     runs_dir=args.runs_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "the real int8 model on PyTorch's quantized engine")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
+
+    from autocomp.bench import BENCHES
+
+    p = sub.add_parser("bench", help="run a benchmark; prints a table, writes <runs-dir>/bench-NAME/results.json")
+    p.add_argument("name", choices=sorted(BENCHES))
+    p.add_argument("--quick", action="store_true", help="a small version that exercises every code path")
+    p.add_argument("--data-dir", help="folder holding mnist/ and cifar10/ (or one dataset's own folder)")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("report", help="print a finished run's Pareto table")
     p.add_argument("run_dir")

@@ -36,9 +36,11 @@ class CompressionEvaluator:
         model_ref: Mapping[str, Any] | None = None,
         extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
         calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+        entropy: bool = False,
     ) -> None:
         self.model = model.eval()
         self.data = data
+        self.entropy = entropy
         # calibration rows (activation ranges, Taylor scores); the first validation rows if none are given
         self.calibration = calibration if calibration is not None else (data[0][:256], data[1][:256])
         self.latency = latency
@@ -57,11 +59,15 @@ class CompressionEvaluator:
         """The compressed model exactly as evaluated (and as `export` rebuilds it)."""
         return compress(self.model, policy, example=self.example, calibration=self.calibration)
 
+    def artifact(self, compressed: nn.Module, policy: Policy) -> bytes:
+        """The packed bytes `export --format packed` writes for this policy: size_bytes is their length."""
+        meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
+        return pack_model(compressed, meta, entropy=self.entropy)
+
     def __call__(self, policy: Policy) -> dict[str, float]:
         compressed = self.compressed(policy)
         acc = accuracy(compressed, self.data)
-        meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
-        size = len(pack_model(compressed, meta))
+        size = len(self.artifact(compressed, policy))
         stored, nonzero = count_params(compressed)
         flops, sparse_flops = count_flops(compressed, self.example)
         timing = measure_latency(

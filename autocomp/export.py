@@ -24,8 +24,8 @@ def artifact_meta(model_ref: Mapping[str, Any] | None, policy: Policy, input_sha
             "input_shape": list(input_shape)}
 
 
-def pack_model(compressed: nn.Module, meta: Mapping[str, Any]) -> bytes:
-    return packed.pack(compressed, meta=dict(meta))
+def pack_model(compressed: nn.Module, meta: Mapping[str, Any], *, entropy: bool = False) -> bytes:
+    return packed.pack(compressed, meta=dict(meta), entropy=entropy)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> int:
@@ -93,9 +93,11 @@ def export_onnx(path: str | os.PathLike, compressed: nn.Module, example: torch.T
     return _replace_atomically(path, write)
 
 
-def export_int8(path: str | os.PathLike, compressed: nn.Module, calibration: torch.Tensor) -> int:
-    """Write the real int8 model (PyTorch quantized kernels, TorchScript; load with torch.jit.load)."""
+def export_int8(path: str | os.PathLike, compressed: nn.Module, calibration: torch.Tensor) -> tuple[int, str]:
+    """Write the real int8 model (PyTorch quantized kernels, TorchScript; load with torch.jit.load after
+    setting torch.backends.quantized.engine to the engine returned beside the size)."""
     from autocomp.int8 import save_int8, to_int8
 
     int8_model = to_int8(compressed, calibration)
-    return _replace_atomically(path, lambda target: save_int8(target, int8_model, calibration[:1]))
+    size = _replace_atomically(path, lambda target: save_int8(target, int8_model, calibration[:1]))
+    return size, int8_model.engine

@@ -267,6 +267,7 @@ def search(
     seed: int = 0,
     test_data: Any = None,
     calibration_data: Any = None,
+    entropy: bool = False,
     extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
     latency: LatencySpec = DEFAULT_LATENCY,
     runs_dir: str | os.PathLike = "runs",
@@ -290,6 +291,7 @@ def search(
         test_data: optional held-out data, used once at the end for the Pareto points.
         calibration_data: a few hundred training rows for activation ranges and Taylor scores
             (default: the first 256 rows of val_data).
+        entropy: Huffman-code the packed artifact (its size is what size_bytes measures).
         extra_metrics: user callables `f(compressed_model) -> float`, available to objectives by name.
         runs_dir, name: the run directory is `runs_dir/name` (a timestamped name by default).
         resume: continue the run in that directory instead of refusing to reuse it.
@@ -304,7 +306,7 @@ def search(
     signature = {
         "optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
         "objectives": [[o.name, o.direction] for o in objectives], "constraints": [vars(c) for c in constraints],
-        "params": [[p.name, repr(p.domain)] for p in bound.params],
+        "params": [[p.name, repr(p.domain)] for p in bound.params], "entropy": entropy,
     }
     signature = json.loads(json.dumps(signature))  # tuples -> lists, as run.json reads back
     if resume:
@@ -334,7 +336,8 @@ def search(
                                 run_info=info)
     try:
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
-                                         extra_metrics=extra_metrics, calibration=calibration)
+                                         extra_metrics=extra_metrics, calibration=calibration,
+                                         entropy=entropy)
         baseline = evaluator(Policy.of({}))
         info["baseline"] = baseline
         store.write_json("run.json", info)

@@ -161,7 +161,7 @@ def run_spec_search(
         model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
         objectives=objectives, constraints=constraints,
         optimizer=optimizer, trials=trials, seed=seed, test_data=splits.test, latency=spec.latency,
-        runs_dir=runs_dir, name=name, resume=resume, progress=progress,
+        runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
         model_ref=model_ref,
         space_yaml=dump_run_spec(spec), run_info=run_info,
     )

@@ -23,6 +23,7 @@ from autocomp.space.params import Choice, Domain, FloatRange, IntRange
 from autocomp.space.space import Group, KnobSpec, SearchSpace, Selector, Where
 from autocomp.space.spec import (
     METRICS,
+    ArtifactSpec,
     ConstraintSpec,
     DataSpec,
     LatencySpec,
@@ -33,7 +34,8 @@ from autocomp.space.spec import (
 )
 
 VERSION = 1
-TOP_KEYS = ("version", "model", "data", "train", "latency", "objectives", "constraints", "groups")
+TOP_KEYS = ("version", "model", "data", "train", "latency", "artifact", "objectives", "constraints", "groups")
+ARTIFACT_KEYS = ("entropy",)
 MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "seed")
@@ -212,6 +214,7 @@ def dump_run_spec(spec: RunSpec) -> str:
         "data": asdict(spec.data),
         "train": asdict(spec.train),
         "latency": asdict(spec.latency),
+        "artifact": asdict(spec.artifact),
         "objectives": [{"metric": o.metric, "direction": o.direction} for o in spec.objectives],
     }
     if spec.constraints:
@@ -382,8 +385,8 @@ class _Parser:
             raise self.fail(f"unsupported version (this autocomp reads version {VERSION})",
                             line=doc.value_lines["version"], key="version", value=version)
         extra: dict[str, Any] = {}
-        sections = (("train", self.train), ("latency", self.latency), ("objectives", self.objectives),
-                    ("constraints", self.constraints))
+        sections = (("train", self.train), ("latency", self.latency), ("artifact", self.artifact),
+                    ("objectives", self.objectives), ("constraints", self.constraints))
         for name, read in sections:
             if name in doc:
                 extra[name] = read(doc[name], doc.value_lines[name], name)
@@ -450,6 +453,10 @@ class _Parser:
         rules = {"epochs": self.at_least(1), "lr": self.positive, "batch_size": self.at_least(1),
                  "seed": self.at_least(0, MAX_SEED)}
         return TrainSpec(**self.fields(m, key, rules))
+
+    def artifact(self, value: Any, line: int, key: str) -> ArtifactSpec:
+        m = self.mapping(value, line, key, ARTIFACT_KEYS)
+        return ArtifactSpec(**self.fields(m, key, {"entropy": self.boolean}))
 
     def latency(self, value: Any, line: int, key: str) -> LatencySpec:
         m = self.mapping(value, line, key, LATENCY_KEYS)

@@ -60,6 +60,14 @@ class LatencySpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ArtifactSpec:
+    """How the packed artifact is written: `entropy` Huffman-codes codes and index gaps (Deep Compression's
+    "+H") wherever that is smaller, tables included. size_bytes is measured on the artifact so written."""
+
+    entropy: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class ObjectiveSpec:
     metric: str
     direction: str
@@ -88,6 +96,7 @@ class RunSpec:
     constraints: tuple[ConstraintSpec, ...] = ()
     train: TrainSpec = field(default_factory=TrainSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
+    artifact: ArtifactSpec = field(default_factory=ArtifactSpec)
     source: str | None = None  # the file it came from
 
 
