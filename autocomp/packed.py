@@ -10,7 +10,8 @@ with one row per ``state_dict`` entry, in ``state_dict`` order::
     [name, dtype, shape, position coding, k, entries, bits, payload bytes(, extensions)]
 
 ``extensions`` (version 2 only) is a non-empty dict: ``"cb"``: the weight is codebook-coded with that
-many fp32 centroids; ``"hi"`` / ``"hv"``: the relative index stream / the code stream is Huffman-coded
+many fp32 centroids; ``"s1"``: every output channel has the same scale (per-tensor quantization), stored
+once; ``"hi"`` / ``"hv"``: the relative index stream / the code stream is Huffman-coded
 and its section has that many bytes. :func:`pack` writes version 1 when no row needs extensions (such
 files are byte-identical to what older autocomp wrote and reads), else version 2; both are read.
 
@@ -88,7 +89,7 @@ _VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 _MAX_K = 16
 _POSITIONS = ("dense", "bitmask", "relative")
-_EXTENSIONS = ("cb", "hi", "hv")
+_EXTENSIONS = ("cb", "hi", "hv", "s1")
 _PLAIN_ROW = 8  # fields of a row without extensions
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -448,7 +449,11 @@ def _encode(name: str, tensor: torch.Tensor, coding: Coding | None, entropy: boo
         # Offset binary; for 1 bit the sign, which has no zero code.
         values = (q > 0).astype(np.int64) if bits == 1 else q + (2 ** (bits - 1) - 1)
         zero_symbol = None if bits == 1 else 2 ** (bits - 1) - 1
-        head = coding.scale.detach().cpu().numpy().astype("<f4").tobytes()
+        scales = coding.scale.detach().cpu().numpy().astype("<f4")
+        if len(scales) > 1 and (scales == scales[0]).all():  # per-tensor: one scale, not one per channel
+            scales = scales[:1]
+            extensions["s1"] = 1
+        head = scales.tobytes()
     elif isinstance(coding, CodebookCoding):
         bits = coding.bits
         values, zero_symbol = _indices(name, tensor, coding)
@@ -589,6 +594,7 @@ class _Row(NamedTuple):
     codebook: int = 0  # centroids of a CodebookCoding, 0 for none
     index_huffman: int | None = None  # bytes of the Huffman-coded relative index section
     value_huffman: int | None = None  # bytes of the Huffman-coded code section
+    one_scale: bool = False  # one scale for every channel (per-tensor quantization)
 
     @property
     def numel(self) -> int:
@@ -600,7 +606,10 @@ class _Row(NamedTuple):
 
     def raw_sections(self) -> tuple[int, int, int]:
         """Byte lengths of the (head, positions, values) sections, as if no stream were Huffman-coded."""
-        head = 4 * self.codebook if self.codebook else 4 * self.shape[0] if self.bits else 0
+        if self.codebook:
+            head = 4 * self.codebook
+        else:
+            head = 4 * (1 if self.one_scale else self.shape[0]) if self.bits else 0
         index = {"dense": 0, "bitmask": (self.numel + 7) // 8, "relative": (self.entries * self.k + 7) // 8}
         values = _value_bytes(self.entries, self.bits, _DTYPES[self.dtype].itemsize)
         return head, index[self.position], values
@@ -650,10 +659,12 @@ def _check_row(row: Any, version: int) -> _Row:
         and (not codebook or (bits and codebook <= 2**bits))
         and (index_huffman is None or position == "relative")
         and (value_huffman is None or bits)
+        and (not ext.get("s1") or (ext["s1"] == 1 and bits and not codebook))
     )
     if not ok:
         raise bad
-    parsed = _Row(name, dtype, tuple(shape), position, k, entries, bits, nbytes, codebook, index_huffman, value_huffman)
+    parsed = _Row(name, dtype, tuple(shape), position, k, entries, bits, nbytes, codebook, index_huffman,
+                  value_huffman, bool(ext.get("s1")))
     if sum(parsed.sections()) != nbytes or (position == "dense" and entries != parsed.numel):
         raise PackedFormatError(f"corrupt header: sizes of '{name}' are inconsistent")
     return parsed
@@ -717,6 +728,8 @@ def _decode_tensor(row: _Row, buf: bytes) -> tuple[torch.Tensor, Coding | None]:
         return weight, coding
 
     scale = torch.from_numpy(np.frombuffer(head, "<f4").astype(np.float32))
+    if row.one_scale:
+        scale = scale.expand(row.shape[0]).contiguous()
     if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
         raise PackedFormatError(f"corrupt data: scales of '{row.name}' are not finite and positive")
     if row.bits == 1:

@@ -104,3 +104,19 @@ def test_quantize_applies_to_every_factor_and_conv():
     assert len(c[2].weight[0].unique()) <= 3  # -s, 0, +s per channel
     mlp = tiny_mlp()
     assert compress(mlp, Policy.of({"1": [Quantize(bits=32, act_bits=32)]}))[1].weight.equal(mlp[1].weight)
+
+
+def test_per_tensor_scale_is_stored_once_and_round_trips(tmp_path):
+    model = nn.Sequential(random_layer(64, 128))
+    per_channel = Policy.of({"0": [Quantize(bits=4)]})
+    per_tensor = Policy.of({"0": [Quantize(bits=4, per_channel=0)]})
+    sizes = {}
+    for label, policy in (("channel", per_channel), ("tensor", per_tensor)):
+        c = compress(model, policy)
+        data = pack_model(c, artifact_meta(None, policy, (128,)))
+        sizes[label] = len(data)
+        path = tmp_path / f"{label}.acz"
+        write_bytes(path, data)
+        x = torch.randn(4, 128)
+        assert torch.equal(outputs(load_packed(path, model=model), x), outputs(c, x))
+    assert sizes["channel"] - sizes["tensor"] >= 63 * 4 - 16  # 63 scales saved, a few header bytes spent
