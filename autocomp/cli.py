@@ -101,8 +101,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}: {size:,} bytes, ONNX, checked against PyTorch with ONNX Runtime (<= 1e-4)")
     else:
         size, engine = export_int8(args.out, compressed, calibration[0])
-        print(f"wrote {args.out}: {size:,} bytes, int8 kernels for the '{engine}' engine (TorchScript: set "
-              f"torch.backends.quantized.engine = '{engine}', then torch.jit.load)")
+        print(f"wrote {args.out}: {size:,} bytes, int8 kernels for the '{engine}' engine "
+              f"(load with autocomp.int8.load_int8(path), or set torch.backends.quantized.engine = "
+              f"'{engine}' before torch.jit.load)")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -25,20 +25,27 @@ def compress(
     *,
     example: torch.Tensor | None = None,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    skeleton: bool = False,
 ) -> nn.Module:
     """Apply `policy` to a deep copy of `model`, one stage (primitive type) at a time in `STAGES` order.
 
     A primitive that replaces a layer (low rank -> two or three layers) hands every later primitive of that
     layer all of the replacement's parts, so e.g. pruning and quantization apply to each factor. Model-level
     primitives (channel removal, global pruning, activation calibration) get `example` / `calibration`.
+    `skeleton` builds only the shapes a packed file is then loaded into (uncalibrated ranges allowed).
     """
-    compressed = copy.deepcopy(model)
-    for layer_name, _ in policy.layers:
+    names = [name for name, _ in policy.layers]
+    for name in names:
         try:
-            compressed.get_submodule(layer_name)
+            model.get_submodule(name)
         except AttributeError:
-            raise AutocompError(f"policy names layer '{layer_name}', which the model does not have") from None
-    context = Context(example=example, calibration=calibration)
+            raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
+        nested = [other for other in names if other != name and (not name or other.startswith(name + "."))]
+        if not name or nested:  # one layer's replacement would move the other out from under it
+            raise AutocompError(f"policy names layer '{name}' and layers inside it ({', '.join(nested)}); "
+                                "name leaf layers only")
+    compressed = copy.deepcopy(model)
+    context = Context(example=example, calibration=calibration, skeleton=skeleton)
     for stage in STAGES:
         configs = {name: c for name, cs in policy.layers for c in cs if type(c) is stage and not c.is_identity()}
         if not configs:

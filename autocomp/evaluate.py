@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -38,7 +39,7 @@ class CompressionEvaluator:
         calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
         entropy: bool = False,
     ) -> None:
-        self.model = model.eval()
+        self.model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and everything else
         self.data = data
         self.entropy = entropy
         # calibration rows (activation ranges, Taylor scores); the first validation rows if none are given

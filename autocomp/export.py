@@ -46,9 +46,39 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
             raise PackedFormatError(f"{path}: built from a user model; pass that model to load_packed(model=...)")
         model = build_model(meta["model"]["name"], meta["model"].get("kwargs"))
     example = torch.zeros(1, *meta["input_shape"]) if meta.get("input_shape") else None
-    # only the shapes of the skeleton matter: every tensor (scales and calibrated ranges too) is overwritten
-    skeleton = compress(model, Policy.from_dict(meta.get("policy", {})), example=example)
+    # only the skeleton's structure matters: every tensor (scales and calibrated ranges too) is overwritten
+    skeleton = compress(model, Policy.from_dict(meta.get("policy", {})), example=example, skeleton=True)
+    _fit_shapes(skeleton, packed.unpack(data)[1])
     return packed.load_into(skeleton, data)
+
+
+def _fit_shapes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Give the skeleton the packed file's tensor shapes where they differ.
+
+    Ranks chosen by singular-value energy and channels chosen by a data-dependent criterion depend on the
+    weights, so a skeleton rebuilt from other weights can differ in size from the evaluated model.
+    """
+    for key, tensor in state.items():
+        module_name, _, attr = key.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            continue  # load_into names the mismatch
+        current = getattr(module, attr, None)
+        if not isinstance(current, torch.Tensor) or current.shape == tensor.shape:
+            continue
+        if isinstance(current, nn.Parameter):
+            setattr(module, attr, nn.Parameter(torch.empty(tensor.shape, dtype=current.dtype),
+                                               requires_grad=current.requires_grad))
+        else:
+            module.register_buffer(attr, torch.empty(tensor.shape, dtype=current.dtype))
+    for module in model.modules():  # keep the modules' own size attributes true to their tensors
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.Conv2d):
+            module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.num_features = module.running_mean.shape[0]
 
 
 def export_program(path: str | os.PathLike, compressed: nn.Module, example: torch.Tensor) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -35,6 +37,17 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 ENGINES = ("x86", "onednn", "fbgemm")
 
 
+@contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """Run with PyTorch's (process-global) quantized engine set to `engine`, then put the old one back."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 class Int8Model(nn.Module):
     """An int8 model and the quantized engine its packed weights were prepared for (set on each call)."""
 
@@ -44,9 +57,8 @@ class Int8Model(nn.Module):
         self.engine = engine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.backends.quantized.engine != self.engine:
-            torch.backends.quantized.engine = self.engine
-        return self.module(x)
+        with quantized_engine(self.engine):
+            return self.module(x)
 
 
 def _median_seconds(model: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
@@ -86,9 +98,9 @@ def _convert(model: nn.Module, calibration: torch.Tensor, engine: str) -> nn.Mod
     if engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(f"quantized engine '{engine}' is not available here: "
                            f"{torch.backends.quantized.supported_engines}")
-    torch.backends.quantized.engine = engine
     float_model = _unwrap_fake_quant(copy.deepcopy(model)).eval()
-    with warnings.catch_warnings():  # FX graph mode quantization is deprecated but still the eager-CPU path
+    # FX graph mode quantization is deprecated but still the eager-CPU path to these kernels
+    with quantized_engine(engine), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_fx(float_model, get_default_qconfig_mapping(engine), (calibration[:1],))
         with torch.no_grad():
@@ -100,10 +112,21 @@ def _convert(model: nn.Module, calibration: torch.Tensor, engine: str) -> nn.Mod
 def save_int8(path: str, int8_model: Int8Model, example: torch.Tensor) -> None:
     """TorchScript is the one format that serialises PyTorch's packed int8 kernels (torch.export cannot).
 
-    Set `torch.backends.quantized.engine = int8_model.engine` before loading and running the file.
+    Load it with `load_int8`, or set `torch.backends.quantized.engine` to the recorded engine first.
     """
-    torch.backends.quantized.engine = int8_model.engine
-    with warnings.catch_warnings():
+    with quantized_engine(int8_model.engine), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(int8_model.module, (example,))
         torch.jit.save(traced, path, _extra_files={"quantized_engine": int8_model.engine})
+
+
+def load_int8(path: str) -> Int8Model:
+    """Load a file `save_int8` wrote, with the engine its packed weights need (recorded in the file)."""
+    extra = {"quantized_engine": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with quantized_engine(torch.backends.quantized.engine):
+            module = torch.jit.load(path, _extra_files=extra)
+    engine = extra["quantized_engine"]
+    engine = engine.decode() if isinstance(engine, bytes) else engine
+    return Int8Model(module, engine or torch.backends.quantized.engine)

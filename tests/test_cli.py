@@ -191,7 +191,14 @@ def test_export_onnx_and_int8_match_the_model(finished_run, tmp_path):
     int8_path = tmp_path / "m.int8.pt"
     assert main(["export", str(finished_run), "--trial", str(trial["id"]), "--format", "int8",
                  "--out", str(int8_path)]) == 0
-    with torch.no_grad():
-        got8 = torch.jit.load(str(int8_path))(x)
+    engine = torch.backends.quantized.engine
+    code = ("import sys, torch\nfrom autocomp.int8 import load_int8\n"  # a fresh process: nothing preset
+            f"m = load_int8({str(int8_path)!r})\nx = torch.load({str(tmp_path / 'x.pt')!r})\n"
+            f"torch.save(m(x), {str(tmp_path / 'y.pt')!r}); print(m.engine)")
+    torch.save(x, tmp_path / "x.pt")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got8 = torch.load(tmp_path / "y.pt")
+    assert torch.backends.quantized.engine == engine  # exporting left the process-wide engine as it was
     # int8 rounding of weights and activations: close outputs, not equal ones
     assert float((got8 - want).norm() / want.norm()) < 0.1

@@ -120,3 +120,61 @@ def test_per_tensor_scale_is_stored_once_and_round_trips(tmp_path):
         x = torch.randn(4, 128)
         assert torch.equal(outputs(load_packed(path, model=model), x), outputs(c, x))
     assert sizes["channel"] - sizes["tensor"] >= 63 * 4 - 16  # 63 scales saved, a few header bytes spent
+
+
+def test_weight_dependent_shapes_reload_into_a_skeleton_built_from_other_weights(tmp_path):
+    """Energy ranks and Taylor channels depend on the weights; load_packed must follow the file's shapes."""
+    from autocomp.primitives import Channels, LowRank
+    from autocomp.zoo import ResNet20
+
+    torch.manual_seed(0)
+    model = ResNet20(width=0.5).eval()
+    x = torch.randn(32, 3, 32, 32)
+    y = torch.randint(0, 10, (32,))
+    policy = Policy.of({"layer1.0.conv1": [Channels(ratio=0.4, criterion="taylor")],
+                        "layer2.0.conv2": [LowRank(energy=0.7)], "layer3.1.conv1": [LowRank(energy=0.8)],
+                        "layer2.1.conv1": [Quantize(bits=6, act_bits=8)]})
+    c = compress(model, policy, example=x[:1], calibration=(x, y))
+    path = tmp_path / "m.acz"
+    write_bytes(path, pack_model(c, artifact_meta({"name": "resnet20", "kwargs": {"width": 0.5}}, policy,
+                                                  (3, 32, 32))))
+    reloaded = load_packed(path)  # a fresh ResNet20(width=0.5): other weights, other energy ranks
+    assert torch.equal(outputs(reloaded, x[:8]), outputs(c, x[:8]))
+
+
+def test_activation_bits_without_calibration_is_an_error():
+    import pytest
+
+    from autocomp.errors import AutocompError
+
+    with pytest.raises(AutocompError, match="needs calibration data"):
+        compress(tiny_mlp(), Policy.of({"1": [Quantize(act_bits=8)]}))
+
+
+def test_fake_quantized_models_export_to_torch_export_and_onnx(tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    from autocomp.export import export_onnx, export_program
+
+    data = tiny_data(64)
+    model = fit(tiny_cnn(), data, steps=30)
+    policy = Policy.of({"2": [Quantize(bits=4, act_bits=4)], "5": [Quantize(bits=8, act_bits=8)]})
+    c = compress(model, policy, calibration=data)
+    x = data[0][:16]
+    export_program(tmp_path / "m.pt2", c, x[:1])
+    assert torch.allclose(torch.export.load(tmp_path / "m.pt2").module()(x), outputs(c, x), atol=1e-6)
+    export_onnx(tmp_path / "m.onnx", c, x)
+    got = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - outputs(c, x).numpy()).max() <= 1e-4
+
+
+def test_calibration_keeps_batchnorm_statistics_and_the_input_model_untouched():
+    from autocomp.zoo import ResNet20
+
+    model = ResNet20(width=0.5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(16, 3, 32, 32)
+    c = compress(model, Policy.of({"layer1.0.conv1": [Quantize(act_bits=8)]}), calibration=(x, None))
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(c.get_submodule("layer1.0.bn1").running_mean, before["layer1.0.bn1.running_mean"])

@@ -122,11 +122,12 @@ def _scores(part: _Part, criterion: str, grads: dict[nn.Module, torch.Tensor] | 
 
 
 def _group_parts(
-    graph: tp.DependencyGraph, group, names: dict[nn.Module, str]
-) -> tuple[list[_Part], list[_Part], bool]:
-    """The group's Conv2d/Linear output-channel members, its affine BatchNorms, and whether it reaches the
-    model output."""
+    graph: tp.DependencyGraph, group, names: dict[nn.Module, str], out_width: int
+) -> tuple[list[_Part], list[_Part], bool, list[str]]:
+    """The group's Conv2d/Linear output-channel members, its affine BatchNorms, whether it reaches the
+    model output, and the members nothing traced consumes although they cannot be the output layer."""
     reaches_output = False
+    untraced: list[str] = []
     members: list[_Part] = []
     bns: list[_Part] = []
     for item in group.items:
@@ -138,16 +139,23 @@ def _group_parts(
         module = target.module
         part = _Part(names.get(module, ""), module, list(item.idxs), list(item.root_idxs))
         if isinstance(module, LAYER_TYPES):
-            reaches_output |= not target.outputs  # nothing consumes it: it produces the model output
+            if not target.outputs:  # nothing consumes it: it produces the model output...
+                reaches_output = True
+                if module.weight.shape[0] != out_width:  # ...unless its width says it cannot
+                    untraced.append(part.name)
             members.append(part)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
             bns.append(part)
-    return members, bns, reaches_output
+    return members, bns, reaches_output, untraced
 
 
-def _plan(graph, group, layer_configs, names, grads) -> tuple[nn.Module, object, list[int]] | None:
+def _plan(graph, group, layer_configs, names, grads, out_width) -> tuple[nn.Module, object, list[int]] | None:
     """(root layer, its out-channel pruning function, root channels to remove) for one group, or None."""
-    members, bns, reaches_output = _group_parts(graph, group, names)
+    members, bns, reaches_output, untraced = _group_parts(graph, group, names, out_width)
+    lost = [name for name in untraced if name in layer_configs]
+    if lost:  # e.g. a .detach() or a Python-side op in forward cut the trace: say so, never skip silently
+        raise AutocompError(f"channel pruning cannot follow the outputs of layer(s) {', '.join(lost)} through "
+                            "the model's forward (a detach or an untraced operation cuts the graph)")
     configured = [layer_configs[name] for name in sorted(m.name for m in members) if name in layer_configs]
     if not configured or reaches_output:
         return None
@@ -189,10 +197,19 @@ def prune_channels(model: nn.Module, configs: Mapping[str, Channels], context: C
             grads = _taylor_grads(model, context.calibration)
         # a tuple, so Torch-Pruning calls model(example) (a bare tensor it first tries as model(*example))
         example = (context.example,) if isinstance(context.example, torch.Tensor) else context.example
+        with torch.no_grad():
+            try:
+                out_width = model(*example).shape[1]
+            except Exception as err:
+                raise AutocompError(f"channel pruning: the model does not run on the example input: {err}") from err
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+            missing = [n for n in layer_configs if model.get_submodule(n) not in graph.module2node]
+            if missing:
+                raise AutocompError(f"channel pruning cannot follow the outputs of layer(s) {', '.join(missing)} "
+                                    "through the model's forward (a detach or an untraced operation cuts the graph)")
             # score every group on the unpruned model first, so the result does not depend on pruning order
-            plans = [_plan(graph, g, layer_configs, names, grads)
+            plans = [_plan(graph, g, layer_configs, names, grads, out_width)
                      for g in graph.get_all_groups(root_module_types=LAYER_TYPES)]
             for plan in plans:
                 if plan is None:

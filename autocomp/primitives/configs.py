@@ -133,8 +133,7 @@ class Prune(PrimitiveConfig):
 @dataclass(frozen=True, kw_only=True)
 class Share(PrimitiveConfig):
     """Weight sharing (Deep Compression): k-means of a layer's nonzero weights into 2^bits centroids,
-    linearly initialised; weights become codebook indices. 32 = off. `tie` names a group of layers with
-    identical weight shapes that share one weight tensor (cross-layer tying); empty = no tying.
+    linearly initialised; weights become codebook indices. 32 = off.
     """
 
     NAME: ClassVar[str] = "share"
@@ -149,7 +148,8 @@ class Share(PrimitiveConfig):
 class Quantize(PrimitiveConfig):
     """Symmetric weight quantization to `bits` (1 = sign x scale; 2 = ternary {-s, 0, s}; 32 keeps fp32),
     per output channel or per tensor; `act_bits` < 32 fake-quantizes the layer's input with a range
-    calibrated on sample data. A layer that shares weights has its codebook quantized instead.
+    calibrated on sample data. On a layer whose weights are shared (a k-means codebook) the codebook
+    indices already are the weight code: `bits` is then ignored and `act_bits` still applies.
     """
 
     NAME: ClassVar[str] = "quantize"

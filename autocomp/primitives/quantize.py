@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from autocomp.errors import AutocompError
 from autocomp.packed import WeightCoding, dequantize
 from autocomp.primitives.configs import Quantize
 from autocomp.primitives.registry import Context, model_handler
@@ -74,7 +75,9 @@ class QuantizedInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bits < 32:  # 32 while calibrating: observe what the layer gets unquantized
-            x = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 2**self.bits - 1)
+            # plain ops rather than torch.fake_quantize_*: torch.export and every ONNX opset take these
+            q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, 2**self.bits - 1)
+            x = (q - self.zero_point) * self.scale
         return self.layer(x)
 
 
@@ -89,6 +92,8 @@ def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.T
     # observe the raw input of each wrapped layer, with every other wrapper still passing inputs through
     hooks = [w.layer.register_forward_pre_hook(record) for w in wrappers]
     saved = [(w, w.bits) for w in wrappers]
+    training = {m: m.training for m in model.modules()}
+    model.eval()  # BatchNorm must use (and keep) its running statistics while ranges are observed
     for w in wrappers:
         w.bits = 32
     try:
@@ -100,6 +105,8 @@ def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.T
             hook.remove()
         for w, bits in saved:
             w.bits = bits
+        for module, flag in training.items():
+            module.training = flag
     for w in wrappers:
         if id(w.layer) in ranges:
             w.calibrate(*ranges[id(w.layer)])
@@ -119,6 +126,8 @@ def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: C
             wrappers.append(wrapper)
     if wrappers and context.calibration is not None:
         _calibrate(model, wrappers, context.calibration[0])
-    # without calibration data (rebuilding a skeleton to load a packed file into) the ranges stay
-    # placeholders: the packed file carries the calibrated scale and zero point
+    elif wrappers and not context.skeleton:
+        raise AutocompError("activation quantization (act_bits < 32) needs calibration data: "
+                            "compress(..., calibration=(inputs, labels))")
+    # a skeleton (the shapes a packed file is loaded into) keeps placeholder ranges: the file holds the real ones
     return model

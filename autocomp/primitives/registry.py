@@ -23,6 +23,7 @@ class Context:
 
     example: torch.Tensor | None = None
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None  # (inputs, labels), a few hundred rows
+    skeleton: bool = False  # only the shapes matter (a packed file will overwrite every tensor)
 
 
 LayerHandler = Callable[[nn.Module, PrimitiveConfig], nn.Module]
