@@ -11,7 +11,8 @@ with one row per ``state_dict`` entry, in ``state_dict`` order::
 
 ``extensions`` (version 2 only) is a non-empty dict: ``"cb"``: the weight is codebook-coded with that
 many fp32 centroids; ``"s1"``: every output channel has the same scale (per-tensor quantization), stored
-once; ``"hi"`` / ``"hv"``: the relative index stream / the code stream is Huffman-coded
+once; ``"al"``: the tensor is the very tensor of row ``al - 1`` (cross-layer tying), stored there
+only; ``"hi"`` / ``"hv"``: the relative index stream / the code stream is Huffman-coded
 and its section has that many bytes. :func:`pack` writes version 1 when no row needs extensions (such
 files are byte-identical to what older autocomp wrote and reads), else version 2; both are read.
 
@@ -89,7 +90,7 @@ _VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 _MAX_K = 16
 _POSITIONS = ("dense", "bitmask", "relative")
-_EXTENSIONS = ("cb", "hi", "hv", "s1")
+_EXTENSIONS = ("cb", "hi", "hv", "s1", "al")
 _PLAIN_ROW = 8  # fields of a row without extensions
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -556,10 +557,17 @@ def _pack(model: nn.Module, meta: dict | None, entropy: bool) -> tuple[bytes, bo
         if key not in state:
             raise PackedFormatError(f"'{key}': module has a weight_coding but no weight in the state_dict")
     rows, payloads = [], []
+    first: dict[tuple, int] = {}  # a tensor tied across layers is stored once; later uses alias it
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise PackedFormatError(f"'{name}': state_dict entry is not a tensor")
-        row, payload = _encode(name, tensor, codings.get(name), entropy)
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype, tuple(tensor.stride()))
+        if tensor.numel() and key in first and codings.get(name) == codings.get(rows[first[key]][0]):
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            row, payload = [name, dtype, list(tensor.shape), "dense", 0, 0, 0, 0, {"al": first[key] + 1}], b""
+        else:
+            first.setdefault(key, len(rows))
+            row, payload = _encode(name, tensor, codings.get(name), entropy)
         rows.append(row)
         payloads.append(payload)
     body = b"".join(payloads)
@@ -595,6 +603,7 @@ class _Row(NamedTuple):
     index_huffman: int | None = None  # bytes of the Huffman-coded relative index section
     value_huffman: int | None = None  # bytes of the Huffman-coded code section
     one_scale: bool = False  # one scale for every channel (per-tensor quantization)
+    alias: int = 0  # 1 + the index of the row holding this very tensor (cross-layer tying), 0 for none
 
     @property
     def numel(self) -> int:
@@ -606,6 +615,8 @@ class _Row(NamedTuple):
 
     def raw_sections(self) -> tuple[int, int, int]:
         """Byte lengths of the (head, positions, values) sections, as if no stream were Huffman-coded."""
+        if self.alias:
+            return 0, 0, 0
         if self.codebook:
             head = 4 * self.codebook
         else:
@@ -660,11 +671,14 @@ def _check_row(row: Any, version: int) -> _Row:
         and (index_huffman is None or position == "relative")
         and (value_huffman is None or bits)
         and (not ext.get("s1") or (ext["s1"] == 1 and bits and not codebook))
+        and (not ext.get("al") or (len(ext) == 1 and position == "dense" and entries == bits == nbytes == 0))
     )
     if not ok:
         raise bad
     parsed = _Row(name, dtype, tuple(shape), position, k, entries, bits, nbytes, codebook, index_huffman,
-                  value_huffman, bool(ext.get("s1")))
+                  value_huffman, bool(ext.get("s1")), ext.get("al", 0))
+    if parsed.alias:
+        return parsed  # its tensor is checked against the row it names in _parse_header
     if sum(parsed.sections()) != nbytes or (position == "dense" and entries != parsed.numel):
         raise PackedFormatError(f"corrupt header: sizes of '{name}' are inconsistent")
     return parsed
@@ -774,6 +788,10 @@ def _parse_header(data: bytes) -> tuple[dict, int, list[_Row], int]:
     rows = [_check_row(row, version) for row in header["tensors"]]
     if len({row.name for row in rows}) != len(rows):
         raise PackedFormatError("corrupt packed header: duplicate tensor names")
+    for i, row in enumerate(rows):
+        if row.alias and not (row.alias - 1 < i and not rows[row.alias - 1].alias
+                              and (rows[row.alias - 1].dtype, rows[row.alias - 1].shape) == (row.dtype, row.shape)):
+            raise PackedFormatError(f"corrupt packed header: '{row.name}' aliases a row it cannot")
     return header["meta"], header["crc"], rows, start
 
 
@@ -791,7 +809,12 @@ def _decode(data: bytes) -> tuple[dict, list[_Row], dict[str, torch.Tensor], dic
         codings: dict[str, Coding] = {}
         offset = 0
         for row in rows:
-            tensor, coding = _decode_tensor(row, body[offset : offset + row.nbytes])
+            if row.alias:
+                source = rows[row.alias - 1].name
+                tensor = tensors[source]
+                coding = codings.get(source.removesuffix("weight").removesuffix("."))
+            else:
+                tensor, coding = _decode_tensor(row, body[offset : offset + row.nbytes])
             offset += row.nbytes
             tensors[row.name] = tensor
             if coding is not None:
@@ -840,7 +863,7 @@ def load_into(model: nn.Module, data: bytes) -> nn.Module:
     Raises:
         PackedFormatError: corrupt data, or the first name/shape/dtype that does not match.
     """
-    _, tensors, codings = unpack(data)
+    _, rows, tensors, codings = _decode(data)
     expected = model.state_dict()
     for name, target in expected.items():
         if name not in tensors:
@@ -856,6 +879,13 @@ def load_into(model: nn.Module, data: bytes) -> nn.Module:
         if name not in expected:
             raise PackedFormatError(f"tensor '{name}' in the packed data is not in the model")
     model.load_state_dict(tensors, strict=True)
+    for row in rows:  # tied tensors become one parameter again, as in the model that was packed
+        if row.alias:
+            owner, _, attr = row.name.rpartition(".")
+            source_owner, _, source_attr = rows[row.alias - 1].name.rpartition(".")
+            source = getattr(model.get_submodule(source_owner), source_attr)
+            if isinstance(source, nn.Parameter):
+                setattr(model.get_submodule(owner), attr, source)
     for name, module in model.named_modules(remove_duplicate=False):
         if name in codings:
             module.weight_coding = codings[name]

@@ -153,3 +153,53 @@ def test_eight_bit_sharing_is_accurate() -> None:
     assert snr >= 30, float(snr)
     shared4, _ = share_weight(weight, 4)
     assert (weight - shared4).pow(2).sum() > (weight - shared).pow(2).sum()
+
+
+def test_cross_layer_tying_stores_one_tensor_and_reloads_tied(tmp_path):
+    from autocomp.compress import compress
+    from autocomp.export import artifact_meta, load_packed, pack_model, write_bytes
+    from autocomp.policy import Policy
+    from autocomp.primitives import Share
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
+    x = torch.randn(8, 32)
+    tied_policy = Policy.of({n: [Share(bits=4, tie=1)] for n in ("0", "2", "4")})
+    plain_policy = Policy.of({n: [Share(bits=4)] for n in ("0", "2", "4")})
+    tied, plain = compress(model, tied_policy), compress(model, plain_policy)
+    assert tied[0].weight is tied[2].weight is tied[4].weight
+    assert not torch.equal(tied[0].bias, tied[2].bias)  # biases stay each layer's own
+    assert plain[0].weight is not plain[2].weight
+    mean = torch.stack([model[i].weight for i in (0, 2, 4)]).mean(0)
+    assert len(torch.unique(tied[0].weight)) <= 16 and (tied[0].weight - mean).abs().max() < 0.05
+    sizes = {}
+    for label, c, policy in (("tied", tied, tied_policy), ("plain", plain, plain_policy)):
+        data = pack_model(c, artifact_meta(None, policy, (32,)))
+        sizes[label] = len(data)
+        write_bytes(tmp_path / f"{label}.acz", data)
+        back = load_packed(tmp_path / f"{label}.acz", model=model)
+        with torch.no_grad():
+            assert torch.equal(back(x), c(x))
+        assert (back[0].weight is back[2].weight) == (label == "tied")
+    one_weight = 32 * 32 * 4 / 8 + 16 * 4  # 4-bit indices + codebook
+    assert sizes["plain"] - sizes["tied"] >= 2 * one_weight - 64
+
+
+def test_tied_layers_with_different_settings_keep_one_valid_coding(tmp_path):
+    from autocomp.compress import compress
+    from autocomp.export import artifact_meta, load_packed, pack_model, write_bytes
+    from autocomp.policy import Policy
+    from autocomp.primitives import Quantize, Share
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    x = torch.randn(4, 16)
+    for policy in (
+        Policy.of({"0": [Share(bits=32, tie=1), Quantize(bits=3)], "2": [Share(bits=4, tie=1)],
+                   "4": [Share(tie=1), Quantize(bits=6)]}),
+        Policy.of({"0": [Share(tie=1), Quantize(bits=3)], "2": [Share(tie=1), Quantize(bits=5)]}),
+    ):
+        c = compress(model, policy)
+        write_bytes(tmp_path / "m.acz", pack_model(c, artifact_meta(None, policy, (16,))))
+        with torch.no_grad():
+            assert torch.equal(load_packed(tmp_path / "m.acz", model=model)(x), c(x))

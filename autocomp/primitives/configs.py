@@ -133,15 +133,21 @@ class Prune(PrimitiveConfig):
 @dataclass(frozen=True, kw_only=True)
 class Share(PrimitiveConfig):
     """Weight sharing (Deep Compression): k-means of a layer's nonzero weights into 2^bits centroids,
-    linearly initialised; weights become codebook indices. 32 = off.
+    linearly initialised; weights become codebook indices. 32 = off. With `tie` = 1, layers whose weights
+    have the same shape and that also say tie = 1 share one weight tensor (cross-layer tying: the mean of
+    their weights, stored once in the packed file); a fine-tune then trains it as one.
     """
 
     NAME: ClassVar[str] = "share"
-    KNOBS: ClassVar[dict[str, KnobRange]] = {"bits": KnobRange(kind=int, low=1, high=8, extra=(32,))}
+    KNOBS: ClassVar[dict[str, KnobRange]] = {
+        "bits": KnobRange(kind=int, low=1, high=8, extra=(32,)),
+        "tie": KnobRange(kind=int, low=0, high=1),
+    }
     bits: int = 32
+    tie: int = 0
 
     def is_identity(self) -> bool:
-        return self.bits >= 32
+        return self.bits >= 32 and not self.tie
 
 
 @dataclass(frozen=True, kw_only=True)

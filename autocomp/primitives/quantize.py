@@ -115,11 +115,19 @@ def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.T
 @model_handler(Quantize)
 def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: Context) -> nn.Module:
     wrappers = []
+    done: dict[int, nn.Module] = {}  # a weight tied across layers is quantized once (first config wins)
     for name, config in configs.items():
         module = model.get_submodule(name)
         if config.bits < 32:
             for layer in (m for m in module.modules() if isinstance(m, LAYER_TYPES)):
-                quantize_layer(layer, config.bits, bool(config.per_channel))
+                if id(layer.weight) not in done:
+                    quantize_layer(layer, config.bits, bool(config.per_channel))
+                    done[id(layer.weight)] = layer
+    for layer in model.modules():
+        if isinstance(layer, LAYER_TYPES) and id(layer.weight) in done:
+            coding = getattr(done[id(layer.weight)], "weight_coding", None)
+            if coding is not None:
+                layer.weight_coding = coding
         if config.act_bits < 32:
             wrapper = QuantizedInput(module, config.act_bits)
             model.set_submodule(name, wrapper)

@@ -9,15 +9,17 @@ Zeros (pruned positions) stay exactly zero and are not clustered; a nonzero weig
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
 
 from autocomp.packed import CodebookCoding
 from autocomp.primitives.configs import Share
-from autocomp.primitives.registry import handler
+from autocomp.primitives.registry import Context, handler, model_handler
 
-__all__ = ["kmeans_1d", "share_layer", "share_weight"]
+__all__ = ["kmeans_1d", "share_layer", "share_model", "share_weight", "tie_layers"]
 
 MAX_ITERATIONS = 50
 
@@ -122,3 +124,41 @@ def share_layer(layer: nn.Module, config: Share) -> nn.Module:
         layer.weight.copy_(shared)
     layer.weight_coding = coding
     return layer
+
+
+def tie_layers(layers: list[nn.Module]) -> None:
+    """Make `layers` (same weight shape) use one weight Parameter: the mean of their weights.
+
+    A position pruned in every layer stays zero; the biases stay each layer's own.
+    """
+    with torch.no_grad():
+        mean = torch.stack([m.weight.detach() for m in layers]).mean(0)
+    tied = nn.Parameter(mean, requires_grad=layers[0].weight.requires_grad)
+    for layer in layers:
+        layer.weight = tied
+
+
+@model_handler(Share)
+def share_model(model: nn.Module, configs: Mapping[str, Share], context: Context) -> nn.Module:
+    """Ties the layers that ask for it (grouped by weight shape), then clusters each weight once."""
+    groups: dict[tuple, list[nn.Module]] = {}
+    for name, config in configs.items():
+        layer = model.get_submodule(name)
+        if config.tie and isinstance(layer, (nn.Linear, nn.Conv2d)):
+            groups.setdefault((type(layer), tuple(layer.weight.shape)), []).append(layer)
+    for layers in groups.values():
+        if len(layers) > 1:
+            tie_layers(layers)
+    done: dict[int, nn.Module] = {}  # a tied weight is clustered once (first config in name order) ...
+    for name, config in configs.items():
+        if config.bits >= 32:
+            continue
+        module = model.get_submodule(name)
+        for layer in (m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))):
+            if id(layer.weight) not in done:
+                share_layer(layer, config)
+                done[id(layer.weight)] = layer
+    for layer in model.modules():  # ... and every layer holding that weight gets its coding
+        if isinstance(layer, (nn.Linear, nn.Conv2d)) and id(layer.weight) in done:
+            layer.weight_coding = done[id(layer.weight)].weight_coding
+    return model
