@@ -123,15 +123,15 @@ def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: C
                 if id(layer.weight) not in done:
                     quantize_layer(layer, config.bits, bool(config.per_channel))
                     done[id(layer.weight)] = layer
-    for layer in model.modules():
-        if isinstance(layer, LAYER_TYPES) and id(layer.weight) in done:
-            coding = getattr(done[id(layer.weight)], "weight_coding", None)
-            if coding is not None:
-                layer.weight_coding = coding
         if config.act_bits < 32:
             wrapper = QuantizedInput(module, config.act_bits)
             model.set_submodule(name, wrapper)
             wrappers.append(wrapper)
+    for layer in model.modules():  # every layer holding a tied weight gets the one coding
+        if isinstance(layer, LAYER_TYPES) and id(layer.weight) in done:
+            coding = getattr(done[id(layer.weight)], "weight_coding", None)
+            if coding is not None:
+                layer.weight_coding = coding
     if wrappers and context.calibration is not None:
         _calibrate(model, wrappers, context.calibration[0])
     elif wrappers and not context.skeleton:
