@@ -64,3 +64,19 @@ def write_fake_mnist(folder: str | Path, n_train: int = 600, n_test: int = 200, 
         _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+def write_fake_cifar10(folder: str | Path, rows: int = 200, seed: int = 0) -> Path:
+    """CIFAR-10 python batches (pickled dicts, uint8 rows of 3072) of noise with a class-colour bias."""
+    import pickle
+
+    folder = Path(folder) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, rows)
+        data = rng.integers(0, 128, (rows, 3072)).astype(np.uint8)
+        data[:, :1024] += (labels[:, None] * 12).astype(np.uint8)  # the red plane encodes the class
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"labels": [int(v) for v in labels], b"data": data}, f, protocol=2)
+    return folder.parent
