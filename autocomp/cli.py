@@ -69,12 +69,20 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-
     from autocomp.compress import compress
-    from autocomp.export import artifact_meta, export_int8, export_onnx, export_program, pack_model, write_bytes
+    from autocomp.export import (
+        artifact_meta,
+        export_int8,
+        export_onnx,
+        export_program,
+        measure_artifact,
+        pack_model,
+        write_bytes,
+    )
     from autocomp.policy import Policy
     from autocomp.runner import trial_record
     from autocomp.session import load_run_calibration, load_run_model, run_info
+    from autocomp.store import write_atomic
 
     if Path(args.out).is_dir():
         raise AutocompError(f"--out '{args.out}' is a directory; give a file name")
@@ -104,6 +112,18 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}: {size:,} bytes, int8 kernels for the '{engine}' engine "
               f"(load with autocomp.int8.load_int8(path), or set torch.backends.quantized.engine = "
               f"'{engine}' before torch.jit.load)")
+    # what the file really gives, measured on the file as loaded back, beside the theory
+    batch = calibration[0][: info["latency"]["batch_size"]]
+    report = measure_artifact(args.out, args.format, load_run_model(args.run_dir), compressed, batch,
+                              threads=info["latency"]["threads"])
+    report["trial"] = args.trial
+    sidecar = Path(f"{args.out}.json")
+    write_atomic(sidecar, json.dumps(report, indent=1) + "\n")
+    print(f"measured: {report['bytes_on_disk']:,} B on disk ({report['fp32_bytes'] / report['bytes_on_disk']:.1f}x "
+          f"smaller than fp32), {report['latency_ms']:.3f} ms vs {report['baseline_latency_ms']:.3f} ms fp32 "
+          f"(x{report['speedup']:.2f}) at batch {report['batch_size']}, {report['threads']} threads; "
+          f"theory: FLOPs x{report['baseline_flops'] / report['flops']:.2f}, weight bits "
+          f"x{report['baseline_weight_bits'] / max(report['weight_bits_nonzero'], 1):.1f} -> {sidecar}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

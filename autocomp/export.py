@@ -131,3 +131,65 @@ def export_int8(path: str | os.PathLike, compressed: nn.Module, calibration: tor
     int8_model = to_int8(compressed, calibration)
     size = _replace_atomically(path, lambda target: save_int8(target, int8_model, calibration[:1]))
     return size, int8_model.engine
+
+
+def load_artifact(path: str | os.PathLike, fmt: str, model: nn.Module | None = None):
+    """Load an exported file back as a callable on a batch tensor (what a user of that format runs)."""
+    if fmt == "packed":
+        return load_packed(path, model=model)
+    if fmt == "pt":
+        return torch.export.load(str(path)).module()
+    if fmt == "int8":
+        from autocomp.int8 import load_int8
+
+        return load_int8(str(path))
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    raise ValueError(f"unknown export format '{fmt}'")
+
+
+def measure_artifact(
+    path: str | os.PathLike, fmt: str, baseline: nn.Module, compressed: nn.Module, batch: torch.Tensor,
+    *, threads: int, rounds: int = 5, repeats: int = 10,
+) -> dict[str, Any]:
+    """Size on disk and latency of the exported file as loaded back, beside the uncompressed fp32 model's
+    latency (interleaved rounds, medians) and the theoretical reduction (FLOPs, weight bits)."""
+    import statistics
+    import time
+
+    from autocomp.metrics import count_flops, torch_threads
+
+    artifact = load_artifact(path, fmt, model=baseline)
+
+    def median_ms(fn) -> float:
+        with torch.no_grad():
+            fn(batch)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn(batch)
+                times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
+
+    with torch_threads(threads):
+        pairs = [(median_ms(baseline), median_ms(artifact)) for _ in range(rounds)]
+    base_ms = statistics.median(p[0] for p in pairs)
+    art_ms = statistics.median(p[1] for p in pairs)
+    example = batch[:1]
+    base_flops = count_flops(baseline, example)[0]
+    flops, sparse = count_flops(compressed, example)
+    bits = 0
+    for module in compressed.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            coding = getattr(module, "weight_coding", None)
+            bits += int(torch.count_nonzero(module.weight)) * (int(coding.bits) if coding is not None else 32)
+    base_bits = 32 * sum(p.numel() for p in baseline.parameters())
+    return {
+        "format": fmt, "bytes_on_disk": Path(path).stat().st_size, "fp32_bytes": base_bits // 8,
+        "latency_ms": art_ms, "baseline_latency_ms": base_ms, "speedup": base_ms / art_ms,
+        "batch_size": len(batch), "threads": threads, "flops": flops, "flops_sparse": sparse,
+        "baseline_flops": base_flops, "weight_bits_nonzero": bits, "baseline_weight_bits": base_bits,
+    }

@@ -65,6 +65,9 @@ def test_export_packed_size_equals_reported_and_reloads_exactly(finished_run, tm
     assert main(["export", str(finished_run), "--trial", str(trial["id"]), "--format", "packed",
                  "--out", str(out)]) == 0
     assert out.stat().st_size == trial["metrics"]["size_bytes"]
+    measured = json.loads(out.with_name("model.acz.json").read_text())  # measured on the file loaded back
+    assert measured["bytes_on_disk"] == trial["metrics"]["size_bytes"] and measured["speedup"] > 0
+    assert measured["batch_size"] == 1 and measured["flops"] <= measured["baseline_flops"]
     expected = compress(load_run_model(finished_run), Policy.from_dict(trial["policy"]))
     x = torch.randn(7, 1, 28, 28)
     with torch.no_grad():
