@@ -57,7 +57,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     spec = read_spec(space)
     result = run_spec_search(spec, optimizer=args.optimizer, trials=args.trials, seed=args.seed,
                              runs_dir=args.runs_dir, name=args.name, data_dir=args.data_dir,
-                             progress=not args.quiet)
+                             progress=not args.quiet, seed_from=args.seed_from)
     _print_result(result)
 
 
@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search compression policies for a model")
     p.add_argument("space", nargs="?", help=f"search-space YAML (default: built-in {DEFAULT_SPACE})")
     p.add_argument("--data-dir", help="dataset folder (the dataset's own, or a parent holding mnist/ ...)")
-    p.add_argument("--optimizer", default="random", choices=sorted(OPTIMIZERS))
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                   help="search strategy (default: the file's optimizer.name, else random); its settings come "
+                        "from the file's optimizer.<name> block")
+    p.add_argument("--seed-from", metavar="RUN_DIR",
+                   help="start from a finished run's Pareto points (e.g. a greedy run), for tpe/gp/nsga2/ga")
     p.add_argument("--trials", type=_positive, default=40)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--name", help="run name (default: <space>-<timestamp>)")

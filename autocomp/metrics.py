@@ -52,6 +52,40 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return total, int(round(total - saved))
 
 
+def layer_profiles(model: nn.Module, example: torch.Tensor) -> list[dict[str, int | str]]:
+    """Shape, parameter count and multiply-adds of every Linear and Conv2d, in the order the forward pass
+    runs them (one example row), as plain numbers for optimizers that reason about layers."""
+    rows: list[dict[str, int | str]] = []
+    hooks = []
+
+    def record(name: str, module: nn.Module):
+        def hook(_module, _inputs, output):
+            if any(r["name"] == name for r in rows):
+                return
+            if isinstance(module, nn.Conv2d):
+                k, stride = module.kernel_size[0], module.stride[0]
+                macs = output[0].numel() * module.in_channels // module.groups * k * module.kernel_size[1]
+                rows.append({"name": name, "kind": "Conv2d", "in_channels": module.in_channels,
+                             "out_channels": module.out_channels, "kernel": k, "stride": stride,
+                             "params": module.weight.numel(), "flops": 2 * macs})
+            else:
+                rows.append({"name": name, "kind": "Linear", "in_channels": module.in_features,
+                             "out_channels": module.out_features, "kernel": 1, "stride": 1,
+                             "params": module.weight.numel(), "flops": 2 * module.weight.numel()})
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            hooks.append(module.register_forward_hook(record(name, module)))
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     previous = torch.get_num_threads()

@@ -27,9 +27,9 @@ import autocomp
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, InProcessExecutor, Outcome, Task
-from autocomp.metrics import accuracy
+from autocomp.metrics import accuracy, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
-from autocomp.optimizers import Optimizer, Told, make_optimizer
+from autocomp.optimizers import Context, LayerProfile, Optimizer, Told, make_optimizer
 from autocomp.pareto import pareto_front
 from autocomp.policy import Policy
 from autocomp.report import pareto_table, plot_pareto
@@ -302,6 +302,10 @@ def search(
     calibration = _as_data(calibration_data, "calibration_data") if calibration_data is not None else None
     bound = space.bind(model)
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
+    # the optimizer is built once before anything is written, so bad settings leave no run directory
+    profiles = tuple(LayerProfile(**row) for row in layer_profiles(model, val[0]) if row["name"] in bound.layers)
+    directions, settings = [o.direction for o in objectives], dict(optimizer_settings or {})
+    make_optimizer(optimizer, bound, directions=directions, seed=seed, context=Context(layers=profiles), **settings)
     # what must not change between a run and its resumption, or the journal would mix two searches
     signature = {
         "optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
@@ -341,8 +345,8 @@ def search(
         baseline = evaluator(Policy.of({}))
         info["baseline"] = baseline
         store.write_json("run.json", info)
-        opt = make_optimizer(optimizer, bound, directions=[o.direction for o in objectives], seed=seed,
-                             **dict(optimizer_settings or {}))
+        opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
+                             context=Context(layers=profiles, workdir=str(store.path)), **settings)
         executor = InProcessExecutor(evaluator)
         done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress)
         executor.close()

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocomp.errors import AutocompError, RunError
+from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.metrics import accuracy
 from autocomp.objective import Constraint, Objective
+from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
 from autocomp.runner import SearchResult, search
 from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.space.spec import RunSpec
@@ -115,10 +116,39 @@ def _objectives(spec: RunSpec) -> tuple[list[Objective], list[Constraint]]:
     return objectives, constraints
 
 
+def check_optimizer_spec(spec: RunSpec) -> None:
+    """The file's `optimizer:` section names known optimizers with their own settings, well typed."""
+    opt, lines = spec.optimizer, spec.optimizer.lines
+    if opt.name is not None and opt.name not in OPTIMIZERS:
+        raise SpaceError(f"unknown optimizer; known: {', '.join(sorted(OPTIMIZERS))}", file=spec.source,
+                         line=lines.get("name"), key="optimizer.name", value=opt.name)
+    for name, block in opt.settings.items():
+        if name not in OPTIMIZERS:
+            raise SpaceError(f"unknown optimizer; known: {', '.join(sorted(OPTIMIZERS))}", file=spec.source,
+                             line=lines.get(name), key=f"optimizer.{name}", value=name)
+        for key, value in block.items():
+            try:
+                check_settings(name, {key: value})
+            except AutocompError as err:
+                raise SpaceError(str(err), file=spec.source, line=lines.get(f"{name}.{key}"),
+                                 key=f"optimizer.{name}.{key}", value=value) from None
+
+
+def front_params(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The parameters of a finished run's Pareto points, to seed another optimizer (`--seed-from`)."""
+    path = Path(run_dir) / "pareto.json"
+    try:
+        return [t["params"] for t in json.loads(path.read_text())["trials"]]
+    except FileNotFoundError:
+        raise RunError(f"--seed-from: '{run_dir}' has no pareto.json (is it a finished run?)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RunError(f"--seed-from: {path} is not a pareto.json autocomp wrote ({err})") from None
+
+
 def run_spec_search(
     spec: RunSpec,
     *,
-    optimizer: str,
+    optimizer: str | None,
     trials: int,
     seed: int,
     runs_dir: str | os.PathLike,
@@ -126,9 +156,26 @@ def run_spec_search(
     data_dir: str | None,
     resume: bool = False,
     progress: bool = True,
+    optimizer_settings: dict[str, Any] | None = None,
+    seed_from: str | None = None,
     log=print,
 ) -> SearchResult:
-    """Search as a search-space file describes; `resume` continues the run already in runs_dir/name."""
+    """Search as a search-space file describes; `resume` continues the run already in runs_dir/name.
+
+    The optimizer is `optimizer`, else the file's `optimizer.name`, else random; its settings are the
+    file's block of that name unless given (resume passes the run's own), plus `initial` candidates from
+    `seed_from` (a finished run's Pareto front).
+    """
+    check_optimizer_spec(spec)
+    optimizer = optimizer or spec.optimizer.name or "random"
+    if optimizer_settings is None:
+        optimizer_settings = dict(spec.optimizer.settings.get(optimizer, {}))
+    if seed_from:
+        if "initial" not in optimizer_class(optimizer).SETTINGS:
+            seeded = sorted(n for n in OPTIMIZERS if "initial" in optimizer_class(n).SETTINGS)
+            raise AutocompError(f"--seed-from: optimizer '{optimizer}' takes no initial candidates "
+                                f"(those that do: {', '.join(seeded)})")
+        optimizer_settings["initial"] = list(optimizer_settings.get("initial", [])) + front_params(seed_from)
     data_dir = data_dir or spec.data.dir
     splits = load_dataset(spec.data.name, data_dir, val_fraction=spec.data.val_fraction, seed=spec.train.seed)
     name = name or f"{Path(spec.source or 'run').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -160,7 +207,8 @@ def run_spec_search(
     return search(
         model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
         objectives=objectives, constraints=constraints,
-        optimizer=optimizer, trials=trials, seed=seed, test_data=splits.test, latency=spec.latency,
+        optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
+        test_data=splits.test, latency=spec.latency,
         runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
         model_ref=model_ref,
         space_yaml=dump_run_spec(spec), run_info=run_info,
@@ -202,7 +250,8 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
         settings["trials"] = trials
         write_atomic(run_dir / "run.json", json.dumps(info, indent=1) + "\n")
     return run_spec_search(
-        spec, optimizer=settings["optimizer"], trials=trials or settings["trials"], seed=settings["seed"],
+        spec, optimizer=settings["optimizer"], optimizer_settings=settings.get("optimizer_settings", {}),
+        trials=trials or settings["trials"], seed=settings["seed"],
         runs_dir=run_dir.parent, name=run_dir.name, data_dir=data_dir or info["data"]["dir"], resume=True,
         progress=progress, log=log,
     )

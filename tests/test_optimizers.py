@@ -54,5 +54,5 @@ def test_uniform_stops_when_the_grid_is_exhausted():
 def test_unknown_optimizer_is_a_clear_error():
     from autocomp.errors import AutocompError
 
-    with pytest.raises(AutocompError, match="unknown optimizer 'tpe'.*random"):
-        make_optimizer("tpe", reference_space(), directions=("maximize",), seed=0)
+    with pytest.raises(AutocompError, match="unknown optimizer 'annealing'.*random"):
+        make_optimizer("annealing", reference_space(), directions=("maximize",), seed=0)

@@ -1,3 +1,3 @@
 """Benchmarks behind every number the README claims: `autocomp bench NAME [--quick]`."""
 
-BENCHES = {"primitives": "autocomp.bench.primitives"}
+BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.search"}

@@ -21,15 +21,47 @@ class Told:
     violation: float = 0.0
 
 
+@dataclass(frozen=True)
+class LayerProfile:
+    """What an optimizer may know of one compressible layer (numbers only, never the module itself)."""
+
+    name: str
+    kind: str  # "Linear" or "Conv2d"
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    params: int = 0
+    flops: int = 0
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the runner tells an optimizer about the search beyond the space.
+
+    `layers`: profiles of the compressible layers, in forward order (RL observations, cost estimates).
+    `workdir`: the run directory, for optimizers that keep files of their own there (Optuna's study).
+    """
+
+    layers: tuple[LayerProfile, ...] = ()
+    workdir: str | None = None
+
+
 class Optimizer(ABC):
-    """Ask/tell search over a bound space. Sees parameters and scores only, never models."""
+    """Ask/tell search over a bound space. Sees parameters and scores only, never models.
+
+    Subclasses declare their YAML/CLI settings in SETTINGS (name -> type) with defaults in __init__.
+    """
 
     name: str = ""
+    SETTINGS: dict[str, type | tuple[type, ...]] = {}
 
-    def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int = 0) -> None:
+    def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int = 0,
+                 context: Context | None = None) -> None:
         self.space = space
         self.directions = tuple(directions)
         self.seed = seed
+        self.context = context or Context()
 
     @abstractmethod
     def ask(self, n: int) -> list[Params]:

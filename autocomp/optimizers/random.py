@@ -12,8 +12,8 @@ from autocomp.optimizers.base import Optimizer, Params
 class RandomSearch(Optimizer):
     name = "random"
 
-    def __init__(self, space, *, directions, seed=0) -> None:
-        super().__init__(space, directions=directions, seed=seed)
+    def __init__(self, space, *, directions, seed=0, context=None) -> None:
+        super().__init__(space, directions=directions, seed=seed, context=context)
         self.rng = np.random.default_rng(seed)
 
     def ask(self, n: int) -> list[Params]:

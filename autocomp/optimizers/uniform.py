@@ -16,9 +16,10 @@ from autocomp.optimizers.base import Optimizer, Params
 
 class UniformSweep(Optimizer):
     name = "uniform"
+    SETTINGS = {"levels": int}
 
-    def __init__(self, space, *, directions, seed=0, levels: int = 10) -> None:
-        super().__init__(space, directions=directions, seed=seed)
+    def __init__(self, space, *, directions, seed=0, context=None, levels: int = 10) -> None:
+        super().__init__(space, directions=directions, seed=seed, context=context)
         knobs = space.knobs()
         self.knob_names = sorted(knobs)
         # each knob's grid comes from its first layer's domain; other layers snap to their nearest value

@@ -20,6 +20,8 @@ class KnobRange:
     low_open: bool = False
     high_open: bool = False
     extra: tuple[Any, ...] = ()  # allowed values outside [low, high], e.g. 32 bits = "keep fp32"
+    # +1: a larger value compresses more (a pruning ratio); -1: a smaller one does (bits, rank); 0: neither
+    compresses: int = 0
 
     def allows(self, value: Any) -> bool:
         if self.kind is str:
@@ -70,7 +72,7 @@ class Channels(PrimitiveConfig):
 
     NAME: ClassVar[str] = "channels"
     KNOBS: ClassVar[dict[str, KnobRange]] = {
-        "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True),
+        "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True, compresses=1),
         "criterion": KnobRange(kind=str, extra=("l1", "l2", "bn_scale", "taylor")),
         "round_to": KnobRange(kind=int, low=1, high=256),
     }
@@ -94,8 +96,8 @@ class LowRank(PrimitiveConfig):
 
     NAME: ClassVar[str] = "lowrank"
     KNOBS: ClassVar[dict[str, KnobRange]] = {
-        "rank_ratio": KnobRange(kind=float, low=0.0, high=1.0, low_open=True),
-        "energy": KnobRange(kind=float, low=0.0, high=1.0, low_open=True),
+        "rank_ratio": KnobRange(kind=float, low=0.0, high=1.0, low_open=True, compresses=-1),
+        "energy": KnobRange(kind=float, low=0.0, high=1.0, low_open=True, compresses=-1),
         "method": KnobRange(kind=str, extra=("auto", "svd", "tucker2", "spatial")),
     }
     rank_ratio: float = 1.0
@@ -118,7 +120,7 @@ class Prune(PrimitiveConfig):
 
     NAME: ClassVar[str] = "prune"
     KNOBS: ClassVar[dict[str, KnobRange]] = {
-        "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True),
+        "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True, compresses=1),
         "score": KnobRange(kind=str, extra=("magnitude", "lamp")),
         "scope": KnobRange(kind=str, extra=("layer", "global")),
     }
@@ -140,8 +142,8 @@ class Share(PrimitiveConfig):
 
     NAME: ClassVar[str] = "share"
     KNOBS: ClassVar[dict[str, KnobRange]] = {
-        "bits": KnobRange(kind=int, low=1, high=8, extra=(32,)),
-        "tie": KnobRange(kind=int, low=0, high=1),
+        "bits": KnobRange(kind=int, low=1, high=8, extra=(32,), compresses=-1),
+        "tie": KnobRange(kind=int, low=0, high=1, compresses=1),
     }
     bits: int = 32
     tie: int = 0
@@ -160,9 +162,9 @@ class Quantize(PrimitiveConfig):
 
     NAME: ClassVar[str] = "quantize"
     KNOBS: ClassVar[dict[str, KnobRange]] = {
-        "bits": KnobRange(kind=int, low=1, high=8, extra=(32,)),
+        "bits": KnobRange(kind=int, low=1, high=8, extra=(32,), compresses=-1),
         "per_channel": KnobRange(kind=int, low=0, high=1),
-        "act_bits": KnobRange(kind=int, low=2, high=8, extra=(32,)),
+        "act_bits": KnobRange(kind=int, low=2, high=8, extra=(32,), compresses=-1),
     }
     bits: int = 32
     per_channel: int = 1

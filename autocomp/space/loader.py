@@ -29,12 +29,14 @@ from autocomp.space.spec import (
     LatencySpec,
     ModelSpec,
     ObjectiveSpec,
+    OptimizerSpec,
     RunSpec,
     TrainSpec,
 )
 
 VERSION = 1
-TOP_KEYS = ("version", "model", "data", "train", "latency", "artifact", "objectives", "constraints", "groups")
+TOP_KEYS = ("version", "model", "data", "train", "latency", "artifact", "optimizer", "objectives", "constraints",
+            "groups")
 ARTIFACT_KEYS = ("entropy",)
 MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
@@ -222,6 +224,10 @@ def dump_run_spec(spec: RunSpec) -> str:
             c.metric: {k: v for k, v in (("min", c.min), ("max", c.max)) if v is not None}
             for c in spec.constraints
         }
+    if spec.optimizer.name or spec.optimizer.settings:
+        block: dict[str, Any] = {"name": spec.optimizer.name} if spec.optimizer.name else {}
+        block.update({k: _plain(v) for k, v in spec.optimizer.settings.items()})
+        doc["optimizer"] = block
     doc["groups"] = [_dump_group(g) for g in spec.space.groups]
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
@@ -386,7 +392,8 @@ class _Parser:
                             line=doc.value_lines["version"], key="version", value=version)
         extra: dict[str, Any] = {}
         sections = (("train", self.train), ("latency", self.latency), ("artifact", self.artifact),
-                    ("objectives", self.objectives), ("constraints", self.constraints))
+                    ("optimizer", self.optimizer), ("objectives", self.objectives),
+                    ("constraints", self.constraints))
         for name, read in sections:
             if name in doc:
                 extra[name] = read(doc[name], doc.value_lines[name], name)
@@ -492,6 +499,25 @@ class _Parser:
                 raise self.fail("duplicate objective", line=metric_line, key=path, value=metric)
             out.append(ObjectiveSpec(metric=metric, direction=direction))
         return tuple(out)
+
+    def optimizer(self, value: Any, line: int, key: str) -> OptimizerSpec:
+        """`name:` the default optimizer; every other key is an optimizer name with its settings."""
+        if not isinstance(value, _Map):
+            raise self.fail(f"expected a mapping, got {_type_name(value)}", line=line, key=key, value=value)
+        name = self.string(value["name"], value.value_lines["name"], f"{key}.name") if "name" in value else None
+        settings: dict[str, dict[str, Any]] = {}
+        lines: dict[str, int] = {"name": value.value_lines.get("name", line)}
+        for opt, block in value.items():
+            if opt == "name":
+                continue
+            path, block_line = f"{key}.{opt}", value.value_lines[opt]
+            if not isinstance(block, _Map):
+                raise self.fail(f"expected the settings of optimizer '{opt}' as a mapping, got "
+                                f"{_type_name(block)}", line=block_line, key=path, value=block)
+            settings[opt] = {k: _plain(v) for k, v in block.items()}
+            lines[opt] = block_line
+            lines.update({f"{opt}.{k}": block.value_lines[k] for k in block})
+        return OptimizerSpec(name=name, settings=settings, lines=lines)
 
     def constraints(self, value: Any, line: int, key: str) -> tuple[ConstraintSpec, ...]:
         m = self.mapping(value, line, key, METRICS, what="metric")

@@ -149,6 +149,7 @@ class Param:
 
     `name` is unique in a space: "<layer>.<primitive>.<knob>" (or "<group>.<primitive>.<knob>" when shared).
     `knob` is "<primitive>.<knob>", the same for every layer, so the uniform policy can tie them together.
+    `compresses` says which way compresses more: +1 larger values, -1 smaller values, 0 neither (a name).
     """
 
     name: str
@@ -156,6 +157,17 @@ class Param:
     primitive: str
     knob: str
     layers: tuple[str, ...]
+    compresses: int = 0
+
+    def ordered(self) -> list[Any]:
+        """The domain's grid (at most 10 values for a range) from least to most compressive."""
+        values = self.domain.grid(10)
+        if self.compresses and all(isinstance(v, (int, float)) for v in values):
+            return sorted(values, reverse=self.compresses < 0)
+        return values
+
+    def least_compressive(self) -> Any:
+        return self.ordered()[0]
 
     def sample(self, rng: np.random.Generator) -> Any:
         return self.domain.sample(rng)

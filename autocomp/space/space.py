@@ -134,12 +134,14 @@ class SearchSpace:
                             key=f"groups.{group.name}.primitives.{spec.primitive}", value=layer,
                         )
                 knob = f"{spec.primitive}.{spec.knob}"
+                compresses = CONFIGS[spec.primitive].KNOBS[spec.knob].compresses
                 if group.shared:
                     params.append(Param(name=f"{group.name}.{knob}", domain=spec.domain,
-                                        primitive=spec.primitive, knob=knob, layers=tuple(layers)))
+                                        primitive=spec.primitive, knob=knob, layers=tuple(layers),
+                                        compresses=compresses))
                 else:
                     params += [Param(name=f"{layer}.{knob}", domain=spec.domain, primitive=spec.primitive,
-                                     knob=knob, layers=(layer,)) for layer in layers]
+                                     knob=knob, layers=(layer,), compresses=compresses) for layer in layers]
         names = [p.name for p in params]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

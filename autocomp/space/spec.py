@@ -83,6 +83,19 @@ class ConstraintSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OptimizerSpec:
+    """Which optimizer runs by default (`--optimizer` overrides it) and settings per optimizer name.
+
+    The names and settings are checked against the optimizers when the search starts; `lines` says where
+    each block was written, for those errors.
+    """
+
+    name: str | None = None
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """Everything one search-space file says."""
 
@@ -97,6 +110,7 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
     artifact: ArtifactSpec = field(default_factory=ArtifactSpec)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     source: str | None = None  # the file it came from
 
 

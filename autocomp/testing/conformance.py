@@ -26,11 +26,11 @@ def reference_space() -> BoundSpace:
     for layer in ("fc1", "fc2", "fc3"):
         params += [
             Param(name=f"{layer}.prune.ratio", domain=FloatRange(low=0.0, high=0.95, step=0.05),
-                  primitive="prune", knob="prune.ratio", layers=(layer,)),
+                  primitive="prune", knob="prune.ratio", layers=(layer,), compresses=1),
             Param(name=f"{layer}.quantize.bits", domain=IntRange(low=2, high=8), primitive="quantize",
-                  knob="quantize.bits", layers=(layer,)),
+                  knob="quantize.bits", layers=(layer,), compresses=-1),
             Param(name=f"{layer}.lowrank.rank_ratio", domain=Choice(values=(0.25, 0.5, 1.0)),
-                  primitive="lowrank", knob="lowrank.rank_ratio", layers=(layer,)),
+                  primitive="lowrank", knob="lowrank.rank_ratio", layers=(layer,), compresses=-1),
         ]
     return BoundSpace(params=tuple(params), layers=("fc1", "fc2", "fc3"))
 
@@ -78,6 +78,38 @@ def check_optimizer(factory: OptimizerFactory) -> None:
     assert all(space.contains(c) for c in tolerant)
 
 
+def search_hypervolume(opt: Optimizer, budget: int, batch: int = 4) -> float:
+    """Hypervolume of (accuracy, log10 size_bytes) after `budget` fake evaluations, reference accuracy 0.5
+    and the full size (as `autocomp bench search` measures it)."""
+    from autocomp.pareto import hypervolume
+    from autocomp.testing.fake import fake_metrics, full_size
+
+    space, points, done = opt.space, [], 0
+    while done < budget:
+        candidates = opt.ask(min(batch, budget - done))
+        if not candidates:
+            break
+        told = []
+        for c in candidates:
+            m = fake_metrics(space, c)
+            points.append((m["accuracy"], math.log10(m["size_bytes"])))
+            told.append(Told(c, (m["accuracy"], m["size_bytes"]), 0.0))
+        opt.tell(told)
+        done += len(candidates)
+    return hypervolume(points, (0.5, math.log10(full_size(space))), ("maximize", "minimize"))
+
+
+def check_beats_random(factory: OptimizerFactory, budget: int = 150, seeds: tuple[int, ...] = tuple(range(6))) -> None:
+    """On the analytic fake evaluator, mean hypervolume over seeds beats random search's."""
+    from autocomp.optimizers import make_optimizer
+
+    space = reference_space()
+    mine = [search_hypervolume(factory(space, s), budget) for s in seeds]
+    rand = [search_hypervolume(make_optimizer("random", space, directions=("maximize", "minimize"), seed=s), budget)
+            for s in seeds]
+    assert sum(mine) > sum(rand), f"hypervolume {sum(mine) / len(seeds):.4g} <= random's {sum(rand) / len(seeds):.4g}"
+
+
 def snr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     noise = (reference - approx).pow(2).sum().item()
     return math.inf if noise == 0 else 10 * math.log10(reference.pow(2).sum().item() / noise)
@@ -109,5 +141,5 @@ def deepcopy_equal(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-__all__ = ["check_identity_exact", "check_monotone", "check_optimizer", "deepcopy_equal",
-           "outputs", "random_layer", "reference_space", "run_steps", "snr_db"]
+__all__ = ["check_beats_random", "check_identity_exact", "check_monotone", "check_optimizer", "deepcopy_equal",
+           "outputs", "random_layer", "reference_space", "run_steps", "search_hypervolume", "snr_db"]

@@ -1,0 +1,156 @@
+"""`autocomp bench search`: every search strategy against the random and uniform baselines, same budget.
+
+LeNet-300-100 on MNIST, the space of search_spaces/lenet300_mnist.yaml (per layer: SVD rank, pruning
+ratio, weight bits), objectives validation accuracy (no fine-tuning) and packed size_bytes. Each strategy
+runs `budget` evaluations per seed; the figures at a smaller budget are read off the first trials of the
+same run (no strategy here plans by its budget, so that is what a shorter run would have produced).
+
+Hypervolume is over (accuracy, log10 size_bytes), reference point (0.90, log10 of the fp32 bytes): a
+point counts only if it keeps 90% accuracy and is smaller than the uncompressed model, and halving the
+size counts the same anywhere on the axis.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import autocomp
+from autocomp.bench.common import BenchResult, cached_baseline, format_table, format_targets
+from autocomp.metrics import accuracy
+from autocomp.pareto import hypervolume
+from autocomp.space.loader import load_run_spec
+from autocomp.space.spec import LatencySpec, TrainSpec
+from autocomp.zoo import DATASETS, MODELS
+
+STRATEGIES = ("random", "uniform", "greedy", "tpe", "nsga2", "rl")
+SEARCHED = ("tpe", "nsga2", "rl")
+SPACE_FILE = Path(__file__).resolve().parents[2] / "search_spaces" / "lenet300_mnist.yaml"
+REFERENCE_ACCURACY = 0.90
+COLUMNS = ("strategy", "budget", "hv_median", "hv_min", "hv_max", "best_ratio_0.5pt", "evals", "wall_s")
+
+
+def space():
+    if not SPACE_FILE.is_file():  # an installed package without the repository's search_spaces/
+        raise FileNotFoundError(f"{SPACE_FILE} not found: run the bench from a checkout")
+    return load_run_spec(SPACE_FILE, models=MODELS, datasets=DATASETS).space
+
+
+def hv_curve(trials: list[Any], fp32_bytes: int, checkpoints: list[int]) -> list[float]:
+    """Hypervolume of the first k trials, for each k in checkpoints."""
+    ref = (REFERENCE_ACCURACY, math.log10(fp32_bytes))
+    out = []
+    for k in checkpoints:
+        points = [(t.metrics["accuracy"], math.log10(t.metrics["size_bytes"])) for t in trials[:k]
+                  if t.status == "complete"]
+        out.append(hypervolume(points, ref, ("maximize", "minimize")))
+    return out
+
+
+def best_ratio(trials: list[Any], base_accuracy: float, drop: float = 0.005) -> float:
+    """The best compression ratio within `drop` of the baseline's accuracy (1.0: none, the model as is)."""
+    ok = [t.metrics["compression_ratio"] for t in trials
+          if t.status == "complete" and t.metrics["accuracy"] >= base_accuracy - drop]
+    return max(ok, default=1.0)
+
+
+def plot(curves: dict[str, list[list[float]]], checkpoints: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, runs in curves.items():
+        median = [statistics.median(r[i] for r in runs) for i in range(len(checkpoints))]
+        ax.plot(checkpoints, median, label=name, marker="o" if name in SEARCHED else None, markersize=3)
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("hypervolume (accuracy x log10 bytes), median of seeds")
+    ax.set_title("LeNet-300-100 / MNIST: search strategies at equal budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None] = print) -> BenchResult:
+    budgets = (30, 60) if quick else (100, 300)
+    seeds = (0,) if quick else (0, 1, 2)
+    train = TrainSpec(epochs=1, lr=1e-3) if quick else TrainSpec(epochs=10, lr=1e-3)
+    model, splits = cached_baseline("lenet300", "mnist", data_dir, train, runs_dir,
+                                    subset=2000 if quick else None, log=log)
+    val = (splits.val[0][:1000], splits.val[1][:1000]) if quick else splits.val
+    params = sum(p.numel() for p in model.parameters())
+    fp32_bytes = 4 * params
+    base_accuracy = accuracy(model, val)
+    result = BenchResult("search", {
+        "quick": quick, "model": "lenet300", "space": "search_spaces/lenet300_mnist.yaml", "seeds": list(seeds),
+        "budgets": list(budgets), "objectives": ["accuracy (validation, no fine-tuning)", "size_bytes"],
+        "hypervolume": f"over (accuracy, log10 size_bytes), reference ({REFERENCE_ACCURACY}, "
+                       f"log10 {fp32_bytes})", "base_accuracy": base_accuracy, "fp32_bytes": fp32_bytes,
+        "val_rows": len(val[1]),
+    })
+    checkpoints = sorted({*range(10, budgets[-1] + 1, 10), *budgets})
+    workdir = Path(runs_dir) / "bench-search" / "runs"
+    shutil.rmtree(workdir, ignore_errors=True)  # a bench measures from scratch
+    curves: dict[str, list[list[float]]] = {}
+    finals: dict[str, dict[int, list[float]]] = {}
+    searched = space()
+    for strategy in STRATEGIES:
+        per_budget: dict[int, dict[str, list]] = {b: {"hv": [], "ratio": [], "evals": []} for b in budgets}
+        walls = []
+        for seed in seeds:
+            start = time.perf_counter()
+            res = autocomp.search(model, val, space=searched, optimizer=strategy, trials=budgets[-1], seed=seed,
+                                  runs_dir=workdir, name=f"{strategy}-s{seed}", progress=False,
+                                  latency=LatencySpec(repeats=1, warmup=0),
+                                  calibration_data=(splits.train[0][:256], splits.train[1][:256]))
+            walls.append(time.perf_counter() - start)
+            trials = sorted(res.trials, key=lambda t: t.id)
+            curve = hv_curve(trials, fp32_bytes, checkpoints)
+            curves.setdefault(strategy, []).append(curve)
+            for b in budgets:
+                per_budget[b]["hv"].append(curve[checkpoints.index(b)])
+                per_budget[b]["ratio"].append(best_ratio(trials[:b], base_accuracy))
+                per_budget[b]["evals"].append(min(b, len(trials)))
+        finals[strategy] = {b: per_budget[b]["hv"] for b in budgets}
+        for b in budgets:
+            ratios = per_budget[b]["ratio"]
+            hv = per_budget[b]["hv"]
+            row = {"strategy": strategy, "budget": b, "hv_median": statistics.median(hv), "hv_min": min(hv),
+                   "hv_max": max(hv), "best_ratio_0.5pt": statistics.median(ratios),
+                   "evals": statistics.median(per_budget[b]["evals"]), "wall_s": statistics.median(walls)}
+            result.rows.append(row)
+            log(f"  {strategy:8s} budget {b:4d}  hv {row['hv_median']:.4f} [{row['hv_min']:.4f}, "
+                f"{row['hv_max']:.4f}]  best ratio @0.5pt {row['best_ratio_0.5pt']:.1f}  wall {row['wall_s']:.0f} s")
+    top = budgets[-1]
+    med = {s: statistics.median(finals[s][top]) for s in STRATEGIES}
+    for s in SEARCHED:
+        for baseline in ("random", "uniform"):
+            result.target(f"{s}_hv_over_{baseline}_at_{top}", med[s] - med[baseline], ">", 0.0)
+    best = max(SEARCHED, key=lambda s: med[s])
+    half = checkpoints.index(min(checkpoints, key=lambda c: abs(c - top // 2)))
+    early = statistics.median(c[half] for c in curves[best]) / med[best] if med[best] > 0 else 0.0
+    result.target(f"best_searched_{best}_hv_fraction_at_{checkpoints[half]}", early, ">=", 0.95)
+    out = Path(runs_dir) / "bench-search"
+    out.mkdir(parents=True, exist_ok=True)
+    plot(curves, checkpoints, out / "hypervolume.png")
+    median = {s: [statistics.median(r[i] for r in runs) for i in range(len(checkpoints))] for s, runs in curves.items()}
+    result.settings["curves"] = {"evaluations": checkpoints, "median_hv": median}
+    return result
+
+
+def main(*, quick: bool, data_dir: str | None, runs_dir: str) -> BenchResult:
+    result = run(quick=quick, data_dir=data_dir, runs_dir=runs_dir)
+    print(format_table(result.rows, COLUMNS))
+    print("targets:")
+    print(format_targets(result.targets))
+    out = result.write(runs_dir)
+    print(f"results: {out / 'results.json'}  plot: {out / 'hypervolume.png'}")
+    return result

@@ -1,0 +1,183 @@
+"""Bayesian optimization through Optuna: TPE (single- and multi-objective), Gaussian process, and Optuna's
+NSGA-II sampler, all driven by `study.ask(fixed_distributions)` / `study.tell`.
+
+The study is the optimizer's state: in a run it lives in `<run dir>/optuna.db` (SQLite), so
+`optuna-dashboard sqlite:///runs/NAME/optuna.db` opens it. `state_dict` carries the study's trials as JSON
+and `load_state_dict` rebuilds the study from them, so the run's checkpoint stays the one source of truth.
+Every ask uses a sampler seeded from (seed, trial number): the same history gives the same next ask, in
+this process or after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from autocomp.optimizers.base import Optimizer, Params, Told
+from autocomp.space.params import Choice, IntRange, Param
+
+STUDY = "autocomp"
+PRUNERS = ("none", "median", "halving", "hyperband")
+
+
+def distribution(param: Param) -> BaseDistribution:
+    """The Optuna distribution of one parameter (Optuna has no stepped log ranges: those lose `log`)."""
+    d = param.domain
+    if isinstance(d, Choice):
+        return CategoricalDistribution(d.values)
+    if isinstance(d, IntRange):
+        return IntDistribution(d.low, d.high, log=d.log and d.step == 1, step=1 if d.log else d.step)
+    return FloatDistribution(d.low, d.high, log=d.log and not d.step, step=None if d.log else d.step)
+
+
+class OptunaSearch(Optimizer):
+    """Optuna sampler behind the ask/tell interface. `initial` candidates (e.g. a greedy result) go first."""
+
+    name = "tpe"
+    SETTINGS = {"n_startup_trials": int, "multivariate": bool, "population_size": int, "pruner": str,
+                "initial": list}
+
+    def __init__(self, space, *, directions, seed=0, context=None, n_startup_trials: int = 10,
+                 multivariate: bool = False, population_size: int = 12, pruner: str = "none",
+                 initial: list[Params] | None = None) -> None:
+        super().__init__(space, directions=directions, seed=seed, context=context)
+        if pruner not in PRUNERS:
+            raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, not '{pruner}'")
+        self.n_startup_trials = n_startup_trials
+        self.multivariate = multivariate
+        self.population_size = population_size
+        self.pruner_name = pruner
+        self.distributions = {p.name: distribution(p) for p in space.params}
+        self.queue: list[Params] = [dict(p) for p in (initial or [])]
+        for candidate in self.queue:
+            if not space.contains(candidate):
+                raise ValueError(f"initial candidate is not in the space: {candidate}")
+        self.live: dict[int, optuna.Trial] = {}  # asked, not yet told: trial number -> trial
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = self._new_study()
+
+    # -- the study ---------------------------------------------------------------------------------------
+    def _storage(self) -> Any:
+        if not self.context.workdir:
+            return None  # in memory
+        url = f"sqlite:///{Path(self.context.workdir).resolve() / 'optuna.db'}"
+        try:
+            optuna.delete_study(study_name=STUDY, storage=url)  # rebuilt from the checkpoint below
+        except KeyError:
+            pass
+        return url
+
+    def _new_study(self) -> optuna.Study:
+        directions = list(self.directions)
+        return optuna.create_study(storage=self._storage(), study_name=STUDY, directions=directions,
+                                   sampler=self._sampler(0), pruner=self._pruner())
+
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        return {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+                "halving": optuna.pruners.SuccessiveHalvingPruner,
+                "hyperband": optuna.pruners.HyperbandPruner}[self.pruner_name]()
+
+    def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
+        seed = (self.seed * 1_000_003 + number) % 2**32
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials,
+                                          multivariate=self.multivariate)
+
+    def _next_number(self) -> int:
+        return len(self.study.get_trials(deepcopy=False))
+
+    # -- ask / tell ----------------------------------------------------------------------------------------
+    def ask(self, n: int) -> list[Params]:
+        out = []
+        for _ in range(n):
+            self.study.sampler = self._sampler(self._next_number())
+            if self.queue:
+                self.study.enqueue_trial(self.queue.pop(0))
+            trial = self.study.ask(self.distributions)
+            self.live[trial.number] = trial
+            out.append(self._params(trial.params))
+        return out
+
+    def _params(self, raw: dict[str, Any]) -> Params:
+        # Optuna's stepped floats carry rounding noise (0.35000000000000003): snap to the space's grid
+        return {p.name: p.domain.nearest(raw[p.name]) if not isinstance(p.domain, Choice) else raw[p.name]
+                for p in self.space.params}
+
+    def tell(self, results: list[Told]) -> None:
+        for told in results:
+            number = next((k for k, t in self.live.items() if self._params(t.params) == told.params), None)
+            if number is None:  # a result this study never asked for (e.g. a seed evaluated elsewhere)
+                self.study.add_trial(self._frozen(told))
+                continue
+            trial = self.live.pop(number)
+            trial.set_constraint("violation", float(told.violation))  # > 0: infeasible
+            if told.values is None:
+                self.study.tell(trial, state=TrialState.FAIL)
+            else:
+                self.study.tell(trial, list(told.values))
+
+    def _frozen(self, told: Told) -> FrozenTrial:
+        failed = told.values is None
+        return create_trial(state=TrialState.FAIL if failed else TrialState.COMPLETE,
+                            values=None if failed else list(told.values), params=dict(told.params),
+                            distributions=self.distributions,
+                            constraints=None if failed else {"violation": float(told.violation)})
+
+    def report(self, params: Params, step: int, value: float) -> bool:
+        """Multi-fidelity hook: an intermediate value of a running trial; True when the pruner stops it.
+        Optuna prunes single-objective studies only; with several objectives this never stops a trial."""
+        if len(self.directions) > 1:
+            return False
+        trial = next((t for t in self.live.values() if self._params(t.params) == params), None)
+        if trial is None:
+            return False
+        trial.report(value, step)
+        return bool(trial.should_prune())
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        trials = []
+        for t in self.study.get_trials(deepcopy=False):
+            trials.append({"number": t.number, "state": t.state.name, "params": t.params, "values": t.values,
+                           "user_attrs": t.user_attrs, "system_attrs": t.system_attrs})
+        return json.loads(json.dumps({"trials": trials, "queue": self.queue}))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.study = self._new_study()
+        self.live = {}
+        self.queue = [dict(p) for p in state["queue"]]
+        for t in sorted(state["trials"], key=lambda t: t["number"]):
+            if t["state"] in ("RUNNING", "WAITING"):  # asked before the checkpoint: ask it again, same params
+                self.study.sampler = self._sampler(t["number"])
+                self.study.enqueue_trial(t["params"])
+                trial = self.study.ask(self.distributions)
+                self.live[trial.number] = trial
+                continue
+            self.study.add_trial(create_trial(
+                state=TrialState[t["state"]], values=t["values"], params=t["params"],
+                distributions=self.distributions, user_attrs=t["user_attrs"], system_attrs=t["system_attrs"]))
+
+
+class GPSearch(OptunaSearch):
+    """Optuna's Gaussian-process sampler (log EI; constrained and multi-objective variants)."""
+
+    name = "gp"
+
+    def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
+        seed = (self.seed * 1_000_003 + number) % 2**32
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.n_startup_trials,
+                                         warn_independent_sampling=False)
+
+
+class OptunaNSGA2(OptunaSearch):
+    """Optuna's NSGA-II sampler (generations kept in the trials' system attributes)."""
+
+    name = "optuna-nsga2"
+
+    def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
+        seed = (self.seed * 1_000_003 + number) % 2**32
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)
