@@ -43,15 +43,18 @@ def _fake_values(params: dict[str, Any]) -> tuple[float, float]:
 
 
 def run_steps(opt: Optimizer, steps: int, batch: int = 2, fail_every: int = 0) -> list[dict[str, Any]]:
-    """Ask/tell `steps` batches; every `fail_every`-th result is told as failed."""
+    """Ask/tell `steps` batches; with `fail_every`, every fail_every-th result is told as failed and the
+    one after it as infeasible."""
     asked: list[dict[str, Any]] = []
     for step in range(steps):
         candidates = opt.ask(batch)
         asked += candidates
         told = []
         for i, c in enumerate(candidates):
-            failed = fail_every and (step * batch + i) % fail_every == 0
-            told.append(Told(c, None if failed else _fake_values(c), 0.0))
+            k = step * batch + i
+            failed = fail_every and k % fail_every == 0
+            infeasible = fail_every and k % fail_every == 1  # complete, but outside a constraint
+            told.append(Told(c, None if failed else _fake_values(c), 0.25 if infeasible else 0.0))
         opt.tell(told)
     return asked
 
@@ -73,8 +76,8 @@ def check_optimizer(factory: OptimizerFactory) -> None:
     clone = factory(space, 0)
     clone.load_state_dict(state)
     assert run_steps(clone, 3) == expected, "state_dict round trip changed the continuation"
-    # failed trials are tolerated
-    tolerant = run_steps(factory(space, 0), 6, fail_every=2)
+    # failed and infeasible trials are tolerated (long enough for a generation to breed from them)
+    tolerant = run_steps(factory(space, 0), 20, fail_every=3)
     assert all(space.contains(c) for c in tolerant)
 
 
