@@ -116,7 +116,7 @@ def test_compression_env_passes_gymnasiums_checker():
     env = CompressionEnv(space, profiles(), reward_fn=lambda p: fake_metrics(space, p)["accuracy"])
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (10 + 3,) and len(env.units) == 3
+    assert obs.shape == (11 + 3,) and len(env.units) == 3
 
 
 @pytest.mark.parametrize("resource,budget", [("size", 0.2), ("flops", 0.5)])
@@ -134,6 +134,24 @@ def test_resource_mode_clips_every_episode_to_the_budget(resource, budget):
         estimates.append(info["estimated"])
     assert max(estimates) <= budget + 1e-6
     assert min(estimates) > 0.5 * budget  # clipped to the budget, not beyond it
+
+
+def test_budget_range_gives_each_episode_its_own_budget():
+    from autocomp.optimizers.rl import CompressionEnv
+
+    env = CompressionEnv(reference_space(), profiles(), budget=[0.05, 0.5])
+    seen = []
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        budget = float(obs[10])
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(np.zeros(3, dtype=np.float32))  # least compressive asks
+        assert 0.05 - 1e-6 <= budget <= 0.5 + 1e-6 and info["estimated"] <= budget + 1e-6
+        seen.append(budget)
+    assert max(seen) / min(seen) > 3  # spread over the range, not one point
+    env.reset(options={"budget": 0.1})
+    assert env.budget == 0.1
 
 
 def test_rl_rolls_out_a_batch_of_episodes_and_learns_from_them():
@@ -155,8 +173,10 @@ def test_bad_settings_are_clear_errors():
         make("nsga2", popsize=10)
     with pytest.raises(AutocompError, match="setting 'population' must be int, not '8'"):
         make("nsga2", population="8")
-    with pytest.raises(AutocompError, match="optimizer 'rl': mode resource needs a budget"):
-        make("rl", mode="resource")
+    with pytest.raises(AutocompError, match="optimizer 'rl': budget is a fraction.*not 1.5"):
+        make("rl", budget=1.5)
+    with pytest.raises(AutocompError, match="setting 'budget' must be float or list, not 'half'"):
+        make("rl", budget="half")
 
 
 @pytest.mark.parametrize("name", ["tpe", "nsga2", "greedy", "rl"])

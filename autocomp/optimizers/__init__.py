@@ -40,12 +40,13 @@ def check_settings(name: str, settings: Mapping[str, Any]) -> None:
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
             raise AutocompError(f"optimizer '{name}' has no setting '{key}' (its settings: {known})")
-        kind = allowed[key]
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
+        kinds = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+        if float in kinds and isinstance(value, int):
+            kinds = (*kinds, int)  # 1 is a fine float
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
         if not ok:
-            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            want = " or ".join(k.__name__ for k in (allowed[key] if isinstance(allowed[key], tuple)
+                                                     else (allowed[key],)))
             raise AutocompError(f"optimizer '{name}' setting '{key}' must be {want}, not {value!r}")
 
 

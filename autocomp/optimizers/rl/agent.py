@@ -6,9 +6,12 @@ actions for the first `warmup` episodes; then Gaussian noise whose sigma decays 
 turns each evaluated episode's objectives into a reward, stores its transitions in SB3's replay buffer
 (the reward on the last step, discount 1, as AMC) and runs `model.train()` gradient steps.
 
-Rewards: mode `accuracy` (AMC's accuracy-guaranteed) = -error x log(cost), error = 1 - first objective,
-cost = second objective; mode `resource` = -error, with the env clipping actions to the budget. A moving
-average baseline is subtracted (AMC). Failed or infeasible episodes get the worst reward seen.
+Rewards: mode `resource` (the default; AMC's resource-constrained) = -error, error = 1 - first objective,
+with the env clipping actions to `budget`: a fraction of the uncompressed resource, or a range
+[low, high] from which each episode draws its own, log-uniform (default 1%-25%, so the agent learns the
+whole front, not one point). Mode `accuracy` (AMC's accuracy-guaranteed) = -error x log(cost), cost =
+the second objective: one trade-off point. A moving average baseline is subtracted (AMC). Failed or
+infeasible episodes get the worst reward seen.
 
 The agent's own networks use torch (SB3); the user's model never reaches this module. SB3 draws from the
 global numpy and torch generators, so every call runs inside this optimizer's saved generator states
@@ -35,15 +38,18 @@ from autocomp.optimizers.rl.env import CompressionEnv
 
 AGENTS = {"td3": TD3, "ddpg": DDPG}
 MODES = ("accuracy", "resource")
+# without a budget, resource mode draws each episode's from 1% to 25% of the uncompressed resource
+DEFAULT_BUDGETS = (0.01, 0.25)
 
 
 class RLSearch(Optimizer):
     name = "rl"
-    SETTINGS = {"agent": str, "mode": str, "resource": str, "budget": float, "warmup": int, "noise": float,
+    SETTINGS = {"agent": str, "mode": str, "resource": str, "budget": (float, list), "warmup": int, "noise": float,
                 "noise_decay": float, "hidden": int, "lr": float, "batch_size": int, "updates": int}
 
-    def __init__(self, space, *, directions, seed=0, context=None, agent: str = "td3", mode: str = "accuracy",
-                 resource: str = "size", budget: float | None = None, warmup: int = 20, noise: float = 0.5,
+    def __init__(self, space, *, directions, seed=0, context=None, agent: str = "td3", mode: str = "resource",
+                 resource: str = "size", budget: float | list[float] | None = None, warmup: int = 20,
+                 noise: float = 0.5,
                  noise_decay: float = 0.97, hidden: int = 64, lr: float = 1e-3, batch_size: int = 64,
                  updates: int = 0) -> None:
         super().__init__(space, directions=directions, seed=seed, context=context)
@@ -52,7 +58,7 @@ class RLSearch(Optimizer):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not '{mode}'")
         if mode == "resource" and budget is None:
-            raise ValueError("mode resource needs a budget (a fraction of the uncompressed resource)")
+            budget = list(DEFAULT_BUDGETS)
         if len(self.directions) > 1 and (self.directions[0], self.directions[1]) != ("maximize", "minimize"):
             raise ValueError("rl reads the first objective as accuracy (maximize) and the second as a cost "
                              "(minimize)")
@@ -96,7 +102,11 @@ class RLSearch(Optimizer):
         out = []
         with self._generators():
             for _ in range(n):
-                obs, _ = self.env.reset()
+                budget = None
+                if self.env.bounds:  # drawn here, from this optimizer's saved generator
+                    low, high = self.env.bounds
+                    budget = float(math.exp(np.random.uniform(math.log(low), math.log(high))))
+                obs, _ = self.env.reset(options={"budget": budget} if budget is not None else None)
                 steps, done, info = [], False, {}
                 while not done:
                     if self.episodes < self.warmup:

@@ -2,14 +2,17 @@
 
 Observation (all in [0, 1]): the layer's index, type (conv or not), in/out channels, kernel, stride,
 params and FLOPs (each over the model's largest), the resource already removed by earlier steps, the
-resource the later layers still hold, and the previous action. Action: one number in [0, 1] per knob kind
-of the space (0 = least, 1 = most compressive setting), mapped to this layer's own knobs.
+resource the later layers still hold, the episode's budget (1 without one), and the previous action.
+Action: one number in [0, 1] per knob kind of the space (0 = least, 1 = most compressive setting),
+mapped to this layer's own knobs.
 
 Resource-constrained mode clips each action as AMC does: the layer must compress at least enough that,
 with every later layer at its most compressive setting, the model meets `budget` x the uncompressed
-resource (size or FLOPs, by the analytic cost model below). The episode's reward comes from `reward_fn`
-(params -> float) when given; the RL optimizer instead reads `info["params"]` at the end of an episode
-and rewards it later, when the evaluator's result is told.
+resource (size or FLOPs, by the analytic cost model below). `budget` may be a range [low, high]: each
+episode then draws its own budget (log-uniform, or as `reset(options={"budget": b})` says) and sees it
+in the observation, so one policy learns the whole trade-off (a front, not one point). The episode's
+reward comes from `reward_fn` (params -> float) when given; the RL optimizer instead reads
+`info["params"]` at the end of an episode and rewards it later, when the evaluator's result is told.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from autocomp.space.params import Choice, Param
 from autocomp.space.space import BoundSpace
 
 RESOURCES = ("size", "flops")
-FEATURES = 10  # observation entries before the previous action
+FEATURES = 11  # observation entries before the previous action
 
 
 def knob_value(param: Param, a: float) -> Any:
@@ -65,13 +68,17 @@ class CompressionEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, space: BoundSpace, layers: Sequence[LayerProfile] = (), *,
-                 reward_fn: Callable[[Params], float] | None = None, budget: float | None = None,
-                 resource: str = "size") -> None:
+                 reward_fn: Callable[[Params], float] | None = None,
+                 budget: float | Sequence[float] | None = None, resource: str = "size") -> None:
         if resource not in RESOURCES:
             raise ValueError(f"resource must be one of {', '.join(RESOURCES)}, not '{resource}'")
-        if budget is not None and not 0.0 < budget <= 1.0:
-            raise ValueError(f"budget is a fraction of the uncompressed {resource} in (0, 1], not {budget}")
-        self.space, self.reward_fn, self.budget, self.resource = space, reward_fn, budget, resource
+        bounds = None if budget is None else [budget] * 2 if isinstance(budget, (int, float)) else list(budget)
+        if bounds is not None and (len(bounds) != 2 or not 0.0 < bounds[0] <= bounds[1] <= 1.0):
+            raise ValueError(f"budget is a fraction of the uncompressed {resource} in (0, 1], or a range "
+                             f"[low, high] of such fractions, not {budget}")
+        self.space, self.reward_fn, self.resource = space, reward_fn, resource
+        self.bounds = (float(bounds[0]), float(bounds[1])) if bounds else None
+        self.budget: float | None = self.bounds[1] if self.bounds else None
         known = {p.name: p for p in layers}
         # one step per layer that decides a parameter (a group-shared parameter is decided at its first layer)
         self.units: list[tuple[LayerProfile, list[Param]]] = []
@@ -115,7 +122,8 @@ class CompressionEnv(gym.Env):
         later = sum(self.full[self.t + 1:])
         obs = [self.t / max(len(self.units) - 1, 1), float(p.kind == "Conv2d"), p.in_channels / s["in_channels"],
                p.out_channels / s["out_channels"], p.kernel / s["kernel"], p.stride / s["stride"],
-               p.params / s["params"], p.flops / s["flops"], removed / self.total, later / self.total]
+               p.params / s["params"], p.flops / s["flops"], removed / self.total, later / self.total,
+               1.0 if self.budget is None else self.budget]
         return np.clip(np.array(obs + list(self.prev), dtype=np.float32), 0.0, 1.0)
 
     def clip(self, action: np.ndarray) -> np.ndarray:
@@ -147,6 +155,12 @@ class CompressionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._reset_state()
+        if self.bounds:
+            low, high = self.bounds
+            if options and "budget" in options:
+                self.budget = min(max(float(options["budget"]), low), high)
+            else:
+                self.budget = float(math.exp(self.np_random.uniform(math.log(low), math.log(high))))
         return self.observation(), {}
 
     def step(self, action: np.ndarray):
