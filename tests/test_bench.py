@@ -1,4 +1,4 @@
-"""`autocomp bench primitives --quick` runs every code path on generated data and writes the contract."""
+"""`autocomp bench primitives|search --quick` run every code path on generated data and write the contract."""
 
 import json
 
@@ -22,3 +22,19 @@ def test_bench_primitives_quick_on_generated_data(tmp_path, capsys):
         if row.get("size_bytes"):
             assert row["disk_bytes"] == row["size_bytes"]
     assert "targets:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_search_quick_on_generated_data(tmp_path):
+    write_fake_mnist(tmp_path / "data" / "mnist", n_train=600, n_test=200)
+    assert main(["bench", "search", "--quick", "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "runs" / "bench-search"
+    doc = json.loads((out / "results.json").read_text())
+    from autocomp.bench.search import STRATEGIES
+
+    assert {r["strategy"] for r in doc["rows"]} == set(STRATEGIES)
+    assert {r["budget"] for r in doc["rows"]} == {30, 60}
+    for row in doc["rows"]:
+        assert 0 <= row["hv_min"] <= row["hv_median"] <= row["hv_max"] and row["evals"] <= row["budget"]
+    assert len(doc["targets"]) == 7 and (out / "hypervolume.png").stat().st_size > 1000

@@ -192,3 +192,51 @@ def test_extending_a_run_continues_the_same_search(tmp_path, tiny, name):
     resumed = autocomp.search(model, data, trials=8, name="b", resume=True, **args)
     assert [t.params for t in resumed.trials] == [t.params for t in straight.trials]
     assert all(math.isfinite(t.metrics.get("accuracy", math.nan)) for t in resumed.trials)
+
+
+YAML_WITH_OPTIMIZER = """version: 1
+model: {name: tiny}
+data: {name: tiny}
+optimizer:
+  name: nsga2
+  nsga2: {population: 8, seed_uniform: 2}
+  tpe:
+    n_startup_trials: many
+groups:
+  - name: all
+    layers: ["type:Linear"]
+    primitives:
+      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
+"""
+
+
+def test_optimizer_section_is_read_written_and_checked_with_its_line():
+    from autocomp.errors import SpaceError
+    from autocomp.session import check_optimizer_spec
+    from autocomp.space.loader import dump_run_spec
+
+    spec = parse_run_spec(YAML_WITH_OPTIMIZER, file="s.yaml")
+    assert spec.optimizer.name == "nsga2" and spec.optimizer.settings["nsga2"] == {"population": 8, "seed_uniform": 2}
+    again = parse_run_spec(dump_run_spec(spec))
+    assert again.optimizer == spec.optimizer and dump_run_spec(again) == dump_run_spec(spec)
+    with pytest.raises(SpaceError, match=r"s.yaml:8: .*n_startup_trials. must be int.*key .optimizer.tpe.n_startup_trials") as err:
+        check_optimizer_spec(spec)
+    assert err.value.value == "many"
+    unknown = parse_run_spec(YAML_WITH_OPTIMIZER.replace("  tpe:\n    n_startup_trials: many\n", "  cmaes: {}\n"),
+                             file="s.yaml")
+    with pytest.raises(SpaceError, match=r"s.yaml:7.*unknown optimizer"):
+        check_optimizer_spec(unknown)
+
+
+def test_seed_from_starts_an_optimizer_from_another_runs_front(tmp_path, tiny):
+    from autocomp.session import front_params
+
+    model, data = tiny
+    args = dict(space=SPACE, seed=0, runs_dir=tmp_path, progress=False, latency=FAST)
+    greedy = autocomp.search(model, data, trials=12, name="g", optimizer="greedy",
+                             optimizer_settings={"levels": 2}, **args)
+    seeds = front_params(tmp_path / "g")
+    assert seeds == [t.params for t in greedy.pareto]
+    seeded = autocomp.search(model, data, trials=len(seeds) + 2, name="n", optimizer="tpe",
+                             optimizer_settings={"initial": seeds}, **args)
+    assert [t.params for t in seeded.trials[: len(seeds)]] == seeds
