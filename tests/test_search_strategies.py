@@ -219,7 +219,8 @@ def test_optimizer_section_is_read_written_and_checked_with_its_line():
     assert spec.optimizer.name == "nsga2" and spec.optimizer.settings["nsga2"] == {"population": 8, "seed_uniform": 2}
     again = parse_run_spec(dump_run_spec(spec))
     assert again.optimizer == spec.optimizer and dump_run_spec(again) == dump_run_spec(spec)
-    with pytest.raises(SpaceError, match=r"s.yaml:8: .*n_startup_trials. must be int.*key .optimizer.tpe.n_startup_trials") as err:
+    wrong_type = r"s.yaml:8: .*n_startup_trials. must be int.*key .optimizer.tpe.n_startup_trials"
+    with pytest.raises(SpaceError, match=wrong_type) as err:
         check_optimizer_spec(spec)
     assert err.value.value == "many"
     unknown = parse_run_spec(YAML_WITH_OPTIMIZER.replace("  tpe:\n    n_startup_trials: many\n", "  cmaes: {}\n"),
