@@ -157,27 +157,11 @@ def measure_artifact(
 ) -> dict[str, Any]:
     """Size on disk and latency of the exported file as loaded back, beside the uncompressed fp32 model's
     latency (interleaved rounds, medians) and the theoretical reduction (FLOPs, weight bits)."""
-    import statistics
-    import time
-
-    from autocomp.metrics import count_flops, torch_threads
+    from autocomp.metrics import count_flops, interleaved_latency
 
     artifact = load_artifact(path, fmt, model=baseline)
-
-    def median_ms(fn) -> float:
-        with torch.no_grad():
-            fn(batch)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn(batch)
-                times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
-
-    with torch_threads(threads):
-        pairs = [(median_ms(baseline), median_ms(artifact)) for _ in range(rounds)]
-    base_ms = statistics.median(p[0] for p in pairs)
-    art_ms = statistics.median(p[1] for p in pairs)
+    base_ms, art_ms, _ = interleaved_latency(baseline, artifact, batch, threads=threads, rounds=rounds,
+                                             repeats=repeats, warmup=1)
     example = batch[:1]
     base_flops = count_flops(baseline, example)[0]
     flops, sparse = count_flops(compressed, example)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,17 +98,37 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 @torch.no_grad()
+def forward_times(model: Callable[[torch.Tensor], Any], example: torch.Tensor, *, warmup: int,
+                  repeats: int) -> list[float]:
+    """Wall times (ms) of `repeats` forward passes after `warmup` untimed ones, on the current threads."""
+    for _ in range(warmup):
+        model(example)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(example)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def interleaved_latency(reference: Callable[[torch.Tensor], Any], candidate: Callable[[torch.Tensor], Any],
+                        example: torch.Tensor, *, threads: int = 2, rounds: int = 7, repeats: int = 10,
+                        warmup: int = 2) -> tuple[float, float, float]:
+    """(reference ms, candidate ms, speedup): medians over alternating rounds, so machine noise hits both."""
+    ref, cand = [], []
+    with torch_threads(threads):
+        for _ in range(rounds):
+            ref.append(statistics.median(forward_times(reference, example, warmup=warmup, repeats=repeats)))
+            cand.append(statistics.median(forward_times(candidate, example, warmup=warmup, repeats=repeats)))
+    r, c = statistics.median(ref), statistics.median(cand)
+    return r, c, r / c
+
+
 def measure_latency(
     model: nn.Module, example: torch.Tensor, *, threads: int = 1, warmup: int = 10, repeats: int = 50
 ) -> dict[str, float]:
     """Median and interquartile range (ms) of a forward pass at `example`, after warm-up."""
     with torch_threads(threads):
-        for _ in range(warmup):
-            model(example)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(example)
-            times.append((time.perf_counter() - start) * 1000.0)
+        times = forward_times(model, example, warmup=warmup, repeats=repeats)
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"latency_ms": statistics.median(times), "latency_iqr_ms": quartiles[2] - quartiles[0]}

@@ -7,22 +7,11 @@ import autocomp
 from autocomp.errors import RunError
 from autocomp.export import load_packed
 from autocomp.policy import Policy
-from autocomp.space.loader import parse_run_spec
 from autocomp.testing.conformance import outputs
+from autocomp.testing.tiny import fast_latency, tiny_space
 
-SPACE = parse_run_spec("""
-version: 1
-model: {name: tiny}
-data: {name: tiny}
-groups:
-  - name: all
-    layers: ["type:Linear"]
-    primitives:
-      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
-      quantize: {bits: {choice: [2, 4, 8, 32]}}
-""").space
-
-FAST = autocomp.LatencySpec(repeats=3, warmup=1)
+SPACE = tiny_space()
+FAST = fast_latency()
 
 
 def run(tmp_path, tiny, **kw):

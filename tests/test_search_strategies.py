@@ -11,20 +11,11 @@ from autocomp.optimizers import Context, LayerProfile, Told, make_optimizer
 from autocomp.space.loader import parse_run_spec
 from autocomp.testing.conformance import check_beats_random, reference_space, run_steps
 from autocomp.testing.fake import fake_metrics
+from autocomp.testing.tiny import fast_latency, tiny_space
 
 MO = ("maximize", "minimize")
-SPACE = parse_run_spec("""
-version: 1
-model: {name: tiny}
-data: {name: tiny}
-groups:
-  - name: all
-    layers: ["type:Linear"]
-    primitives:
-      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
-      quantize: {bits: {choice: [2, 4, 8, 32]}}
-""").space
-FAST = autocomp.LatencySpec(repeats=3, warmup=1)
+SPACE = tiny_space()
+FAST = fast_latency()
 
 
 def make(name, seed=0, space=None, **settings):

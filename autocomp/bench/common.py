@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocomp.metrics import accuracy, torch_threads
+from autocomp.metrics import accuracy
 from autocomp.runner import machine_info
 from autocomp.space.spec import TrainSpec
 from autocomp.store import write_atomic
@@ -69,28 +68,15 @@ def format_targets(targets: Mapping[str, Mapping[str, Any]]) -> str:
                      for name, t in targets.items())
 
 
-@torch.no_grad()
-def median_ms(model: nn.Module, x: torch.Tensor, *, threads: int = 2, repeats: int = 30, warmup: int = 5) -> float:
-    with torch_threads(threads):
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-def interleaved_ratio(reference: nn.Module, candidate: nn.Module, x: torch.Tensor, *, threads: int = 2,
-                      rounds: int = 7, repeats: int = 10) -> tuple[float, float, float]:
-    """(reference ms, candidate ms, speedup) as medians over alternating rounds, so machine noise hits both."""
-    ref, cand = [], []
-    for _ in range(rounds):
-        ref.append(median_ms(reference, x, threads=threads, repeats=repeats, warmup=2))
-        cand.append(median_ms(candidate, x, threads=threads, repeats=repeats, warmup=2))
-    r, c = statistics.median(ref), statistics.median(cand)
-    return r, c, r / c
+def publish(result: BenchResult, columns: Sequence[str], runs_dir: str | os.PathLike,
+            also: Sequence[str] = ()) -> BenchResult:
+    """Print the table and the targets, write results.json, and say where it (and `also`) went."""
+    print(format_table(result.rows, columns))
+    print("targets:")
+    print(format_targets(result.targets))
+    out = result.write(runs_dir)
+    print("results: " + "  ".join(str(out / name) for name in ("results.json", *also)))
+    return result
 
 
 def cached_baseline(model_name: str, dataset: str, data_dir: str | None, train: TrainSpec, runs_dir: str | os.PathLike,

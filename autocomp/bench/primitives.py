@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autocomp.bench.common import BenchResult, cached_baseline, format_table, format_targets, interleaved_ratio
+from autocomp.bench.common import BenchResult, cached_baseline, publish
 from autocomp.compress import compress, layer_targets
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.export import export_int8, write_bytes
 from autocomp.int8 import fold_batchnorm, to_int8
-from autocomp.metrics import accuracy, count_flops, count_params
+from autocomp.metrics import accuracy, count_flops, count_params, interleaved_latency
 from autocomp.policy import Policy
 from autocomp.primitives import Channels, LowRank, Prune, Quantize, Share
 from autocomp.space.spec import LatencySpec, TrainSpec
@@ -119,8 +119,8 @@ def _row(setup: Setup, label: str, model: nn.Module, policy: Policy, entropy: bo
                if isinstance(m, (nn.Linear, nn.Conv2d)))
     other = sum(p.numel() for n, p in compressed.named_parameters() if not n.endswith("weight")) * 32
     x64 = test[0][:64]
-    _, _, b64 = interleaved_ratio(model, compressed, x64)
-    _, _, b1 = interleaved_ratio(model, compressed, test[0][:1], repeats=30)
+    _, _, b64 = interleaved_latency(model, compressed, x64)
+    _, _, b1 = interleaved_latency(model, compressed, test[0][:1], repeats=30)
     return {
         "model": setup.model, "primitive": label, "flops_x": base["flops"] / flops,
         "sparse_flops_x": base["flops"] / max(sparse, 1), "theory_size_x": base["fp32_bits"] / (bits + other),
@@ -140,8 +140,8 @@ def _int8_row(setup: Setup, model: nn.Module, evaluator, test, base, tmp: Path) 
     reference = fold_batchnorm(model)
     int8_model = to_int8(model, calibration)
     x = test[0][: setup.int8_batch]
-    _, _, speedup = interleaved_ratio(reference, int8_model, x)
-    _, _, speedup1 = interleaved_ratio(reference, int8_model, test[0][:1], repeats=30)
+    _, _, speedup = interleaved_latency(reference, int8_model, x)
+    _, _, speedup1 = interleaved_latency(reference, int8_model, test[0][:1], repeats=30)
     disk, _ = export_int8(tmp / "int8.pt", model, calibration)
     return {
         "model": setup.model, "primitive": f"int8 {int8_model.engine} (vs fp32 BN-folded, b{setup.int8_batch})",
@@ -194,10 +194,4 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str]
 
 
 def main(*, quick: bool, data_dir: str | None, runs_dir: str) -> BenchResult:
-    result = run(quick=quick, data_dir=data_dir, runs_dir=runs_dir)
-    print(format_table(result.rows, COLUMNS))
-    print("targets:")
-    print(format_targets(result.targets))
-    out = result.write(runs_dir)
-    print(f"results: {out / 'results.json'}")
-    return result
+    return publish(run(quick=quick, data_dir=data_dir, runs_dir=runs_dir), COLUMNS, runs_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import autocomp
-from autocomp.bench.common import BenchResult, cached_baseline, format_table, format_targets
+from autocomp.bench.common import BenchResult, cached_baseline, publish
 from autocomp.metrics import accuracy
 from autocomp.pareto import hypervolume
 from autocomp.space.loader import load_run_spec
@@ -59,16 +59,15 @@ def best_ratio(trials: list[Any], base_accuracy: float, drop: float = 0.005) -> 
     return max(ok, default=1.0)
 
 
-def plot(curves: dict[str, list[list[float]]], checkpoints: list[int], path: Path) -> None:
+def plot(median: dict[str, list[float]], checkpoints: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, runs in curves.items():
-        median = [statistics.median(r[i] for r in runs) for i in range(len(checkpoints))]
-        ax.plot(checkpoints, median, label=name, marker="o" if name in SEARCHED else None, markersize=3)
+    for name, values in median.items():
+        ax.plot(checkpoints, values, label=name, marker="o" if name in SEARCHED else None, markersize=3)
     ax.set_xlabel("evaluations")
     ax.set_ylabel("hypervolume (accuracy x log10 bytes), median of seeds")
     ax.set_title("LeNet-300-100 / MNIST: search strategies at equal budget")
@@ -140,17 +139,12 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str]
     result.target(f"best_searched_{best}_hv_fraction_at_{checkpoints[half]}", early, ">=", 0.95)
     out = Path(runs_dir) / "bench-search"
     out.mkdir(parents=True, exist_ok=True)
-    plot(curves, checkpoints, out / "hypervolume.png")
     median = {s: [statistics.median(r[i] for r in runs) for i in range(len(checkpoints))] for s, runs in curves.items()}
+    plot(median, checkpoints, out / "hypervolume.png")
     result.settings["curves"] = {"evaluations": checkpoints, "median_hv": median}
     return result
 
 
 def main(*, quick: bool, data_dir: str | None, runs_dir: str) -> BenchResult:
-    result = run(quick=quick, data_dir=data_dir, runs_dir=runs_dir)
-    print(format_table(result.rows, COLUMNS))
-    print("targets:")
-    print(format_targets(result.targets))
-    out = result.write(runs_dir)
-    print(f"results: {out / 'results.json'}  plot: {out / 'hypervolume.png'}")
-    return result
+    return publish(run(quick=quick, data_dir=data_dir, runs_dir=runs_dir), COLUMNS, runs_dir,
+                   also=("hypervolume.png",))

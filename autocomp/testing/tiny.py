@@ -23,6 +23,33 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
                          nn.Linear(8 * 4 * 4, 4))
 
 
+TINY_SPACE_YAML = """
+version: 1
+model: {name: tiny}
+data: {name: tiny}
+groups:
+  - name: all
+    layers: ["type:Linear"]
+    primitives:
+      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
+      quantize: {bits: {choice: [2, 4, 8, 32]}}
+"""
+
+
+def tiny_space():
+    """Per-layer pruning ratio and bits for every Linear layer of `tiny_mlp`."""
+    from autocomp.space.loader import parse_run_spec
+
+    return parse_run_spec(TINY_SPACE_YAML).space
+
+
+def fast_latency():
+    """Latency settings that keep test searches quick (timings never decide a test)."""
+    from autocomp.space.spec import LatencySpec
+
+    return LatencySpec(repeats=3, warmup=1)
+
+
 def tiny_data(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 1, 8, 8) images whose class (of 4) is which quadrant is bright: learnable in a few steps."""
     g = torch.Generator().manual_seed(seed)
