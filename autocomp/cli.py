@@ -39,6 +39,32 @@ def _seed(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_execution_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution", "where candidates are evaluated (defaults: the file's execution: block)")
+    g.add_argument("--executor", choices=("inprocess", "ray"),
+                   help="inprocess (default) or ray; --workers or --address imply ray")
+    g.add_argument("--workers", type=_positive, help="parallel evaluations (default: the cores allow)")
+    g.add_argument("--threads", type=_positive, help="torch threads per worker (default: workers x threads <= cores)")
+    g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    g.add_argument("--num-cpus", type=_positive_float, help="Ray CPUs each evaluation holds")
+    g.add_argument("--num-gpus", type=float, help="Ray GPUs each evaluation holds")
+    g.add_argument("--trial-timeout", type=_positive_float, metavar="SECONDS",
+                   help="fail an evaluation that runs longer")
+
+
+def _execution_overrides(args: argparse.Namespace) -> dict:
+    given = {"executor": args.executor, "workers": args.workers, "threads": args.threads, "address": args.address,
+             "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "timeout": args.trial_timeout}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _print_result(result, log=print) -> None:
     log("")
     log(f"Pareto front ({len(result.pareto)} of {len(result.trials)} trials; "
@@ -57,14 +83,16 @@ def cmd_search(args: argparse.Namespace) -> None:
     spec = read_spec(space)
     result = run_spec_search(spec, optimizer=args.optimizer, trials=args.trials, seed=args.seed,
                              runs_dir=args.runs_dir, name=args.name, data_dir=args.data_dir,
-                             progress=not args.quiet, seed_from=args.seed_from)
+                             progress=not args.quiet, seed_from=args.seed_from,
+                             execution=_execution_overrides(args))
     _print_result(result)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
     from autocomp.session import resume_run
 
-    result = resume_run(args.run_dir, trials=args.trials, data_dir=args.data_dir, progress=not args.quiet)
+    result = resume_run(args.run_dir, trials=args.trials, data_dir=args.data_dir, progress=not args.quiet,
+                        execution=_execution_overrides(args))
     _print_result(result)
 
 
@@ -173,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: <space>-<timestamp>)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_execution_args(p)
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue a killed or finished run")
@@ -180,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_positive, help="total trials (default: the run's own)")
     p.add_argument("--data-dir", help="dataset folder, if it moved since the run started")
     p.add_argument("--quiet", action="store_true")
+    _add_execution_args(p)
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("export", help="write one trial's compressed model")

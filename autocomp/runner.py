@@ -26,7 +26,7 @@ from tqdm import tqdm
 import autocomp
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
-from autocomp.execution import Executor, InProcessExecutor, Outcome, Task
+from autocomp.execution import Executor, Outcome, Task, describe, make_executor
 from autocomp.metrics import accuracy, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
 from autocomp.optimizers import Context, LayerProfile, Optimizer, Told, make_optimizer
@@ -34,7 +34,7 @@ from autocomp.pareto import pareto_front
 from autocomp.policy import Policy
 from autocomp.report import pareto_table, plot_pareto
 from autocomp.space.space import BoundSpace, SearchSpace
-from autocomp.space.spec import DEFAULT_LATENCY, LatencySpec
+from autocomp.space.spec import DEFAULT_EXECUTION, DEFAULT_LATENCY, ExecutionSpec, LatencySpec
 from autocomp.store import RunStore
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -174,42 +174,60 @@ def run_loop(
     *,
     progress: bool = True,
 ) -> list[Trial]:
-    """Run (or continue) the search in `store` until it holds `total` finished trials."""
-    trials = {t.id: t for t in map(Trial.from_record, store.trials())}
+    """Run (or continue) the search in `store` until it holds `total` finished trials.
+
+    Workers are kept busy: whenever one frees, its trial is journaled and told, and the optimizer is asked
+    for the next candidate (an optimizer that waits for a whole generation asks for none until then).
+    """
+    trials = {t.id: t for t in map(Trial.from_record, store.trials())}  # in journal (= tell) order
     checkpoint = store.load_checkpoint()
-    pending: list[dict[str, Any]] = []
+    in_flight: dict[int, dict[str, Any]] = {}  # asked, not yet journaled: id -> {"id", "params"}
     next_id = 0
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        pending, next_id = checkpoint["pending"], checkpoint["next_id"]
+        next_id = checkpoint["next_id"]
+        pending = {item["id"]: item for item in checkpoint["pending"]}
+        # journaled after the last checkpoint: told now, in journal order, as the killed run would have
+        untold = [t for i, t in trials.items() if i in pending]
+        optimizer.tell([Told(t.params, t.values if t.status == "complete" else None, t.violation) for t in untold])
+        in_flight = {i: item for i, item in pending.items() if i not in trials}
     bar = _Progress(total, list(trials.values()), objectives, progress)
+    policies: dict[int, Policy] = {}
 
-    def tell(batch: list[dict[str, Any]]) -> None:
-        # in id order, so a resumed run tells exactly what an uninterrupted one would have
-        done = [trials[item["id"]] for item in sorted(batch, key=lambda b: b["id"])]
-        optimizer.tell([Told(t.params, t.values if t.status == "complete" else None, t.violation) for t in done])
-        store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": [], "next_id": next_id})
+    def submit(item: dict[str, Any]) -> None:
+        policies[item["id"]] = Policy.from_params(space, item["params"])
+        executor.submit(Task(item["id"], policies[item["id"]]))
+
+    def save() -> None:
+        store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": list(in_flight.values()),
+                               "next_id": next_id})
 
     try:
-        while pending or len(trials) < total:
-            if not pending:
-                asked = optimizer.ask(min(executor.workers, total - len(trials)))
-                if not asked:
+        for item in in_flight.values():
+            submit(item)
+        while True:
+            free = min(executor.workers - len(in_flight), total - len(trials) - len(in_flight))
+            if free > 0:
+                asked = [{"id": next_id + i, "params": p} for i, p in enumerate(optimizer.ask(free))]
+                next_id += len(asked)
+                in_flight.update((item["id"], item) for item in asked)
+                save()  # the asks are on disk before they run, so a resumed run evaluates the same ones
+                for item in asked:
+                    submit(item)
+                if not in_flight:
                     tqdm.write(f"optimizer '{optimizer.name}' has no more candidates ({len(trials)} trials)")
                     break
-                pending = [{"id": next_id + i, "params": p} for i, p in enumerate(asked)]
-                next_id += len(asked)
-                store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": pending, "next_id": next_id})
-            todo = {item["id"]: item for item in pending if item["id"] not in trials}
-            policies = {i: Policy.from_params(space, item["params"]) for i, item in todo.items()}
-            for outcome in executor.run([Task(i, policies[i]) for i in todo]):
-                trial = _finish(outcome, todo[outcome.trial_id]["params"], policies[outcome.trial_id],
-                                objectives, constraints)
-                store.append(trial.to_record())  # journaled (and fsynced) before the optimizer hears of it
-                trials[trial.id] = trial
-                bar.add(trial)
-            tell(pending)
-            pending = []
+            if not in_flight:
+                break
+            outcome = executor.next_outcome()
+            item = in_flight.pop(outcome.trial_id)
+            trial = _finish(outcome, item["params"], policies.pop(outcome.trial_id), objectives, constraints)
+            store.append(trial.to_record())  # journaled (and fsynced) before the optimizer hears of it
+            trials[trial.id] = trial
+            bar.add(trial)
+            optimizer.tell([Told(trial.params, trial.values if trial.status == "complete" else None,
+                                 trial.violation)])
+        save()
     finally:
         bar.close()
     return sorted(trials.values(), key=lambda t: t.id)
@@ -270,6 +288,7 @@ def search(
     entropy: bool = False,
     extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
     latency: LatencySpec = DEFAULT_LATENCY,
+    execution: ExecutionSpec = DEFAULT_EXECUTION,
     runs_dir: str | os.PathLike = "runs",
     name: str | None = None,
     resume: bool = False,
@@ -292,6 +311,7 @@ def search(
         calibration_data: a few hundred training rows for activation ranges and Taylor scores
             (default: the first 256 rows of val_data).
         entropy: Huffman-code the packed artifact (its size is what size_bytes measures).
+        execution: where candidates are evaluated (in process, or Ray workers locally or on a cluster).
         extra_metrics: user callables `f(compressed_model) -> float`, available to objectives by name.
         runs_dir, name: the run directory is `runs_dir/name` (a timestamped name by default).
         resume: continue the run in that directory instead of refusing to reuse it.
@@ -313,8 +333,11 @@ def search(
         "params": [[p.name, repr(p.domain)] for p in bound.params], "entropy": entropy,
     }
     signature = json.loads(json.dumps(signature))  # tuples -> lists, as run.json reads back
+    store = None
+    if not resume and (run_dir / "run.json").exists():
+        raise RunError(f"run directory '{run_dir}' already holds a run: resume it or choose another name")
     if resume:
-        store = RunStore.open(run_dir)
+        store = RunStore.open(run_dir)  # locked first: a second process must not evaluate anything
         info = store.read_json("run.json")
         saved = info.get("signature", {})
         changed = sorted(k for k in signature if saved.get(k) != signature[k])
@@ -323,37 +346,50 @@ def search(
             was = "; ".join(f"{k}={saved.get(k)}" for k in changed)
             raise RunError(f"{run_dir}: resume with the run's own settings; these differ: {', '.join(changed)} "
                            f"(the run has {was})")
-    else:
-        info = {
-            **(run_info or {}),
-            "settings": {"optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}),
-                         "trials": trials, "seed": seed},
-            "signature": signature,
-            "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
-            "constraints": [vars(c) for c in constraints],
-            "latency": {**vars(latency), "measured": "median wall time of the compressed model's forward pass"},
-            "machine": machine_info(),
-            "executor": "in-process",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        store = RunStore.create(run_dir, space_yaml=space_yaml or "# space given as Python objects\n",
-                                run_info=info)
+    executor = None
     try:
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
                                          extra_metrics=extra_metrics, calibration=calibration,
                                          entropy=entropy)
         baseline = evaluator(Policy.of({}))
+        executor = _start_executor(execution, evaluator, run_dir)  # before any write: a bad address leaves none
+        if store is None:
+            info = {
+                **(run_info or {}),
+                "settings": {"optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}),
+                             "trials": trials, "seed": seed},
+                "signature": signature,
+                "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
+                "constraints": [vars(c) for c in constraints],
+                "latency": {**vars(latency), "measured": "median wall time of the compressed model's forward pass"},
+                "machine": machine_info(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            store = RunStore.create(run_dir, space_yaml=space_yaml or "# space given as Python objects\n",
+                                    run_info=info)
         info["baseline"] = baseline
+        info["executor"] = describe(executor)  # the latest; a run may be resumed elsewhere
         store.write_json("run.json", info)
         opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
                              context=Context(layers=profiles, workdir=str(store.path)), **settings)
-        executor = InProcessExecutor(evaluator)
         done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress)
         executor.close()
+        executor = None
         title = f"{run_dir.name}: {optimizer}, {len(done)} trials"
         return finalize(store, done, objectives, baseline, evaluator=evaluator, test_data=test, title=title)
     finally:
-        store.close()
+        if executor is not None:  # Ctrl-C or an error: workers are stopped before we return
+            executor.close()
+        if store is not None:
+            store.close()
+
+
+def _start_executor(execution: ExecutionSpec, evaluator: CompressionEvaluator, run_dir: Path) -> Executor:
+    try:
+        return make_executor(execution, evaluator, log_dir=run_dir / "ray-logs")
+    except (ValueError, ConnectionError, RuntimeError, TimeoutError) as err:
+        where = f" at {execution.address}" if execution.address else ""
+        raise RunError(f"cannot start the {execution.executor} executor{where}: {err}") from err
 
 
 def trial_record(run_dir: str | os.PathLike, trial_id: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from autocomp.objective import Constraint, Objective
 from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
 from autocomp.runner import SearchResult, search
 from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
-from autocomp.space.spec import RunSpec
+from autocomp.space.spec import ExecutionSpec, RunSpec
 from autocomp.store import write_atomic
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
 
@@ -145,6 +145,17 @@ def front_params(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         raise RunError(f"--seed-from: {path} is not a pareto.json autocomp wrote ({err})") from None
 
 
+def execution_spec(spec: RunSpec, overrides: dict[str, Any] | None = None) -> ExecutionSpec:
+    """The file's execution block with command-line overrides; asking for workers or an address means Ray."""
+    overrides = dict(overrides or {})
+    if "executor" not in overrides and {"workers", "address"} & set(overrides):
+        overrides["executor"] = "ray"
+    execution = replace(spec.execution, **overrides)
+    if execution.executor == "inprocess" and (execution.address or (execution.workers or 1) > 1):
+        raise AutocompError("--workers > 1 and --address need the Ray executor (--executor ray)")
+    return execution
+
+
 def run_spec_search(
     spec: RunSpec,
     *,
@@ -158,15 +169,17 @@ def run_spec_search(
     progress: bool = True,
     optimizer_settings: dict[str, Any] | None = None,
     seed_from: str | None = None,
+    execution: dict[str, Any] | None = None,
     log=print,
 ) -> SearchResult:
     """Search as a search-space file describes; `resume` continues the run already in runs_dir/name.
 
     The optimizer is `optimizer`, else the file's `optimizer.name`, else random; its settings are the
     file's block of that name unless given (resume passes the run's own), plus `initial` candidates from
-    `seed_from` (a finished run's Pareto front).
+    `seed_from` (a finished run's Pareto front). `execution` overrides the file's execution block.
     """
     check_optimizer_spec(spec)
+    executing = execution_spec(spec, execution)
     optimizer = optimizer or spec.optimizer.name or "random"
     if optimizer_settings is None:
         optimizer_settings = dict(spec.optimizer.settings.get(optimizer, {}))
@@ -208,7 +221,7 @@ def run_spec_search(
         model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
         objectives=objectives, constraints=constraints,
         optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
-        test_data=splits.test, latency=spec.latency,
+        test_data=splits.test, latency=spec.latency, execution=executing,
         runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
         model_ref=model_ref,
         space_yaml=dump_run_spec(spec), run_info=run_info,
@@ -237,7 +250,7 @@ def run_spec(run_dir: str | os.PathLike) -> RunSpec:
 
 
 def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str | None,
-               progress: bool = True, log=print) -> SearchResult:
+               progress: bool = True, execution: dict[str, Any] | None = None, log=print) -> SearchResult:
     """Continue a CLI run killed at any moment (or extend a finished one with more trials)."""
     run_dir = Path(run_dir)
     info = run_info(run_dir)
@@ -253,7 +266,7 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
         spec, optimizer=settings["optimizer"], optimizer_settings=settings.get("optimizer_settings", {}),
         trials=trials or settings["trials"], seed=settings["seed"],
         runs_dir=run_dir.parent, name=run_dir.name, data_dir=data_dir or info["data"]["dir"], resume=True,
-        progress=progress, log=log,
+        progress=progress, execution=execution, log=log,
     )
 
 

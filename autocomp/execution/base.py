@@ -33,13 +33,41 @@ class Outcome:
 
 
 class Executor(Protocol):
+    """Runs evaluations, `workers` at a time: submit tasks, then collect outcomes as they finish."""
+
     workers: int
 
-    def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
-        """Evaluate the tasks, yielding each outcome as soon as it is known (any order)."""
+    def submit(self, task: Task) -> None:
+        """Queue one evaluation; it starts as soon as a worker is free."""
+
+    def next_outcome(self) -> Outcome:
+        """Block until one submitted task has finished (in any order) and return its outcome."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop the workers; the executor is not used again."""
+
+
+def run_all(executor: Executor, tasks: Iterable[Task]) -> Iterator[Outcome]:
+    """Submit every task and yield the outcomes in the order they finish."""
+    submitted = 0
+    for task in tasks:
+        executor.submit(task)
+        submitted += 1
+    for _ in range(submitted):
+        yield executor.next_outcome()
+
+
+class EvaluationTimeout(Exception):
+    """An evaluation ran past the per-trial timeout (`limit` seconds)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"timeout: the evaluation ran past {limit:g} s")
+        self.limit = limit
+
+
+def timeout_outcome(task: Task, limit: float, elapsed: float, worker: str) -> Outcome:
+    return Outcome(task.trial_id, "failed", error=str(EvaluationTimeout(limit)), seconds=elapsed, worker=worker)
 
 
 def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
@@ -50,11 +78,15 @@ def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             raise ValueError(f"non-finite metrics: {', '.join(bad)}")
+    except EvaluationTimeout as err:
+        return timeout_outcome(task, err.limit, time.perf_counter() - start, worker)
     except Exception as err:  # a candidate's failure is data, not a crash
         detail = "".join(traceback.format_exception_only(type(err), err)).strip()
         return Outcome(task.trial_id, "failed", error=detail, seconds=time.perf_counter() - start, worker=worker)
     return Outcome(task.trial_id, "complete", metrics, seconds=time.perf_counter() - start, worker=worker)
 
 
-def describe(executor: Any) -> str:
-    return f"{type(executor).__name__}(workers={executor.workers})"
+def describe(executor: Any) -> dict[str, Any]:
+    """What run.json records about the executor (its own `describe()` where it has one)."""
+    own = getattr(executor, "describe", None)
+    return own() if callable(own) else {"executor": type(executor).__name__, "workers": executor.workers}

@@ -84,8 +84,10 @@ class OptunaSearch(Optimizer):
 
     def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
         seed = (self.seed * 1_000_003 + number) % 2**32
+        # constant_liar: trials still running on other workers count as bad, so parallel asks spread out
+        # (with one worker nothing is running at ask time and the samples are unchanged)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials,
-                                          multivariate=self.multivariate)
+                                          multivariate=self.multivariate, constant_liar=True)
 
     def _next_number(self) -> int:
         return len(self.study.get_trials(deepcopy=False))

@@ -22,10 +22,12 @@ from autocomp.primitives.configs import CONFIGS, KnobRange
 from autocomp.space.params import Choice, Domain, FloatRange, IntRange
 from autocomp.space.space import Group, KnobSpec, SearchSpace, Selector, Where
 from autocomp.space.spec import (
+    EXECUTORS,
     METRICS,
     ArtifactSpec,
     ConstraintSpec,
     DataSpec,
+    ExecutionSpec,
     LatencySpec,
     ModelSpec,
     ObjectiveSpec,
@@ -35,13 +37,14 @@ from autocomp.space.spec import (
 )
 
 VERSION = 1
-TOP_KEYS = ("version", "model", "data", "train", "latency", "artifact", "optimizer", "objectives", "constraints",
-            "groups")
+TOP_KEYS = ("version", "model", "data", "train", "latency", "artifact", "optimizer", "execution", "objectives",
+            "constraints", "groups")
 ARTIFACT_KEYS = ("entropy",)
 MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "seed")
 LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats")
+EXECUTION_KEYS = ("executor", "workers", "threads", "address", "num_cpus", "num_gpus", "timeout", "retries")
 GROUP_KEYS = ("name", "layers", "shared", "primitives")
 PARAM_KINDS = ("choice", "int", "float")
 DIRECTIONS = ("maximize", "minimize")
@@ -228,6 +231,8 @@ def dump_run_spec(spec: RunSpec) -> str:
         block: dict[str, Any] = {"name": spec.optimizer.name} if spec.optimizer.name else {}
         block.update({k: _plain(v) for k, v in spec.optimizer.settings.items()})
         doc["optimizer"] = block
+    if spec.execution != ExecutionSpec():
+        doc["execution"] = {k: v for k, v in asdict(spec.execution).items() if v is not None}
     doc["groups"] = [_dump_group(g) for g in spec.space.groups]
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
@@ -392,7 +397,7 @@ class _Parser:
                             line=doc.value_lines["version"], key="version", value=version)
         extra: dict[str, Any] = {}
         sections = (("train", self.train), ("latency", self.latency), ("artifact", self.artifact),
-                    ("optimizer", self.optimizer), ("objectives", self.objectives),
+                    ("optimizer", self.optimizer), ("execution", self.execution), ("objectives", self.objectives),
                     ("constraints", self.constraints))
         for name, read in sections:
             if name in doc:
@@ -470,6 +475,25 @@ class _Parser:
         rules = {"batch_size": self.at_least(1, 4096), "threads": self.at_least(1, 1024), "warmup": self.at_least(0),
                  "repeats": self.at_least(1)}
         return LatencySpec(**self.fields(m, key, rules))
+
+    def execution(self, value: Any, line: int, key: str) -> ExecutionSpec:
+        m = self.mapping(value, line, key, EXECUTION_KEYS)
+
+        def executor(v: Any, ln: int, k: str) -> str:
+            if v not in EXECUTORS:
+                raise self.fail(f"unknown executor; known: {', '.join(EXECUTORS)}", line=ln, key=k, value=v)
+            return v
+
+        def non_negative(v: Any, ln: int, k: str) -> float:
+            number = self.number(v, ln, k)
+            if number < 0:
+                raise self.fail("must be >= 0", line=ln, key=k, value=v)
+            return number
+
+        rules = {"executor": executor, "workers": self.at_least(1, 100_000), "threads": self.at_least(1, 1024),
+                 "address": self.string, "num_cpus": self.positive, "num_gpus": non_negative,
+                 "timeout": self.positive, "retries": self.at_least(0, 100)}
+        return ExecutionSpec(**self.fields(m, key, rules))
 
     def metric(self, value: Any, line: int, key: str) -> str:
         if not isinstance(value, str) or value not in METRICS:

@@ -60,6 +60,29 @@ class LatencySpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExecutionSpec:
+    """Where candidates are evaluated: in this process, or on Ray workers (a local Ray or a cluster).
+
+    `workers` evaluations run at once, each with `threads` torch threads and `num_cpus`/`num_gpus` Ray
+    resources; unset, they follow from the cores (workers x threads <= cores). `timeout` (seconds) fails an
+    evaluation that runs longer; `retries` is how often a trial whose worker died is run again.
+    Not part of a run's identity: a run started here may be resumed on a cluster.
+    """
+
+    executor: str = "inprocess"
+    workers: int | None = None
+    threads: int | None = None
+    address: str | None = None
+    num_cpus: float | None = None
+    num_gpus: float = 0.0
+    timeout: float | None = None
+    retries: int = 1
+
+
+EXECUTORS = ("inprocess", "ray")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ArtifactSpec:
     """How the packed artifact is written: `entropy` Huffman-codes codes and index gaps (Deep Compression's
     "+H") wherever that is smaller, tables included. size_bytes is measured on the artifact so written."""
@@ -111,7 +134,9 @@ class RunSpec:
     latency: LatencySpec = field(default_factory=LatencySpec)
     artifact: ArtifactSpec = field(default_factory=ArtifactSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     source: str | None = None  # the file it came from
 
 
 DEFAULT_LATENCY = LatencySpec()
+DEFAULT_EXECUTION = ExecutionSpec()

@@ -1,0 +1,80 @@
+"""The search loop with several workers: optimizers kept busy, results out of order, resume still exact."""
+
+import pytest
+
+from autocomp.execution import InProcessExecutor, Task, run_all
+from autocomp.objective import as_objectives
+from autocomp.optimizers import make_optimizer
+from autocomp.runner import run_loop
+from autocomp.store import RunStore
+from autocomp.testing.conformance import reference_space
+from autocomp.testing.executors import FaultyEvaluator, ScrambledExecutor, check_faults, hashed_metrics, sample_policies
+
+SPACE = reference_space()
+OBJECTIVES = as_objectives(("accuracy", "size_bytes"))
+SETTINGS = {"nsga2": {"population": 6}, "rl": {"warmup": 4, "batch_size": 8}}
+
+
+def search(path, name, total, workers=3, store=None):
+    opt = make_optimizer(name, SPACE, directions=["maximize", "minimize"], seed=3, **SETTINGS.get(name, {}))
+    executor = ScrambledExecutor(hashed_metrics, workers)
+    store = store or RunStore.create(path, space_yaml="", run_info={})
+    try:
+        trials = run_loop(store, SPACE, opt, executor, OBJECTIVES, (), total, progress=False)
+    finally:
+        store.close()
+    return trials, executor
+
+
+@pytest.mark.parametrize("name", ["random", "tpe", "nsga2", "rl"])
+def test_every_worker_is_kept_busy_and_every_trial_journaled_once(tmp_path, name):
+    trials, executor = search(tmp_path / "r", name, total=20)
+    assert executor.most_in_flight == 3  # asked again whenever a worker freed (nsga2: within a generation)
+    assert [t.id for t in trials] == list(range(20))
+    journal = [r["id"] for r in RunStore(tmp_path / "r").trials()]
+    assert sorted(journal) == list(range(20)) and journal != sorted(journal)  # out of order, none twice
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "rl"])
+@pytest.mark.parametrize("crash_at", [5, 11])
+def test_parallel_run_killed_mid_way_resumes_to_the_same_trials(tmp_path, name, crash_at):
+    whole, _ = search(tmp_path / "whole", name, total=16)
+
+    class CrashingStore(RunStore):
+        saves = 0
+
+        def save_checkpoint(self, state):  # a kill after a trial was journaled (and told), before the save
+            CrashingStore.saves += 1
+            if CrashingStore.saves == crash_at:
+                raise Crash
+            super().save_checkpoint(state)
+
+    store = CrashingStore.create(tmp_path / "cut", space_yaml="", run_info={})
+    with pytest.raises(Crash):
+        search(tmp_path / "cut", name, total=16, store=store)
+    kept = list(RunStore(tmp_path / "cut").trials())
+    assert 0 < len(kept) < 16
+    resumed, _ = search(tmp_path / "cut", name, total=16, store=RunStore.open(tmp_path / "cut"))
+    assert [(t.id, t.params) for t in resumed] == [(t.id, t.params) for t in whole]
+    journal = list(RunStore(tmp_path / "cut").trials())
+    assert journal[: len(kept)] == kept and sorted(r["id"] for r in journal) == list(range(16))
+
+
+def test_in_process_failures_and_timeout_are_recorded(tmp_path):
+    policies = sample_policies(SPACE, 5)
+    faults = {1: "raise", 2: "nan", 3: "hang"}
+    evaluate = FaultyEvaluator(hashed_metrics, {policies[i].fingerprint(): f for i, f in faults.items()}, tmp_path)
+    outcomes = check_faults(InProcessExecutor(evaluate, timeout=0.5), policies, faults)
+    assert outcomes[3].seconds < 5
+
+
+def test_run_all_streams_every_outcome():
+    executor = ScrambledExecutor(hashed_metrics, workers=2)
+    policies = sample_policies(SPACE, 4)
+    outcomes = list(run_all(executor, [Task(i, p) for i, p in enumerate(policies)]))
+    assert [o.trial_id for o in outcomes] == [3, 2, 1, 0]
+    assert all(o.metrics == hashed_metrics(p) for o, p in zip(outcomes, reversed(policies)))

@@ -1,0 +1,209 @@
+"""The Ray executor: the same metrics as in process, every fault recorded, multi-node, kills and Ctrl-C."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import autocomp
+from autocomp.evaluate import CompressionEvaluator
+from autocomp.execution.ray_executor import RayExecutor
+from autocomp.space.spec import ExecutionSpec
+from autocomp.testing.executors import FaultyEvaluator, check_faults, check_same_metrics, sample_policies
+from autocomp.testing.tiny import fast_latency, tiny_space, write_fake_mnist
+
+ray = pytest.importorskip("ray")
+FAST = fast_latency()
+TIMINGS = ("latency_ms", "latency_iqr_ms")
+
+
+@pytest.fixture(scope="module")
+def ray_tmp():
+    """A private, short RAY_TMPDIR (Ray's socket paths must stay under the Unix limit)."""
+    path = tempfile.mkdtemp(prefix="acray", dir="/tmp")
+    os.makedirs(os.path.join(path, "ray"))  # where a Cluster records its address
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = path
+    yield path
+    if old is None:
+        os.environ.pop("RAY_TMPDIR")
+    else:
+        os.environ["RAY_TMPDIR"] = old
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def wait_dead(pids, seconds=15.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def test_workers_give_the_metrics_of_a_direct_call_and_stop_on_close(ray_tmp, tiny, tmp_path):
+    model, data = tiny
+    evaluate = CompressionEvaluator(model, data, latency=FAST)
+    executor = RayExecutor(evaluate, workers=2, log_dir=tmp_path / "logs")
+    try:
+        info = executor.worker_info()
+        check_same_metrics(executor, evaluate, sample_policies(tiny_space().bind(model), 6), ignore=TIMINGS)
+    finally:
+        executor.close()
+    pids = [w["pid"] for w in info]
+    assert len(set(pids)) == 2 and os.getpid() not in pids and all(w["threads"] == 1 for w in info)
+    assert not ray.is_initialized() and not wait_dead(pids)
+    assert any(p.name.startswith("raylet") for p in (tmp_path / "logs").iterdir())  # Ray's logs were kept
+
+
+def test_raise_nan_timeout_and_killed_workers_are_failed_trials_and_the_rest_complete(ray_tmp, tiny, tmp_path):
+    model, data = tiny
+    policies = sample_policies(tiny_space().bind(model), 8)
+    faults = {1: "raise", 2: "nan", 3: "hang", 4: "die", 5: "die-once"}
+    evaluate = FaultyEvaluator(CompressionEvaluator(model, data, latency=FAST),
+                               {policies[i].fingerprint(): f for i, f in faults.items()}, tmp_path)
+    executor = RayExecutor(evaluate, workers=2, timeout=3.0)
+    try:
+        outcomes = check_faults(executor, policies, faults)
+        assert "worker died 2 times" in outcomes[4].error  # run once more on a live worker, then failed
+        assert (tmp_path / f"died-{policies[5].fingerprint()}").exists()  # die-once did die, then completed
+        assert 3 <= outcomes[3].seconds < 30
+        # the restarted workers take new work
+        again = check_faults(executor, policies[6:], {})
+        assert {o.status for o in again.values()} == {"complete"}
+    finally:
+        executor.close()
+
+
+def test_a_search_on_ray_finds_what_the_in_process_search_finds(ray_tmp, tiny, tmp_path):
+    model, data = tiny
+    common = dict(space=tiny_space(), trials=8, seed=0, runs_dir=tmp_path, progress=False, latency=FAST)
+    local = autocomp.search(model, data, name="local", **common)
+    remote = autocomp.search(model, data, name="ray", execution=ExecutionSpec(executor="ray", workers=2), **common)
+
+    def by_id(result):
+        return {t.id: (t.params, {k: v for k, v in t.metrics.items() if k not in TIMINGS}) for t in result.trials}
+
+    assert by_id(remote) == by_id(local)  # the random optimizer asks the same whatever the batch size
+    workers = {t.worker for t in remote.trials}
+    assert len(workers) == 2 and not any(w.startswith("local:") for w in workers)
+    info = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert info["executor"]["executor"] == "ray" and info["executor"]["workers"] == 2
+    assert (tmp_path / "ray" / "ray-logs").is_dir()
+
+
+def test_a_two_node_cluster_runs_evaluations_on_both_nodes(ray_tmp, tiny):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        model, data = tiny
+        evaluate = CompressionEvaluator(model, data, latency=FAST)
+        executor = RayExecutor(evaluate, address=cluster.address)  # one worker per CPU of the cluster
+        try:
+            nodes = {w["node"] for w in executor.worker_info()}
+            policies = sample_policies(tiny_space().bind(model), 8)
+            check_same_metrics(executor, evaluate, policies, ignore=TIMINGS)
+        finally:
+            executor.close()
+        assert executor.workers == 2 and len(nodes) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+SPACE = """\
+version: 1
+model: {name: lenet300}
+data: {name: mnist, val_fraction: 0.2}
+train: {epochs: 1, batch_size: 64}
+latency: {repeats: 20, warmup: 2}
+execution: {executor: ray, workers: 2}
+groups:
+  - name: fc
+    layers: ["type:Linear"]
+    primitives:
+      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
+      quantize: {bits: {choice: [2, 4, 8, 32]}}
+"""
+
+
+def cli(*args):
+    return [sys.executable, "-m", "autocomp.cli", *args]
+
+
+def journal(run_dir):
+    path = run_dir / "trials.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.endswith(b"}")]
+
+
+def wait_for(run_dir, n, proc, seconds=120):
+    deadline = time.time() + seconds
+    while len(journal(run_dir)) < n and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def cli_run(ray_tmp, tmp_path):
+    write_fake_mnist(tmp_path / "mnist", n_train=400, n_test=100)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return ["--data-dir", str(tmp_path / "mnist"), "--runs-dir", str(tmp_path), "--quiet", "--seed", "5"]
+
+
+def test_driver_killed_with_sigkill_resumes_on_ray_with_nothing_lost(cli_run, tmp_path):
+    run_dir, total = tmp_path / "cut", 16
+    # own sessions, so that what the killed driver leaves can be cleaned up: Ray's agent processes outlive
+    # a SIGKILLed driver by a few minutes before they exit by themselves
+    proc = subprocess.Popen(cli("search", str(tmp_path / "space.yaml"), "--name", "cut", "--trials", str(total),
+                                *cli_run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    for _ in range(2):
+        wait_for(run_dir, len(journal(run_dir)) + 3, proc)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = journal(run_dir)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc = subprocess.Popen(cli("resume", str(run_dir), "--quiet"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    records = journal(run_dir)
+    assert sorted(r["id"] for r in records) == list(range(total))  # none lost, none twice
+    assert records[: len(before)] == before
+
+
+def test_ctrl_c_stops_the_run_within_seconds_with_workers_shut_down(cli_run, tmp_path):
+    run_dir = tmp_path / "stop"
+    proc = subprocess.Popen(cli("search", str(tmp_path / "space.yaml"), "--name", "stop", "--trials", "400",
+                                *cli_run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(run_dir, 3, proc)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    start = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - start < 15 and proc.returncode == 130, err.decode()[-2000:]
+    records = journal(run_dir)
+    assert len(records) >= 3 and len({r["id"] for r in records}) == len(records)
+    pids = {int(r["worker"].split(":")[1].split("@")[0]) for r in records}
+    assert len(pids) == 2 and not wait_dead(pids, seconds=5)
+    proc = subprocess.run(cli("resume", str(run_dir), "--quiet", "--trials", str(len(records) + 2)),
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert sorted(r["id"] for r in journal(run_dir)) == list(range(len(records) + 2))
