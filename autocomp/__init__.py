@@ -11,10 +11,10 @@ from autocomp.runner import SearchResult, Trial, search  # noqa: E402
 from autocomp.space.loader import load_run_spec  # noqa: E402
 from autocomp.space.params import Choice, FloatRange, IntRange  # noqa: E402
 from autocomp.space.space import Group, KnobSpec, SearchSpace, Selector  # noqa: E402
-from autocomp.space.spec import LatencySpec  # noqa: E402
+from autocomp.space.spec import ExecutionSpec, LatencySpec  # noqa: E402
 
 __all__ = [
-    "Choice", "Constraint", "FloatRange", "Group", "IntRange", "KnobSpec", "LatencySpec", "LowRank",
+    "Choice", "Constraint", "ExecutionSpec", "FloatRange", "Group", "IntRange", "KnobSpec", "LatencySpec", "LowRank",
     "Objective", "Policy", "Prune", "Quantize", "SearchResult", "SearchSpace", "Selector", "Trial",
     "compress", "load_packed", "load_run_spec", "search",
 ]

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,19 @@ def execution_spec(spec: RunSpec, overrides: dict[str, Any] | None = None) -> Ex
     return execution
 
 
+@contextmanager
+def _removed_unless_started(run_dir: Path) -> Iterator[None]:
+    """Make `run_dir`; if what follows fails before the run has begun (no run.json), leave nothing behind."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except AutocompError:
+        if created and not (run_dir / "run.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def run_spec_search(
     spec: RunSpec,
     *,
@@ -202,30 +217,30 @@ def run_spec_search(
     log(f"data: {splits.description}: train {len(splits.train[1])}, val {len(splits.val[1])}, "
         f"test {len(splits.test[1])}")
     objectives, constraints = _objectives(spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log)
-    log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}, test accuracy "
-        f"{accuracy(model, splits.test):.4f}")
-    model_ref = {"name": spec.model.name, "kwargs": dict(spec.model.kwargs)}
-    run_info = {
-        "origin": "cli",
-        "space_file": spec.source,
-        "model": asdict(spec.model),
-        "model_ref": model_ref,  # what packed headers record; export must write the very same bytes
-        "data": {"name": spec.data.name, "dir": str(Path(data_dir).resolve()) if data_dir else None,
-                 "description": splits.description, "train": len(splits.train[1]),
-                 "val": len(splits.val[1]), "test": len(splits.test[1])},
-        "input_shape": list(splits.val[0].shape[1:]),
-    }
-    return search(
-        model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
-        objectives=objectives, constraints=constraints,
-        optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
-        test_data=splits.test, latency=spec.latency, execution=executing,
-        runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
-        model_ref=model_ref,
-        space_yaml=dump_run_spec(spec), run_info=run_info,
-    )
+    with _removed_unless_started(run_dir):
+        model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log)
+        log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}, test accuracy "
+            f"{accuracy(model, splits.test):.4f}")
+        model_ref = {"name": spec.model.name, "kwargs": dict(spec.model.kwargs)}
+        run_info = {
+            "origin": "cli",
+            "space_file": spec.source,
+            "model": asdict(spec.model),
+            "model_ref": model_ref,  # what packed headers record; export must write the very same bytes
+            "data": {"name": spec.data.name, "dir": str(Path(data_dir).resolve()) if data_dir else None,
+                     "description": splits.description, "train": len(splits.train[1]),
+                     "val": len(splits.val[1]), "test": len(splits.test[1])},
+            "input_shape": list(splits.val[0].shape[1:]),
+        }
+        return search(
+            model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
+            objectives=objectives, constraints=constraints,
+            optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
+            test_data=splits.test, latency=spec.latency, execution=executing,
+            runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
+            model_ref=model_ref,
+            space_yaml=dump_run_spec(spec), run_info=run_info,
+        )
 
 
 def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -38,3 +38,24 @@ def test_bench_search_quick_on_generated_data(tmp_path):
     for row in doc["rows"]:
         assert 0 <= row["hv_min"] <= row["hv_median"] <= row["hv_max"] and row["evals"] <= row["budget"]
     assert len(doc["targets"]) == 7 and (out / "hypervolume.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_bench_parallel_quick_on_generated_data(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="acray", dir="/tmp"))  # short socket paths
+    write_fake_mnist(tmp_path / "data" / "mnist", n_train=600, n_test=200)
+    assert main(["bench", "parallel", "--quick", "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    doc = json.loads((tmp_path / "runs" / "bench-parallel" / "results.json").read_text())
+    from autocomp.bench.parallel import SHAPES
+
+    assert [r["config"] for r in doc["rows"]] == list(SHAPES)
+    assert doc["settings"]["cluster_nodes_used"] == 2
+    assert set(doc["targets"]) == {"ray_2_workers_vs_1_worker", "ray_2_workers_vs_best_single_process",
+                                   "ray_overhead_fraction_of_eval_time"}
+    for row in doc["rows"]:
+        assert row["evals_per_s"] > 0 and row["driver_rss_mb"] > 0
+        if row["config"].startswith(("ray", "cluster")):
+            assert row["worker_rss_mb"] > 0

@@ -205,3 +205,16 @@ def test_export_onnx_and_int8_match_the_model(finished_run, tmp_path):
     assert torch.backends.quantized.engine == engine  # exporting left the process-wide engine as it was
     # int8 rounding of weights and activations: close outputs, not equal ones
     assert float((got8 - want).norm() / want.norm()) < 0.1
+
+
+def test_workers_without_ray_are_refused_before_anything_is_written(workspace, capsys):
+    assert main(search_args(workspace, "par", 4, "--executor", "inprocess", "--workers", "2")) == 2
+    assert "need the Ray executor" in capsys.readouterr().err
+    assert not (workspace / "runs" / "par").exists()
+
+
+def test_an_address_nobody_listens_on_exits_2_and_leaves_no_run_directory(workspace, capsys):
+    assert main(search_args(workspace, "far", 4, "--address", "127.0.0.1:1")) == 2
+    err = capsys.readouterr().err
+    assert "cannot start the ray executor at 127.0.0.1:1" in err and "Traceback" not in err
+    assert not (workspace / "runs" / "far").exists()

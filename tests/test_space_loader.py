@@ -12,7 +12,7 @@ from autocomp.errors import SpaceError
 from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.space.params import Choice, FloatRange, IntRange
 from autocomp.space.space import Where
-from autocomp.space.spec import ConstraintSpec, DataSpec, ModelSpec, ObjectiveSpec, RunSpec, TrainSpec
+from autocomp.space.spec import ConstraintSpec, DataSpec, ExecutionSpec, ModelSpec, ObjectiveSpec, RunSpec, TrainSpec
 
 FULL = """\
 version: 1
@@ -46,6 +46,7 @@ groups:
     primitives:
       quantize:
         bits: 32
+execution: {executor: ray, workers: 2, timeout: 60}
 """
 
 # lines:  1 version, 2 model, 3 name, 4 data, 5 name, 6 groups, 7 group name, 8 layers, 9 primitives,
@@ -96,6 +97,7 @@ def test_full_file_parses(tmp_path: Path) -> None:
     assert spec.objectives == (ObjectiveSpec(metric="accuracy", direction="maximize"),
                                ObjectiveSpec(metric="latency_ms", direction="minimize"))
     assert spec.constraints == (ConstraintSpec(metric="accuracy_drop", max=0.02),)
+    assert spec.execution == ExecutionSpec(executor="ray", workers=2, timeout=60.0)
 
     fc, head = spec.space.groups
     assert fc.name == "fc" and fc.shared and not head.shared
@@ -169,6 +171,9 @@ BAD: list[tuple[str, Any, int | None, str | None, Any]] = [
     ("duplicate choice", ("{int: [2, 8]}", "{choice: [4, 8, 4]}"), 11, f"{P}.quantize.bits", 4),
     ("three-element range", ("[2, 8]", "[2, 4, 8]"), 11, f"{P}.quantize.bits.int", [2, 4, 8]),
     ("nan", ("[0.0, 0.9]", "[.nan, 0.9]"), 10, f"{P}.prune.ratio.float", float("nan")),
+    ("unknown executor", (BASE, BASE + "execution: {executor: dask}\n"), 12, "execution.executor", "dask"),
+    ("zero workers", (BASE, BASE + "execution: {workers: 0}\n"), 12, "execution.workers", 0),
+    ("negative gpus", (BASE, BASE + "execution: {num_gpus: -1}\n"), 12, "execution.num_gpus", -1),
     ("not a mapping", (BASE, "- 1\n- 2\n"), 1, None, [1, 2]),
     ("empty file", (BASE, ""), None, None, None),
 ]

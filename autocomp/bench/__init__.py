@@ -1,3 +1,4 @@
 """Benchmarks behind every number the README claims: `autocomp bench NAME [--quick]`."""
 
-BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.search"}
+BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.search",
+           "parallel": "autocomp.bench.parallel"}

@@ -44,6 +44,19 @@ def process_rss_bytes() -> int:
     return 0
 
 
+def _check_listening(address: str, seconds: float = 5.0) -> None:
+    """Fail fast when nobody listens at HOST:PORT (Ray itself keeps retrying for minutes)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address must be auto or HOST:PORT, got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as err:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({err.strerror or err})") from None
+
+
 class _Worker:
     """One evaluation slot: holds the evaluator and runs policies through it.
 
@@ -142,6 +155,7 @@ class RayExecutor:
         if ray.is_initialized():  # the caller's Ray (Python API): use it, leave it running
             return
         if address:
+            _check_listening(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         else:
             # a short private directory: Ray's socket paths must stay under the Unix limit
@@ -231,6 +245,8 @@ class RayExecutor:
                           f"{reason}"))
             return
         except (RayTaskError, RayError) as err:  # e.g. the task could not be deserialized on the worker
+            if isinstance(getattr(err, "cause", None), KeyboardInterrupt):
+                raise KeyboardInterrupt from None  # Ctrl-C reached the worker too: stop, it is not a failure
             self.idle.append(job.actor)
             self.finished.append(Outcome(job.task.trial_id, "failed", error=f"{type(err).__name__}: {err}",
                                          seconds=time.monotonic() - job.started))
