@@ -67,6 +67,14 @@ def wait_dead(pids, seconds=15.0):
     return [p for p in pids if alive(p)]
 
 
+@pytest.mark.parametrize("nodes, workers, each", [
+    ([2.0], 1, 2.0), ([2.0], 2, 1.0), ([2.0], 4, 0.5), ([8.0, 8.0], 3, 4.0), ([4.0, 2.0], 3, 2.0)])
+def test_workers_get_the_most_cpus_that_still_place_every_one(nodes, workers, each):
+    from autocomp.execution.ray_executor import cpus_per_worker
+
+    assert cpus_per_worker(nodes, workers) == each
+
+
 def test_workers_give_the_metrics_of_a_direct_call_and_stop_on_close(ray_tmp, tiny, tmp_path):
     model, data = tiny
     evaluate = CompressionEvaluator(model, data, latency=FAST)

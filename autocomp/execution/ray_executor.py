@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from autocomp.execution.base import EvaluateFn, Outcome, Task, evaluate_safely, timeout_outcome
 
@@ -42,6 +42,23 @@ def process_rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpus_per_worker(node_cpus: list[float], workers: int) -> float:
+    """The most whole CPUs each of `workers` can hold with every worker placed on some node; a fraction
+    when there are more workers than CPUs (they then share)."""
+    for cpus in range(int(max(node_cpus)), 0, -1):
+        if sum(int(c // cpus) for c in node_cpus) >= workers:
+            return float(cpus)
+    return sum(node_cpus) / workers
 
 
 def _check_listening(address: str, seconds: float = 5.0) -> None:
@@ -125,13 +142,13 @@ class RayExecutor:
         self.timeout, self.retries, self.address = timeout, retries, address
         self.log_dir = Path(log_dir) if log_dir else None
         self._temp_dir: str | None = None
-        self._started = self._connected = False
+        self._connected = False
         self._connect(address)
         try:
-            cpus = max(1.0, float(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-            if num_cpus is None:  # spread the cluster's CPUs over the workers asked for (at least one each)
-                num_cpus = max(1.0, float(int(cpus // workers))) if workers else 1.0
-            self.workers = workers or max(1, int(cpus // num_cpus))
+            node_cpus = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1.0]
+            if num_cpus is None:
+                num_cpus = cpus_per_worker(node_cpus, workers) if workers else 1.0
+            self.workers = workers or max(1, sum(int(c // num_cpus) for c in node_cpus))
             self.threads = threads or max(1, int(num_cpus))
             self.num_cpus, self.num_gpus = num_cpus, num_gpus
             self._evaluator_ref = ray.put(evaluate)
@@ -160,9 +177,8 @@ class RayExecutor:
         else:
             # a short private directory: Ray's socket paths must stay under the Unix limit
             self._temp_dir = tempfile.mkdtemp(prefix="autocomp-ray-", dir=os.environ.get("RAY_TMPDIR"))
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=self._temp_dir,
+            ray.init(num_cpus=usable_cores(), include_dashboard=False, _temp_dir=self._temp_dir,
                      _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
-            self._started = True
         self._connected = True
 
     def _disconnect(self) -> None:
@@ -232,8 +248,8 @@ class RayExecutor:
     def _collect(self, ref: Any) -> None:
         job = self.running.pop(ref)
         try:
-            outcome = ray.get(ref, timeout=60)
-        except (RayActorError, GetTimeoutError) as err:  # the worker process died (or its node did)
+            outcome = ray.get(ref)
+        except RayActorError as err:  # the worker process died (or its node did)
             self._set_up(job.actor)  # Ray restarts it; once set up again it takes new work
             if job.attempt < self.retries:
                 self.queue.appendleft((job.task, job.attempt + 1))
