@@ -5,20 +5,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
+import ray
 
 import autocomp
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution.ray_executor import RayExecutor
 from autocomp.space.spec import ExecutionSpec
 from autocomp.testing.executors import FaultyEvaluator, check_faults, check_same_metrics, sample_policies
+from autocomp.testing.processes import MNIST_SPACE, cli, journal
 from autocomp.testing.tiny import fast_latency, tiny_space, write_fake_mnist
 
-ray = pytest.importorskip("ray")
 FAST = fast_latency()
 TIMINGS = ("latency_ms", "latency_iqr_ms")
 
@@ -148,31 +148,7 @@ def test_a_two_node_cluster_runs_evaluations_on_both_nodes(ray_tmp, tiny):
         cluster.shutdown()
 
 
-SPACE = """\
-version: 1
-model: {name: lenet300}
-data: {name: mnist, val_fraction: 0.2}
-train: {epochs: 1, batch_size: 64}
-latency: {repeats: 20, warmup: 2}
-execution: {executor: ray, workers: 2}
-groups:
-  - name: fc
-    layers: ["type:Linear"]
-    primitives:
-      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
-      quantize: {bits: {choice: [2, 4, 8, 32]}}
-"""
-
-
-def cli(*args):
-    return [sys.executable, "-m", "autocomp.cli", *args]
-
-
-def journal(run_dir):
-    path = run_dir / "trials.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.endswith(b"}")]
+SPACE = MNIST_SPACE.replace("groups:", "execution: {executor: ray, workers: 2}\ngroups:")
 
 
 def wait_for(run_dir, n, proc, seconds=120):

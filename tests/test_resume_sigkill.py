@@ -1,40 +1,16 @@
 """A real `autocomp search` process killed with SIGKILL at random moments resumes with nothing lost."""
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
+from autocomp.testing.processes import MNIST_SPACE, cli, journal
 from autocomp.testing.tiny import write_fake_mnist
 
-SPACE = """\
-version: 1
-model: {name: lenet300}
-data: {name: mnist, val_fraction: 0.2}
-train: {epochs: 1, batch_size: 64}
-latency: {repeats: 20, warmup: 2}
-groups:
-  - name: fc
-    layers: ["type:Linear"]
-    primitives:
-      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
-      quantize: {bits: {choice: [2, 4, 8, 32]}}
-"""
+SPACE = MNIST_SPACE
 TRIALS = 14
-
-
-def cli(*args):
-    return [sys.executable, "-m", "autocomp.cli", *args]
-
-
-def journal(run_dir):
-    path = run_dir / "trials.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.endswith(b"}")]
 
 
 def test_sigkill_then_resume_keeps_every_trial_and_evaluates_none_twice(tmp_path):

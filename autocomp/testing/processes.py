@@ -1,0 +1,39 @@
+"""Helpers for tests that run `autocomp` as a real process and read its journal while it runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# LeNet-300-100 on generated MNIST (write_fake_mnist): a real CLI run that takes seconds
+MNIST_SPACE = """\
+version: 1
+model: {name: lenet300}
+data: {name: mnist, val_fraction: 0.2}
+train: {epochs: 1, batch_size: 64}
+latency: {repeats: 20, warmup: 2}
+groups:
+  - name: fc
+    layers: ["type:Linear"]
+    primitives:
+      prune: {ratio: {float: [0.0, 0.9], step: 0.1}}
+      quantize: {bits: {choice: [2, 4, 8, 32]}}
+"""
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of `autocomp ARGS` in this Python."""
+    return [sys.executable, "-m", "autocomp.cli", *args]
+
+
+def journal(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The complete lines of a run's trials.jsonl (a line being written is left out)."""
+    path = Path(run_dir) / "trials.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.endswith(b"}")]
+
+
+__all__ = ["MNIST_SPACE", "cli", "journal"]
