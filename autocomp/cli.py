@@ -107,9 +107,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         pack_model,
         write_bytes,
     )
+    from autocomp.finetune import finetune_as_evaluated
     from autocomp.policy import Policy
     from autocomp.runner import trial_record
-    from autocomp.session import load_run_calibration, load_run_model, run_info
+    from autocomp.session import load_run_calibration, load_run_model, load_run_train, run_info, run_spec
     from autocomp.store import write_atomic
 
     if Path(args.out).is_dir():
@@ -121,8 +122,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     policy = Policy.from_dict(record["policy"])
     calibration = load_run_calibration(args.run_dir)
     example = calibration[0][:1]
-    # the same call the evaluator made, so the bytes are the very ones the trial measured
-    compressed = compress(load_run_model(args.run_dir), policy, example=example, calibration=calibration)
+    # the same calls the evaluator made, so the bytes are the very ones the trial measured
+    model = load_run_model(args.run_dir)
+    compressed = compress(model, policy, example=example, calibration=calibration)
+    tuning = run_spec(args.run_dir).finetune
+    if tuning.epochs > 0:
+        finetune_as_evaluated(compressed, load_run_train(args.run_dir), tuning, teacher=model)
     if args.format == "packed":
         meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
         size = write_bytes(args.out, pack_model(compressed, meta, entropy=info["signature"].get("entropy", False)))
@@ -142,7 +147,7 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"'{engine}' before torch.jit.load)")
     # what the file really gives, measured on the file as loaded back, beside the theory
     batch = calibration[0][: info["latency"]["batch_size"]]
-    report = measure_artifact(args.out, args.format, load_run_model(args.run_dir), compressed, batch,
+    report = measure_artifact(args.out, args.format, model, compressed, batch,
                               threads=info["latency"]["threads"])
     report["trial"] = args.trial
     sidecar = Path(f"{args.out}.json")

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from autocomp.compress import compress
+from autocomp.errors import AutocompError
 from autocomp.export import artifact_meta, pack_model
+from autocomp.finetune import finetune_as_evaluated
 from autocomp.metrics import accuracy, count_flops, count_params, measure_latency
 from autocomp.policy import Policy
-from autocomp.space.spec import DEFAULT_LATENCY, LatencySpec
+from autocomp.space.spec import DEFAULT_FINETUNE, DEFAULT_LATENCY, FineTuneSpec, LatencySpec
 
 
 class Evaluator(Protocol):
@@ -26,6 +28,8 @@ class CompressionEvaluator:
     Every number is taken from the compressed model as it runs and the artifact `export` writes:
     size_bytes is the length of the packed bytes, accuracy is computed with the quantized weights.
     `extra_metrics` are user callables `f(compressed_model) -> float` added to the metrics by name.
+    With `finetune.epochs` > 0 each candidate is fine-tuned on `train` first (distilling from the model
+    when `finetune.kd_alpha` > 0), on one thread so that export rebuilds the very same weights.
     """
 
     def __init__(
@@ -38,8 +42,13 @@ class CompressionEvaluator:
         extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
         calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
         entropy: bool = False,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+        finetune: FineTuneSpec = DEFAULT_FINETUNE,
     ) -> None:
+        if finetune.epochs > 0 and train is None:
+            raise AutocompError("fine-tuning needs training data (train=...)")
         self.model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and everything else
+        self.train, self.finetune = train, finetune
         self.data = data
         self.entropy = entropy
         # calibration rows (activation ranges, Taylor scores); the first validation rows if none are given
@@ -57,8 +66,11 @@ class CompressionEvaluator:
         self.fp32_bytes = 4 * count_params(self.model)[0]
 
     def compressed(self, policy: Policy) -> nn.Module:
-        """The compressed model exactly as evaluated (and as `export` rebuilds it)."""
-        return compress(self.model, policy, example=self.example, calibration=self.calibration)
+        """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it)."""
+        model = compress(self.model, policy, example=self.example, calibration=self.calibration)
+        if self.finetune.epochs > 0 and self.train is not None:
+            finetune_as_evaluated(model, self.train, self.finetune, teacher=self.model)
+        return model
 
     def artifact(self, compressed: nn.Module, policy: Policy) -> bytes:
         """The packed bytes `export --format packed` writes for this policy: size_bytes is their length."""

@@ -34,7 +34,14 @@ from autocomp.pareto import pareto_front
 from autocomp.policy import Policy
 from autocomp.report import pareto_table, plot_pareto
 from autocomp.space.space import BoundSpace, SearchSpace
-from autocomp.space.spec import DEFAULT_EXECUTION, DEFAULT_LATENCY, ExecutionSpec, LatencySpec
+from autocomp.space.spec import (
+    DEFAULT_EXECUTION,
+    DEFAULT_FINETUNE,
+    DEFAULT_LATENCY,
+    ExecutionSpec,
+    FineTuneSpec,
+    LatencySpec,
+)
 from autocomp.store import RunStore
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -284,6 +291,8 @@ def search(
     trials: int = 50,
     seed: int = 0,
     test_data: Any = None,
+    train_data: Any = None,
+    finetune: FineTuneSpec = DEFAULT_FINETUNE,
     calibration_data: Any = None,
     entropy: bool = False,
     extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
@@ -308,6 +317,7 @@ def search(
         optimizer: an optimizer name (see `autocomp.optimizers.OPTIMIZERS`).
         trials: how many finished trials the run should hold.
         test_data: optional held-out data, used once at the end for the Pareto points.
+        train_data, finetune: fine-tune each candidate on train_data before it is scored (see FineTuneSpec).
         calibration_data: a few hundred training rows for activation ranges and Taylor scores
             (default: the first 256 rows of val_data).
         entropy: Huffman-code the packed artifact (its size is what size_bytes measures).
@@ -319,6 +329,9 @@ def search(
     objectives = as_objectives(objectives)
     val = _as_data(val_data, "val_data")
     test = _as_data(test_data, "test_data") if test_data is not None else None
+    train = _as_data(train_data, "train_data") if train_data is not None else None
+    if finetune.epochs > 0 and train is None:
+        raise AutocompError("fine-tuning (finetune.epochs > 0) needs train_data")
     calibration = _as_data(calibration_data, "calibration_data") if calibration_data is not None else None
     bound = space.bind(model)
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
@@ -331,6 +344,7 @@ def search(
         "optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
         "objectives": [[o.name, o.direction] for o in objectives], "constraints": [vars(c) for c in constraints],
         "params": [[p.name, repr(p.domain)] for p in bound.params], "entropy": entropy,
+        "finetune": vars(finetune),
     }
     signature = json.loads(json.dumps(signature))  # tuples -> lists, as run.json reads back
     store = None
@@ -340,7 +354,8 @@ def search(
         store = RunStore.open(run_dir)  # locked first: a second process must not evaluate anything
         info = store.read_json("run.json")
         saved = info.get("signature", {})
-        changed = sorted(k for k in signature if saved.get(k) != signature[k])
+        # a key the run predates (e.g. finetune) is not a difference
+        changed = sorted(k for k in signature if k in saved and saved[k] != signature[k])
         if changed:
             store.close()
             was = "; ".join(f"{k}={saved.get(k)}" for k in changed)
@@ -350,7 +365,7 @@ def search(
     try:
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
                                          extra_metrics=extra_metrics, calibration=calibration,
-                                         entropy=entropy)
+                                         entropy=entropy, train=train, finetune=finetune)
         baseline = evaluator(Policy.of({}))
         executor = _start_executor(execution, evaluator, run_dir)  # before any write: a bad address leaves none
         if store is None:

@@ -237,6 +237,7 @@ def run_spec_search(
             objectives=objectives, constraints=constraints,
             optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
             test_data=splits.test, latency=spec.latency, execution=executing,
+            train_data=splits.train if spec.finetune.epochs > 0 else None, finetune=spec.finetune,
             runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
             model_ref=model_ref,
             space_yaml=dump_run_spec(spec), run_info=run_info,
@@ -291,6 +292,14 @@ def load_run_calibration(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torc
         raise RunError(f"{run_dir}: missing {CALIBRATION}")
     rows = torch.load(path, weights_only=True)
     return rows["inputs"], rows["labels"]
+
+
+def load_run_train(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split a CLI run fine-tuned on (the same seeded carve of the same data)."""
+    spec, info = run_spec(run_dir), run_info(run_dir)
+    splits = load_dataset(spec.data.name, info["data"]["dir"], val_fraction=spec.data.val_fraction,
+                          seed=spec.train.seed)
+    return splits.train
 
 
 def load_run_model(run_dir: str | os.PathLike) -> nn.Module:

@@ -218,3 +218,35 @@ def test_an_address_nobody_listens_on_exits_2_and_leaves_no_run_directory(worksp
     err = capsys.readouterr().err
     assert "cannot start the ray executor at 127.0.0.1:1" in err and "Traceback" not in err
     assert not (workspace / "runs" / "far").exists()
+
+
+def test_fine_tuned_trials_export_to_exactly_the_measured_artifact(workspace, tmp_path, capsys):
+    tuned = workspace / "tuned.yaml"
+    tuned.write_text(SPACE + "finetune: {epochs: 2, steps: 4, batch_size: 32, lr: 0.001, kd_alpha: 0.5}\n")
+    args = search_args(workspace, "tuned", 3)
+    args[1] = str(tuned)
+    assert main(args) == 0
+    assert main(search_args(workspace, "plain", 3)) == 0
+    run = workspace / "runs" / "tuned"
+    tuned_trials = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (workspace / "runs" / "plain" / "trials.jsonl").read_text().splitlines()]
+    assert [t["params"] for t in tuned_trials] == [t["params"] for t in plain]  # the same candidates ...
+    assert any(t["metrics"]["accuracy"] != p["metrics"]["accuracy"] for t, p in zip(tuned_trials, plain))  # tuned
+    trial = max(tuned_trials, key=lambda t: t["metrics"]["compression_ratio"])
+    out = tmp_path / "t.acz"
+    assert main(["export", str(run), "--trial", str(trial["id"]), "--out", str(out)]) == 0
+    assert out.stat().st_size == trial["metrics"]["size_bytes"]  # export fine-tunes again, identically
+    from autocomp.compress import compress
+    from autocomp.finetune import finetune_as_evaluated
+    from autocomp.policy import Policy
+    from autocomp.session import load_run_calibration, load_run_model, load_run_train, run_spec
+
+    model, calibration = load_run_model(run), load_run_calibration(run)
+    rebuilt = compress(model, Policy.from_dict(trial["policy"]), example=calibration[0][:1], calibration=calibration)
+    finetune_as_evaluated(rebuilt, load_run_train(run), run_spec(run).finetune, teacher=model)
+    assert outputs_equal(load_packed(out, model=model), rebuilt, calibration[0])
+
+
+def outputs_equal(a, b, x):
+    with torch.no_grad():
+        return torch.equal(a.eval()(x), b.eval()(x))

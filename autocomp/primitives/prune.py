@@ -45,6 +45,7 @@ def _mask_from_scores(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 def _apply(layer: nn.Module, keep: torch.Tensor) -> None:
     with torch.no_grad():  # torch.where, not a multiply: pruned weights become +0.0, never -0.0
         layer.weight.copy_(torch.where(keep, layer.weight, 0.0))
+    layer.keep_mask = keep.clone()  # what fine-tuning must keep at zero (a quantized code may be 0 too)
 
 
 def _parts(model: nn.Module, name: str) -> list[nn.Module]:

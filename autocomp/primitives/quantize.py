@@ -77,7 +77,9 @@ class QuantizedInput(nn.Module):
         if self.bits < 32:  # 32 while calibrating: observe what the layer gets unquantized
             # plain ops rather than torch.fake_quantize_*: torch.export and every ONNX opset take these
             q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, 2**self.bits - 1)
-            x = (q - self.zero_point) * self.scale
+            quantized = (q - self.zero_point) * self.scale
+            # fine-tuning: gradients pass straight through the rounding (same values)
+            x = x + (quantized - x).detach() if self.training else quantized
         return self.layer(x)
 
 

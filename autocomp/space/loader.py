@@ -23,11 +23,13 @@ from autocomp.space.params import Choice, Domain, FloatRange, IntRange
 from autocomp.space.space import Group, KnobSpec, SearchSpace, Selector, Where
 from autocomp.space.spec import (
     EXECUTORS,
+    FINETUNE_OPTIMIZERS,
     METRICS,
     ArtifactSpec,
     ConstraintSpec,
     DataSpec,
     ExecutionSpec,
+    FineTuneSpec,
     LatencySpec,
     ModelSpec,
     ObjectiveSpec,
@@ -37,13 +39,14 @@ from autocomp.space.spec import (
 )
 
 VERSION = 1
-TOP_KEYS = ("version", "model", "data", "train", "latency", "artifact", "optimizer", "execution", "objectives",
-            "constraints", "groups")
+TOP_KEYS = ("version", "model", "data", "train", "finetune", "latency", "artifact", "optimizer", "execution",
+            "objectives", "constraints", "groups")
 ARTIFACT_KEYS = ("entropy",)
 MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "seed")
 LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats")
+FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "kd_alpha", "temperature", "seed")
 EXECUTION_KEYS = ("executor", "workers", "threads", "address", "num_cpus", "num_gpus", "timeout", "retries")
 GROUP_KEYS = ("name", "layers", "shared", "primitives")
 PARAM_KINDS = ("choice", "int", "float")
@@ -231,6 +234,8 @@ def dump_run_spec(spec: RunSpec) -> str:
         block: dict[str, Any] = {"name": spec.optimizer.name} if spec.optimizer.name else {}
         block.update({k: _plain(v) for k, v in spec.optimizer.settings.items()})
         doc["optimizer"] = block
+    if spec.finetune != FineTuneSpec():
+        doc["finetune"] = {k: v for k, v in asdict(spec.finetune).items() if v is not None}
     if spec.execution != ExecutionSpec():
         doc["execution"] = {k: v for k, v in asdict(spec.execution).items() if v is not None}
     doc["groups"] = [_dump_group(g) for g in spec.space.groups]
@@ -396,9 +401,9 @@ class _Parser:
             raise self.fail(f"unsupported version (this autocomp reads version {VERSION})",
                             line=doc.value_lines["version"], key="version", value=version)
         extra: dict[str, Any] = {}
-        sections = (("train", self.train), ("latency", self.latency), ("artifact", self.artifact),
-                    ("optimizer", self.optimizer), ("execution", self.execution), ("objectives", self.objectives),
-                    ("constraints", self.constraints))
+        sections = (("train", self.train), ("finetune", self.finetune), ("latency", self.latency),
+                    ("artifact", self.artifact), ("optimizer", self.optimizer), ("execution", self.execution),
+                    ("objectives", self.objectives), ("constraints", self.constraints))
         for name, read in sections:
             if name in doc:
                 extra[name] = read(doc[name], doc.value_lines[name], name)
@@ -465,6 +470,26 @@ class _Parser:
         rules = {"epochs": self.at_least(1), "lr": self.positive, "batch_size": self.at_least(1),
                  "seed": self.at_least(0, MAX_SEED)}
         return TrainSpec(**self.fields(m, key, rules))
+
+    def finetune(self, value: Any, line: int, key: str) -> FineTuneSpec:
+        m = self.mapping(value, line, key, FINETUNE_KEYS)
+
+        def optimizer(v: Any, ln: int, k: str) -> str:
+            if v not in FINETUNE_OPTIMIZERS:
+                raise self.fail(f"unknown optimizer; known: {', '.join(FINETUNE_OPTIMIZERS)}", line=ln, key=k,
+                                value=v)
+            return v
+
+        def weight(v: Any, ln: int, k: str) -> float:
+            number = self.number(v, ln, k)
+            if not 0 <= number <= 1:
+                raise self.fail("must be in [0, 1]", line=ln, key=k, value=v)
+            return number
+
+        rules = {"epochs": self.at_least(0, 10_000), "steps": self.at_least(1), "batch_size": self.at_least(1, 65_536),
+                 "lr": self.positive, "optimizer": optimizer, "kd_alpha": weight, "temperature": self.positive,
+                 "seed": self.at_least(0, MAX_SEED)}
+        return FineTuneSpec(**self.fields(m, key, rules))
 
     def artifact(self, value: Any, line: int, key: str) -> ArtifactSpec:
         m = self.mapping(value, line, key, ARTIFACT_KEYS)

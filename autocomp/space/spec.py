@@ -60,6 +60,28 @@ class LatencySpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FineTuneSpec:
+    """Fine-tuning of each candidate after compression (0 epochs: none), on the training split.
+
+    An epoch is one pass over the training data, or `steps` batches of it when set (short epochs for the
+    search; `autocomp finalize` retrains longer). `kd_alpha` > 0 distils from the uncompressed model
+    at `temperature`.
+    """
+
+    epochs: int = 0
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    kd_alpha: float = 0.0
+    temperature: float = 4.0
+    seed: int = 0
+
+
+FINETUNE_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExecutionSpec:
     """Where candidates are evaluated: in this process, or on Ray workers (a local Ray or a cluster).
 
@@ -135,8 +157,10 @@ class RunSpec:
     artifact: ArtifactSpec = field(default_factory=ArtifactSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    finetune: FineTuneSpec = field(default_factory=FineTuneSpec)
     source: str | None = None  # the file it came from
 
 
 DEFAULT_LATENCY = LatencySpec()
 DEFAULT_EXECUTION = ExecutionSpec()
+DEFAULT_FINETUNE = FineTuneSpec()

@@ -1,0 +1,207 @@
+"""Fine-tune a compressed model without undoing its compression, optionally distilling from the original.
+
+Each compressible layer trains through a parametrization that keeps what the artifact stores:
+- pruned weights (the prune primitive's `keep_mask`, and every zero of a shared weight) stay zero;
+- quantized weights train as latent fp32 weights whose forward pass is their code times the layer's fixed
+  scale, with a straight-through gradient (quantization-aware training);
+- shared weights train their codebook: each centroid moves by the summed gradient of the weights that use it
+  (Deep Compression's trained quantization), the assignment fixed;
+- low-rank factors and physically slimmer layers are ordinary (smaller) layers and train as such.
+So the artifact keeps its layout (bit widths, scales, codebook sizes, pruned positions); its size may move
+by a few bytes where a quantized code becomes 0 or stops being 0, and is measured after fine-tuning.
+Activations quantized by `act_bits` pass gradients straight through in training mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from autocomp.metrics import torch_threads
+from autocomp.packed import CodebookCoding, WeightCoding
+from autocomp.space.spec import FineTuneSpec
+
+LAYER_TYPES = (nn.Linear, nn.Conv2d)
+
+
+class _Masked(nn.Module):
+    def __init__(self, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("keep", keep)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.keep, w, 0.0)
+
+    def exact(self, w: torch.Tensor) -> torch.Tensor:
+        return self.forward(w)
+
+
+class _FakeQuantized(nn.Module):
+    """Forward: the weight's `bits`-bit code times the fixed per-channel scale; backward: identity."""
+
+    def __init__(self, keep: torch.Tensor, coding: WeightCoding) -> None:
+        super().__init__()
+        self.bits = coding.bits
+        self.register_buffer("keep", keep)
+        self.register_buffer("scale", coding.scale.view(-1, *([1] * (keep.dim() - 1))).clone())
+
+    def exact(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bits == 1:  # sign codes: zeros only where pruned
+            q = torch.where(w >= 0, 1.0, -1.0)
+        else:
+            qmax = 2 ** (self.bits - 1) - 1
+            q = torch.clamp(torch.round(w / self.scale), -qmax, qmax)
+        return torch.where(self.keep, q * self.scale, 0.0)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        latent = torch.where(self.keep, w, 0.0)
+        return latent + (self.exact(w) - latent).detach()
+
+
+class _Codebook(nn.Module):
+    """The weight is codebook[index] where kept, 0 elsewhere; what trains is the codebook."""
+
+    def __init__(self, weight: torch.Tensor, coding: CodebookCoding) -> None:
+        super().__init__()
+        keep = weight != 0
+        index = (weight.detach().reshape(-1, 1) - coding.codebook.reshape(1, -1)).abs().argmin(dim=1)
+        self.register_buffer("keep", keep)
+        self.register_buffer("index", index.reshape(weight.shape))
+        self.initial = coding.codebook.clone()
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return self.initial.clone()  # the stored tensor is the codebook, not the weight
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.keep, codebook[self.index], 0.0)
+
+    def exact(self, codebook: torch.Tensor) -> torch.Tensor:
+        return self.forward(codebook)
+
+
+def _keep_mask(layer: nn.Module) -> torch.Tensor:
+    keep = getattr(layer, "keep_mask", None)
+    return keep.clone() if keep is not None else torch.ones_like(layer.weight, dtype=torch.bool)
+
+
+def _constrain(model: nn.Module) -> list[nn.Module]:
+    """Parametrize every compressible layer's weight; a weight tied across layers stays frozen."""
+    layers = [m for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    holders: dict[int, int] = {}
+    for layer in layers:
+        holders[id(layer.weight)] = holders.get(id(layer.weight), 0) + 1
+    constrained = []
+    for layer in layers:
+        if holders[id(layer.weight)] > 1:  # one Parameter in several layers: keep it exactly as is
+            layer.weight.requires_grad_(False)
+            continue
+        coding = getattr(layer, "weight_coding", None)
+        if isinstance(coding, CodebookCoding):
+            rule: nn.Module = _Codebook(layer.weight, coding)
+        elif isinstance(coding, WeightCoding):
+            rule = _FakeQuantized(_keep_mask(layer), coding)
+        else:
+            rule = _Masked(_keep_mask(layer))
+        parametrize.register_parametrization(layer, "weight", rule, unsafe=True)
+        constrained.append(layer)
+    return constrained
+
+
+def _release(layers: list[nn.Module]) -> None:
+    """Back to plain weights holding exactly the coded values (and the trained codebooks)."""
+    for layer in layers:
+        rule = layer.parametrizations.weight[0]
+        original = layer.parametrizations.weight.original.detach()
+        exact = rule.exact(original)
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        with torch.no_grad():
+            layer.weight.copy_(exact)
+        if isinstance(rule, _Codebook):
+            layer.weight_coding = replace(layer.weight_coding, codebook=original.clone())
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, alpha: float,
+                      temperature: float) -> torch.Tensor:
+    """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs
+    (Hinton et al. 2015: T^2 keeps the soft term's gradients on the scale of the hard one)."""
+    hard = nn.functional.cross_entropy(student, labels)
+    if alpha <= 0:
+        return hard
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
+                                nn.functional.log_softmax(teacher / temperature, dim=1),
+                                reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * temperature**2 * soft
+
+
+def finetune(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    spec: FineTuneSpec,
+    *,
+    teacher: nn.Module | None = None,
+    after_epoch: Callable[[int, nn.Module], bool] | None = None,
+) -> int:
+    """Fine-tune `model` in place for `spec.epochs` epochs (each at most `spec.steps` batches).
+
+    `teacher` (used when spec.kd_alpha > 0) gives the soft targets. `after_epoch(epoch, model)` is called
+    with the model in eval mode after each epoch; returning False stops early (multi-fidelity).
+    Returns the number of epochs run. Seeded by spec.seed: the same call gives the same weights.
+    """
+    if spec.epochs <= 0:
+        return 0
+    generator = torch.Generator().manual_seed(spec.seed)
+    layers = _constrain(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if spec.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(trainable, lr=spec.lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(trainable, lr=spec.lr)
+    use_teacher = teacher is not None and spec.kd_alpha > 0
+    x, y = data
+    epochs_run = 0
+    try:
+        for epoch in range(spec.epochs):
+            model.train()
+            order = torch.randperm(len(y), generator=generator)
+            batches = range(0, len(y), spec.batch_size)
+            for k, start in enumerate(batches):
+                if spec.steps is not None and k >= spec.steps:
+                    break
+                index = order[start : start + spec.batch_size]
+                out = model(x[index])
+                if use_teacher:
+                    with torch.no_grad():
+                        soft = teacher(x[index])
+                    loss = distillation_loss(out, soft, y[index], alpha=spec.kd_alpha,
+                                             temperature=spec.temperature)
+                else:
+                    loss = nn.functional.cross_entropy(out, y[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            epochs_run = epoch + 1
+            model.eval()
+            if after_epoch is not None and epoch + 1 < spec.epochs:
+                with torch.no_grad():  # the straight-through weights equal the coded ones up to rounding
+                    if not after_epoch(epoch + 1, model):
+                        break
+    finally:
+        _release(layers)
+        model.eval()
+    return epochs_run
+
+
+def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
+                          teacher: nn.Module) -> nn.Module:
+    """What the evaluator does to each candidate, on one thread so that any machine (a Ray worker, the
+    export command) computes the very same weights; `teacher` is used only when spec.kd_alpha > 0."""
+    with torch_threads(1):
+        finetune(model, data, spec, teacher=teacher if spec.kd_alpha > 0 else None)
+    return model
+
+
+__all__ = ["distillation_loss", "finetune", "finetune_as_evaluated"]
