@@ -40,3 +40,14 @@ class RunError(AutocompError):
 
 class PackedFormatError(AutocompError):
     """A packed (.acz) file is corrupt or does not match the model it is loaded into."""
+
+
+class CandidateStopped(Exception):  # noqa: N818 - not an error: a weak candidate stopped on purpose
+    """Raised by an evaluator to stop a weak candidate early (multi-fidelity); the trial is `pruned`.
+
+    `metrics` holds what was measured until then (e.g. accuracy after each fine-tuning epoch).
+    """
+
+    def __init__(self, reason: str, metrics: dict[str, float]) -> None:
+        super().__init__(reason)
+        self.metrics = metrics

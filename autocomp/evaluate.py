@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from autocomp.compress import compress
-from autocomp.errors import AutocompError
+from autocomp.early_stop import curve_key
+from autocomp.errors import AutocompError, CandidateStopped
 from autocomp.export import artifact_meta, pack_model
 from autocomp.finetune import finetune_as_evaluated
 from autocomp.metrics import accuracy, count_flops, count_params, measure_latency
@@ -67,9 +68,12 @@ class CompressionEvaluator:
 
     def compressed(self, policy: Policy) -> nn.Module:
         """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it)."""
+        return self._compressed(policy, None)
+
+    def _compressed(self, policy: Policy, after_epoch: Callable[[int, nn.Module], bool] | None) -> nn.Module:
         model = compress(self.model, policy, example=self.example, calibration=self.calibration)
         if self.finetune.epochs > 0 and self.train is not None:
-            finetune_as_evaluated(model, self.train, self.finetune, teacher=self.model)
+            finetune_as_evaluated(model, self.train, self.finetune, teacher=self.model, after_epoch=after_epoch)
         return model
 
     def artifact(self, compressed: nn.Module, policy: Policy) -> bytes:
@@ -77,8 +81,20 @@ class CompressionEvaluator:
         meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
         return pack_model(compressed, meta, entropy=self.entropy)
 
-    def __call__(self, policy: Policy) -> dict[str, float]:
-        compressed = self.compressed(policy)
+    def __call__(self, policy: Policy, bars: Mapping[int, float] | None = None) -> dict[str, float]:
+        """The metrics of `policy`; with `bars` (epoch -> accuracy needed to go on), fine-tuning stops a
+        candidate below a bar by raising CandidateStopped (the trial is then `pruned`)."""
+        learning: dict[str, float] = {}
+
+        def after_epoch(epoch: int, model: nn.Module) -> bool:
+            learning[curve_key(epoch)] = accuracy(model, self.data)
+            bar = (bars or {}).get(epoch)
+            if bar is not None and learning[curve_key(epoch)] < bar:
+                raise CandidateStopped(f"pruned after {epoch} fine-tuning epochs: validation accuracy "
+                                       f"{learning[curve_key(epoch)]:.4f} < {bar:.4f}", learning)
+            return True
+
+        compressed = self._compressed(policy, after_epoch if self.finetune.epochs > 1 else None)
         acc = accuracy(compressed, self.data)
         size = len(self.artifact(compressed, policy))
         stored, nonzero = count_params(compressed)
@@ -97,6 +113,7 @@ class CompressionEvaluator:
             "flops": flops,
             "flops_sparse": sparse_flops,
             **timing,
+            **learning,
         }
         for name, fn in self.extra_metrics.items():
             metrics[name] = float(fn(compressed))

@@ -196,11 +196,13 @@ def finetune(
 
 
 def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
-                          teacher: nn.Module) -> nn.Module:
+                          teacher: nn.Module,
+                          after_epoch: Callable[[int, nn.Module], bool] | None = None) -> nn.Module:
     """What the evaluator does to each candidate, on one thread so that any machine (a Ray worker, the
-    export command) computes the very same weights; `teacher` is used only when spec.kd_alpha > 0."""
+    export command) computes the very same weights; `teacher` is used only when spec.kd_alpha > 0.
+    `after_epoch` only looks (the weights do not depend on it), unless it stops the run."""
     with torch_threads(1):
-        finetune(model, data, spec, teacher=teacher if spec.kd_alpha > 0 else None)
+        finetune(model, data, spec, teacher=teacher if spec.kd_alpha > 0 else None, after_epoch=after_epoch)
     return model
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 import autocomp
+from autocomp import early_stop
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, Outcome, Task, describe, make_executor
@@ -130,6 +131,7 @@ class _Progress:
     def __init__(self, total: int, trials: Sequence[Trial], objectives: Sequence[Objective], enabled: bool):
         self.objectives = objectives
         self.failed = sum(t.status == "failed" for t in trials)
+        self.pruned = sum(t.status == "pruned" for t in trials)
         self.best: list[float | None] = [None] * len(objectives)
         for t in trials:
             self._update_best(t)
@@ -146,10 +148,12 @@ class _Progress:
 
     def _postfix(self) -> None:
         best = {o.name: f"{b:.4g}" for o, b in zip(self.objectives, self.best) if b is not None}
-        self.bar.set_postfix({"failed": self.failed, **best}, refresh=False)
+        stopped = {"pruned": self.pruned} if self.pruned else {}
+        self.bar.set_postfix({"failed": self.failed, **stopped, **best}, refresh=False)
 
     def add(self, trial: Trial) -> None:
         self.failed += trial.status == "failed"
+        self.pruned += trial.status == "pruned"
         self._update_best(trial)
         self._postfix()
         self.bar.update(1)
@@ -180,11 +184,13 @@ def run_loop(
     total: int,
     *,
     progress: bool = True,
+    bars: Callable[[Sequence[Trial]], dict[int, float]] | None = None,
 ) -> list[Trial]:
     """Run (or continue) the search in `store` until it holds `total` finished trials.
 
     Workers are kept busy: whenever one frees, its trial is journaled and told, and the optimizer is asked
     for the next candidate (an optimizer that waits for a whole generation asks for none until then).
+    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity).
     """
     trials = {t.id: t for t in map(Trial.from_record, store.trials())}  # in journal (= tell) order
     checkpoint = store.load_checkpoint()
@@ -203,7 +209,8 @@ def run_loop(
 
     def submit(item: dict[str, Any]) -> None:
         policies[item["id"]] = Policy.from_params(space, item["params"])
-        executor.submit(Task(item["id"], policies[item["id"]]))
+        now = bars(list(trials.values())) if bars else {}
+        executor.submit(Task(item["id"], policies[item["id"]], bars=now))
 
     def save() -> None:
         store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": list(in_flight.values()),
@@ -387,7 +394,8 @@ def search(
         store.write_json("run.json", info)
         opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
                              context=Context(layers=profiles, workdir=str(store.path)), **settings)
-        done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress)
+        done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress,
+                        bars=_bars_rule(finetune))
         executor.close()
         executor = None
         title = f"{run_dir.name}: {optimizer}, {len(done)} trials"
@@ -397,6 +405,18 @@ def search(
             executor.close()
         if store is not None:
             store.close()
+
+
+def _bars_rule(spec: FineTuneSpec) -> Callable[[Sequence[Trial]], dict[int, float]] | None:
+    """The multi-fidelity rule of a run: journaled learning curves -> early-stopping bars."""
+    if spec.early_stop == "none" or spec.epochs < 2:
+        return None
+
+    def rule(trials: Sequence[Trial]) -> dict[int, float]:
+        curves = (early_stop.curve(t.metrics) for t in trials if t.status in ("complete", "pruned"))
+        return early_stop.bars(curves, spec.early_stop, spec.epochs, min_epochs=spec.min_epochs, eta=spec.eta,
+                    startup=spec.startup)
+    return rule
 
 
 def _start_executor(execution: ExecutionSpec, evaluator: CompressionEvaluator, run_dir: Path) -> Executor:

@@ -56,7 +56,7 @@ groups:
       quantize:
         bits: 32
 execution: {executor: ray, workers: 2, timeout: 60}
-finetune: {epochs: 2, steps: 50, kd_alpha: 0.5, optimizer: sgd}
+finetune: {epochs: 2, steps: 50, kd_alpha: 0.5, optimizer: sgd, early_stop: halving, eta: 2}
 """
 
 # lines:  1 version, 2 model, 3 name, 4 data, 5 name, 6 groups, 7 group name, 8 layers, 9 primitives,
@@ -108,7 +108,8 @@ def test_full_file_parses(tmp_path: Path) -> None:
                                ObjectiveSpec(metric="latency_ms", direction="minimize"))
     assert spec.constraints == (ConstraintSpec(metric="accuracy_drop", max=0.02),)
     assert spec.execution == ExecutionSpec(executor="ray", workers=2, timeout=60.0)
-    assert spec.finetune == FineTuneSpec(epochs=2, steps=50, kd_alpha=0.5, optimizer="sgd")
+    assert spec.finetune == FineTuneSpec(epochs=2, steps=50, kd_alpha=0.5, optimizer="sgd", early_stop="halving",
+                                         eta=2)
 
     fc, head = spec.space.groups
     assert fc.name == "fc" and fc.shared and not head.shared
@@ -186,6 +187,8 @@ BAD: list[tuple[str, Any, int | None, str | None, Any]] = [
     ("zero workers", (BASE, BASE + "execution: {workers: 0}\n"), 12, "execution.workers", 0),
     ("finetune optimizer", (BASE, BASE + "finetune: {optimizer: lbfgs}\n"), 12, "finetune.optimizer", "lbfgs"),
     ("kd alpha above 1", (BASE, BASE + "finetune: {kd_alpha: 1.5}\n"), 12, "finetune.kd_alpha", 1.5),
+    ("early stop rule", (BASE, BASE + "finetune: {early_stop: hyperband}\n"), 12, "finetune.early_stop",
+     "hyperband"),
     ("negative gpus", (BASE, BASE + "execution: {num_gpus: -1}\n"), 12, "execution.num_gpus", -1),
     ("not a mapping", (BASE, "- 1\n- 2\n"), 1, None, [1, 2]),
     ("empty file", (BASE, ""), None, None, None),

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from autocomp.errors import CandidateStopped
 from autocomp.policy import Policy
 
 EvaluateFn = Callable[[Policy], Mapping[str, float]]
@@ -16,13 +17,17 @@ EvaluateFn = Callable[[Policy], Mapping[str, float]]
 
 @dataclass(frozen=True)
 class Task:
+    """One evaluation; `bars` (epoch -> accuracy needed to go on) lets the evaluator stop it early."""
+
     trial_id: int
     policy: Policy
+    bars: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one task: `complete` with metrics, or `failed` with the reason."""
+    """What became of one task: `complete` with metrics, `failed` with the reason, or `pruned` (stopped early
+    on purpose, with what was measured until then)."""
 
     trial_id: int
     status: str
@@ -74,12 +79,16 @@ def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
     """Run one evaluation; an exception or a non-finite metric makes the trial failed, never the search."""
     start = time.perf_counter()
     try:
-        metrics = {k: float(v) for k, v in evaluate(task.policy).items()}
+        result = evaluate(task.policy, bars=task.bars) if task.bars else evaluate(task.policy)  # type: ignore[call-arg]
+        metrics = {k: float(v) for k, v in result.items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             raise ValueError(f"non-finite metrics: {', '.join(bad)}")
     except EvaluationTimeout as err:
         return timeout_outcome(task, err.limit, time.perf_counter() - start, worker)
+    except CandidateStopped as stop:
+        return Outcome(task.trial_id, "pruned", dict(stop.metrics), error=str(stop),
+                       seconds=time.perf_counter() - start, worker=worker)
     except Exception as err:  # a candidate's failure is data, not a crash
         detail = "".join(traceback.format_exception_only(type(err), err)).strip()
         return Outcome(task.trial_id, "failed", error=detail, seconds=time.perf_counter() - start, worker=worker)

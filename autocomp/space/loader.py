@@ -22,6 +22,7 @@ from autocomp.primitives.configs import CONFIGS, KnobRange
 from autocomp.space.params import Choice, Domain, FloatRange, IntRange
 from autocomp.space.space import Group, KnobSpec, SearchSpace, Selector, Where
 from autocomp.space.spec import (
+    EARLY_STOP_RULES,
     EXECUTORS,
     FINETUNE_OPTIMIZERS,
     METRICS,
@@ -46,7 +47,8 @@ MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "seed")
 LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats")
-FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "kd_alpha", "temperature", "seed")
+FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "kd_alpha", "temperature", "seed", "early_stop",
+                 "min_epochs", "eta", "startup")
 EXECUTION_KEYS = ("executor", "workers", "threads", "address", "num_cpus", "num_gpus", "timeout", "retries")
 GROUP_KEYS = ("name", "layers", "shared", "primitives")
 PARAM_KINDS = ("choice", "int", "float")
@@ -486,9 +488,15 @@ class _Parser:
                 raise self.fail("must be in [0, 1]", line=ln, key=k, value=v)
             return number
 
+        def rule(v: Any, ln: int, k: str) -> str:
+            if v not in EARLY_STOP_RULES:
+                raise self.fail(f"unknown rule; known: {', '.join(EARLY_STOP_RULES)}", line=ln, key=k, value=v)
+            return v
+
         rules = {"epochs": self.at_least(0, 10_000), "steps": self.at_least(1), "batch_size": self.at_least(1, 65_536),
                  "lr": self.positive, "optimizer": optimizer, "kd_alpha": weight, "temperature": self.positive,
-                 "seed": self.at_least(0, MAX_SEED)}
+                 "seed": self.at_least(0, MAX_SEED), "early_stop": rule, "min_epochs": self.at_least(1, 10_000),
+                 "eta": self.at_least(2, 100), "startup": self.at_least(1)}
         return FineTuneSpec(**self.fields(m, key, rules))
 
     def artifact(self, value: Any, line: int, key: str) -> ArtifactSpec:

@@ -65,7 +65,7 @@ class FineTuneSpec:
 
     An epoch is one pass over the training data, or `steps` batches of it when set (short epochs for the
     search; `autocomp finalize` retrains longer). `kd_alpha` > 0 distils from the uncompressed model
-    at `temperature`.
+    at `temperature`. `early_stop` stops weak candidates after an epoch (multi-fidelity; trials `pruned`).
     """
 
     epochs: int = 0
@@ -76,9 +76,14 @@ class FineTuneSpec:
     kd_alpha: float = 0.0
     temperature: float = 4.0
     seed: int = 0
+    early_stop: str = "none"  # none | median | halving (see autocomp.early_stop)
+    min_epochs: int = 1
+    eta: int = 3
+    startup: int = 5
 
 
 FINETUNE_OPTIMIZERS = ("adam", "sgd")
+EARLY_STOP_RULES = ("none", "median", "halving")
 
 
 @dataclass(frozen=True, kw_only=True)
