@@ -46,6 +46,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def _add_execution_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution", "where candidates are evaluated (defaults: the file's execution: block)")
     g.add_argument("--executor", choices=("inprocess", "ray"),
@@ -159,6 +166,13 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"x{report['baseline_weight_bits'] / max(report['weight_bits_nonzero'], 1):.1f} -> {sidecar}")
 
 
+def cmd_finalize(args: argparse.Namespace) -> None:
+    from autocomp.finalize import finalize_run
+
+    finalize_run(args.run_dir, top=args.top, trial_ids=args.trial, epochs=args.epochs, lr=args.lr,
+                 kd_alpha=args.kd_alpha, iterations=args.iterations)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from autocomp.report import pareto_table, plot_pareto
     from autocomp.store import RunStore
@@ -170,6 +184,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows = [{**t["metrics"], "id": t["id"], "policy": t["policy"], "test_accuracy": t.get("test_accuracy")}
             for t in pareto["trials"]]
     print(pareto_table(rows, baseline=pareto["baseline"]))
+    final = store.read_json("final.json")
+    if final is not None:
+        from autocomp.finalize import final_table
+
+        print()
+        print(final_table(final))
     if args.plot:
         plot_pareto(store.path / "pareto.png", store.trials(), pareto["trials"], pareto["baseline"],
                     title=store.path.name)
@@ -225,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "the real int8 model on PyTorch's quantized engine")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("finalize", help="retrain chosen Pareto points longer, test them once, export them")
+    p.add_argument("run_dir")
+    p.add_argument("--top", type=_positive, default=3, help="how many points, spread along the front (default 3)")
+    p.add_argument("--trial", type=int, action="append", help="a front trial to finalize (repeatable)")
+    p.add_argument("--epochs", type=_positive, default=10, help="retraining epochs (full passes; default 10)")
+    p.add_argument("--iterations", type=_positive, default=1,
+                   help="reach the pruning ratios in this many prune-and-retrain steps (default 1)")
+    p.add_argument("--lr", type=_positive_float, help="default: the run's finetune.lr")
+    p.add_argument("--kd-alpha", type=_unit, help="distillation weight (default: the run's finetune.kd_alpha)")
+    p.set_defaults(fn=cmd_finalize)
 
     from autocomp.bench import BENCHES
 

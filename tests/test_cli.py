@@ -250,3 +250,32 @@ def test_fine_tuned_trials_export_to_exactly_the_measured_artifact(workspace, tm
 def outputs_equal(a, b, x):
     with torch.no_grad():
         return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_finalize_retrains_tests_and_exports_chosen_front_points(finished_run, capsys):
+    front = json.loads((finished_run / "pareto.json").read_text())["trials"]
+    assert main(["finalize", str(finished_run), "--top", "2", "--epochs", "2", "--iterations", "2",
+                 "--kd-alpha", "0.5"]) == 0
+    final = json.loads((finished_run / "final.json").read_text())
+    rows = final["trials"]
+    assert len(rows) == min(2, len(front)) and rows[0]["id"] == front[0]["id"]
+    from autocomp.compress import compress
+    from autocomp.metrics import accuracy
+    from autocomp.policy import Policy
+    from autocomp.session import load_run_model, run_info, run_spec
+    from autocomp.zoo import load_dataset
+
+    model, spec = load_run_model(finished_run), run_spec(finished_run)
+    splits = load_dataset("mnist", run_info(finished_run)["data"]["dir"], val_fraction=spec.data.val_fraction,
+                          seed=spec.train.seed)
+    for row in rows:
+        path = finished_run / "final" / f"trial-{row['id']}.acz"
+        assert path.stat().st_size == row["size_bytes"] and 0 <= row["test_accuracy"] <= 1
+        loaded = load_packed(path, model=model)
+        assert accuracy(loaded, splits.val) == row["accuracy"]  # the artifact is the model that was measured
+        searched = compress(model, Policy.from_dict(row["policy"]))
+        assert not torch.equal(loaded(splits.val[0][:32]), searched(splits.val[0][:32]))  # it was retrained
+    assert main(["report", str(finished_run)]) == 0
+    assert "finalized" in capsys.readouterr().out
+    assert main(["finalize", str(finished_run), "--trial", "999"]) == 2
+    assert "not on the Pareto front" in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""`autocomp finalize`: retrain chosen Pareto points longer, measure them once on the test split, export.
+
+The search scores candidates after short fine-tuning; the points worth shipping then get what Deep
+Compression gave its models: longer retraining (distilled from the original when kd_alpha > 0), pruning
+reached in steps with retraining between them (`iterations`), and one measurement on the test split.
+Each finalized model is written as a packed artifact whose length is the size reported for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocomp.compress import compress
+from autocomp.errors import RunError
+from autocomp.export import artifact_meta, pack_model, write_bytes
+from autocomp.finetune import finetune_as_evaluated
+from autocomp.metrics import accuracy, count_params
+from autocomp.policy import Policy
+from autocomp.primitives import Prune
+from autocomp.report import pareto_table
+from autocomp.session import load_run_calibration, load_run_model, run_info, run_spec
+from autocomp.space.spec import FineTuneSpec
+from autocomp.store import write_atomic
+from autocomp.zoo import load_dataset
+
+FINAL = "final.json"
+
+
+def pruning_only(policy: Policy, fraction: float) -> Policy:
+    """The policy's unstructured pruning at `fraction` of each ratio, nothing else (a step towards it)."""
+    return Policy.of({name: tuple(replace(c, ratio=c.ratio * fraction) for c in configs if isinstance(c, Prune))
+                      for name, configs in policy.layers})
+
+
+def choose(front: list[dict[str, Any]], top: int, ids: list[int] | None) -> list[dict[str, Any]]:
+    """The trials named by `ids`, or `top` points spread evenly along the front (both ends included)."""
+    if ids:
+        by_id = {t["id"]: t for t in front}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise RunError(f"trials {missing} are not on the Pareto front (front: {sorted(by_id)})")
+        return [by_id[i] for i in ids]
+    if top >= len(front):
+        return list(front)
+    if top == 1:
+        return [front[0]]
+    return [front[round(k * (len(front) - 1) / (top - 1))] for k in range(top)]
+
+
+def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
+            iterations: int, calibration: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """Iterative prune and retrain: iterations-1 steps of pruning only (ratios i/iterations of the policy's),
+    each retrained for epochs/iterations, then the whole policy and retraining for the rest."""
+    current, step_epochs = model, max(1, spec.epochs // iterations)
+    for i in range(1, iterations):
+        current = compress(current, pruning_only(policy, i / iterations), example=calibration[0][:1],
+                           calibration=calibration)
+        finetune_as_evaluated(current, train, replace(spec, epochs=step_epochs), teacher=model)
+    final = compress(current, policy, example=calibration[0][:1], calibration=calibration)
+    remaining = max(1, spec.epochs - step_epochs * (iterations - 1))
+    return finetune_as_evaluated(final, train, replace(spec, epochs=remaining), teacher=model)
+
+
+def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[int] | None = None,
+                 epochs: int = 10, lr: float | None = None, kd_alpha: float | None = None, iterations: int = 1,
+                 log=print) -> list[dict[str, Any]]:
+    """Retrain, test and export the chosen Pareto points of a finished CLI run; writes final.json."""
+    run_dir = Path(run_dir)
+    info, spec = run_info(run_dir), run_spec(run_dir)
+    try:
+        pareto = json.loads((run_dir / "pareto.json").read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run_dir}: no pareto.json yet (the run has not finished)") from None
+    chosen = choose(pareto["trials"], top, trial_ids)
+    splits = load_dataset(spec.data.name, info["data"]["dir"], val_fraction=spec.data.val_fraction,
+                          seed=spec.train.seed)
+    model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
+    tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none",
+                     lr=lr if lr is not None else spec.finetune.lr,
+                     kd_alpha=kd_alpha if kd_alpha is not None else spec.finetune.kd_alpha)
+    fp32_bytes = 4 * count_params(model)[0]
+    out_dir = run_dir / "final"
+    out_dir.mkdir(exist_ok=True)
+    rows = []
+    for trial in chosen:
+        start = time.perf_counter()
+        policy = Policy.from_dict(trial["policy"])
+        final = retrain(model, policy, splits.train, tuning, iterations=iterations, calibration=calibration)
+        meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
+        path = out_dir / f"trial-{trial['id']}.acz"
+        size = write_bytes(path, pack_model(final, meta, entropy=info["signature"].get("entropy", False)))
+        row = {"id": trial["id"], "policy": trial["policy"], "size_bytes": size,
+               "compression_ratio": fp32_bytes / size, "accuracy": accuracy(final, splits.val),
+               "test_accuracy": accuracy(final, splits.test), "search_accuracy": trial["metrics"]["accuracy"],
+               "search_test_accuracy": trial.get("test_accuracy"), "artifact": str(path),
+               "seconds": round(time.perf_counter() - start, 1)}
+        rows.append(row)
+        log(f"trial {trial['id']}: val {row['search_accuracy']:.4f} -> {row['accuracy']:.4f}, test "
+            f"{row['test_accuracy']:.4f}, {size:,} B ({row['compression_ratio']:.1f}x) -> {path}")
+    doc = {"settings": {"epochs": epochs, "iterations": iterations, "finetune": vars(tuning)},
+           "baseline": pareto["baseline"], "trials": rows}
+    write_atomic(run_dir / FINAL, json.dumps(doc, indent=1) + "\n")
+    log(final_table(doc))
+    return rows
+
+
+def final_table(doc: dict[str, Any]) -> str:
+    return ("finalized (retrained; test accuracy measured once):\n"
+            + pareto_table(doc["trials"], baseline=doc["baseline"]))
+
+
+__all__ = ["FINAL", "choose", "final_table", "finalize_run", "pruning_only", "retrain"]
