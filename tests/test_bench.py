@@ -59,3 +59,23 @@ def test_bench_parallel_quick_on_generated_data(tmp_path, monkeypatch):
         assert row["evals_per_s"] > 0 and row["driver_rss_mb"] > 0
         if row["config"].startswith(("ray", "cluster")):
             assert row["worker_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_bench_deep_compression_quick_on_generated_data(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="acray", dir="/tmp"))
+    write_fake_mnist(tmp_path / "data" / "mnist", n_train=600, n_test=200)
+    assert main(["bench", "deep-compression", "--quick", "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "runs" / "bench-deep-compression"
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in doc["rows"]] == ["lenet300", "lenet5"]
+    for row in doc["rows"]:
+        final = json.loads((out / row["model"] / "final.json").read_text())
+        best = next(t for t in final["trials"] if t["id"] == row["trial"])
+        assert best["size_bytes"] == row["size_bytes"] == (out / row["model"] / "final" /
+                                                          f"trial-{row['trial']}.acz").stat().st_size
+        assert sum(layer["bytes"] for layer in row["layers"]) < row["size_bytes"]  # + biases and header
+    assert {"labels_only_err", "distilled_err"} <= set(doc["settings"]["distillation"])

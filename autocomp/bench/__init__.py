@@ -1,4 +1,4 @@
 """Benchmarks behind every number the README claims: `autocomp bench NAME [--quick]`."""
 
 BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.search",
-           "parallel": "autocomp.bench.parallel"}
+           "parallel": "autocomp.bench.parallel", "deep-compression": "autocomp.bench.deep_compression"}
