@@ -9,7 +9,8 @@ Each compressible layer trains through a parametrization that keeps what the art
 - low-rank factors and physically slimmer layers are ordinary (smaller) layers and train as such.
 So the artifact keeps its layout (bit widths, scales, codebook sizes, pruned positions); its size may move
 by a few bytes where a quantized code becomes 0 or stops being 0, and is measured after fine-tuning.
-Activations quantized by `act_bits` pass gradients straight through in training mode.
+Activations quantized by `act_bits` pass gradients straight through in training mode. Optional L1 and
+group-lasso penalties push weights (or whole output channels) towards zero for a later pruning step.
 """
 
 from __future__ import annotations
@@ -124,6 +125,19 @@ def _release(layers: list[nn.Module]) -> None:
             layer.weight_coding = replace(layer.weight_coding, codebook=original.clone())
 
 
+def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Tensor:
+    """Per layer: l1 x mean |w| + group_lasso x (sum over output channels of ||w_channel||_2) / sqrt(numel)
+    (group lasso as in Wen et al. 2016), normalised so that one setting suits layers of any size."""
+    total = torch.zeros(())
+    for layer in layers:
+        w = layer.weight
+        if l1:
+            total = total + l1 * w.abs().mean()
+        if group_lasso:
+            total = total + group_lasso * w.reshape(w.shape[0], -1).norm(dim=1).sum() / w.numel() ** 0.5
+    return total
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, alpha: float,
                       temperature: float) -> torch.Tensor:
     """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs
@@ -180,6 +194,8 @@ def finetune(
                                              temperature=spec.temperature)
                 else:
                     loss = nn.functional.cross_entropy(out, y[index])
+                if spec.l1 or spec.group_lasso:
+                    loss = loss + penalty(layers, spec.l1, spec.group_lasso)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -206,4 +222,4 @@ def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     return model
 
 
-__all__ = ["distillation_loss", "finetune", "finetune_as_evaluated"]
+__all__ = ["distillation_loss", "finetune", "finetune_as_evaluated", "penalty"]

@@ -107,3 +107,21 @@ def test_after_epoch_can_stop_early_and_runs_are_deterministic(setup):
     finetune(b, train, FineTuneSpec(**{**vars(SPEC), "epochs": 2}))
     assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b)))
     assert finetune(compress(model, policy), train, FineTuneSpec()) == 0  # 0 epochs: nothing happens
+
+
+def test_l1_and_group_lasso_penalties_drive_weights_and_channels_towards_zero(setup):
+    model, train, _ = setup
+    policy = Policy.of({name: (Prune(ratio=0.3),) for name in LAYERS})
+    plain, l1, lasso = (compress(model, policy) for _ in range(3))
+    finetune(plain, train, SPEC)
+    finetune(l1, train, FineTuneSpec(**{**vars(SPEC), "l1": 5.0}))
+    finetune(lasso, train, FineTuneSpec(**{**vars(SPEC), "group_lasso": 5.0}))
+    first = [m.get_submodule("1").weight.detach() for m in (plain, l1, lasso)]
+    assert first[1].abs().mean() < 0.8 * first[0].abs().mean()
+    rows = [w.norm(dim=1).sort().values for w in first]
+    assert rows[2][:8].mean() < 0.5 * rows[0][:8].mean()  # the weakest output channels are pushed to zero
+    assert not first[1][~model_keep(l1)].any()  # the penalty never revives a pruned weight
+
+
+def model_keep(model):
+    return model.get_submodule("1").keep_mask

@@ -187,6 +187,7 @@ BAD: list[tuple[str, Any, int | None, str | None, Any]] = [
     ("zero workers", (BASE, BASE + "execution: {workers: 0}\n"), 12, "execution.workers", 0),
     ("finetune optimizer", (BASE, BASE + "finetune: {optimizer: lbfgs}\n"), 12, "finetune.optimizer", "lbfgs"),
     ("kd alpha above 1", (BASE, BASE + "finetune: {kd_alpha: 1.5}\n"), 12, "finetune.kd_alpha", 1.5),
+    ("negative l1", (BASE, BASE + "finetune: {l1: -0.1}\n"), 12, "finetune.l1", -0.1),
     ("early stop rule", (BASE, BASE + "finetune: {early_stop: hyperband}\n"), 12, "finetune.early_stop",
      "hyperband"),
     ("negative gpus", (BASE, BASE + "execution: {num_gpus: -1}\n"), 12, "execution.num_gpus", -1),

@@ -47,8 +47,8 @@ MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "seed")
 LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats")
-FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "kd_alpha", "temperature", "seed", "early_stop",
-                 "min_epochs", "eta", "startup")
+FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "kd_alpha", "temperature", "seed", "l1",
+                 "group_lasso", "early_stop", "min_epochs", "eta", "startup")
 EXECUTION_KEYS = ("executor", "workers", "threads", "address", "num_cpus", "num_gpus", "timeout", "retries")
 GROUP_KEYS = ("name", "layers", "shared", "primitives")
 PARAM_KINDS = ("choice", "int", "float")
@@ -488,6 +488,12 @@ class _Parser:
                 raise self.fail("must be in [0, 1]", line=ln, key=k, value=v)
             return number
 
+        def non_negative(v: Any, ln: int, k: str) -> float:
+            number = self.number(v, ln, k)
+            if number < 0:
+                raise self.fail("must be >= 0", line=ln, key=k, value=v)
+            return number
+
         def rule(v: Any, ln: int, k: str) -> str:
             if v not in EARLY_STOP_RULES:
                 raise self.fail(f"unknown rule; known: {', '.join(EARLY_STOP_RULES)}", line=ln, key=k, value=v)
@@ -495,7 +501,8 @@ class _Parser:
 
         rules = {"epochs": self.at_least(0, 10_000), "steps": self.at_least(1), "batch_size": self.at_least(1, 65_536),
                  "lr": self.positive, "optimizer": optimizer, "kd_alpha": weight, "temperature": self.positive,
-                 "seed": self.at_least(0, MAX_SEED), "early_stop": rule, "min_epochs": self.at_least(1, 10_000),
+                 "seed": self.at_least(0, MAX_SEED), "l1": non_negative, "group_lasso": non_negative,
+                 "early_stop": rule, "min_epochs": self.at_least(1, 10_000),
                  "eta": self.at_least(2, 100), "startup": self.at_least(1)}
         return FineTuneSpec(**self.fields(m, key, rules))
 

@@ -65,7 +65,9 @@ class FineTuneSpec:
 
     An epoch is one pass over the training data, or `steps` batches of it when set (short epochs for the
     search; `autocomp finalize` retrains longer). `kd_alpha` > 0 distils from the uncompressed model
-    at `temperature`. `early_stop` stops weak candidates after an epoch (multi-fidelity; trials `pruned`).
+    at `temperature`. `l1` / `group_lasso` add penalties that push weights (or whole output channels) to zero,
+    so the next pruning step (finalize's iterations) removes what they made small. `early_stop` stops weak
+    candidates after an epoch (multi-fidelity; trials `pruned`).
     """
 
     epochs: int = 0
@@ -76,6 +78,8 @@ class FineTuneSpec:
     kd_alpha: float = 0.0
     temperature: float = 4.0
     seed: int = 0
+    l1: float = 0.0  # penalty weights on the compressible layers' weights (regularisation-based pruning)
+    group_lasso: float = 0.0
     early_stop: str = "none"  # none | median | halving (see autocomp.early_stop)
     min_epochs: int = 1
     eta: int = 3
