@@ -59,11 +59,17 @@ def layer_table(artifact: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _pick(run_dir: Path, baseline_accuracy: float, k: int, slack: float) -> list[int]:
-    """The k smallest front points whose search accuracy is within `slack` of the baseline's."""
+def _pick(run_dir: Path, baseline_accuracy: float, slacks: tuple[float, ...] = (0.001, 0.003, 0.006)) -> list[int]:
+    """For each slack, the smallest front point whose search accuracy is within it of the baseline's:
+    finalize can then only gain accuracy, and the points span the ratios worth retraining."""
     front = json.loads((run_dir / "pareto.json").read_text())["trials"]
-    close = [t for t in front if t["metrics"]["accuracy"] >= baseline_accuracy - slack] or front[:1]
-    return [t["id"] for t in sorted(close, key=lambda t: t["metrics"]["size_bytes"])[:k]]
+    picked: list[int] = []
+    for slack in slacks:
+        close = [t for t in front if t["metrics"]["accuracy"] >= baseline_accuracy - slack]
+        if close:
+            best = min(close, key=lambda t: t["metrics"]["size_bytes"])["id"]
+            picked += [best] if best not in picked else []
+    return picked or [front[0]["id"]]
 
 
 def compress_model(model: str, data_dir: str | None, out: Path, *, trials: int, finalize_epochs: int,
@@ -78,7 +84,7 @@ def compress_model(model: str, data_dir: str | None, out: Path, *, trials: int, 
                              data_dir=data_dir, progress=False, execution={"workers": workers})
     run_dir = result.run_dir
     base = result.baseline
-    chosen = _pick(run_dir, base["accuracy"], k=3, slack=0.015)
+    chosen = _pick(run_dir, base["accuracy"])
     rows = finalize_run(run_dir, trial_ids=chosen, epochs=finalize_epochs, iterations=iterations)
     base_error = 1 - base["test_accuracy"]
     within = [r for r in rows if 1 - r["test_accuracy"] <= base_error + 0.001]
