@@ -377,6 +377,20 @@ class _Parser:
             raise self.fail("must be a finite number", line=line, key=key, value=value)
         return float(value)
 
+    def non_negative(self, value: Any, line: int, key: str) -> float:
+        number = self.number(value, line, key)
+        if number < 0:
+            raise self.fail("must be >= 0", line=line, key=key, value=value)
+        return number
+
+    def one_of(self, names: Collection[str], what: str) -> _Rule:
+        """A rule for `fields`: one of `names`."""
+        def rule(value: Any, line: int, key: str) -> str:
+            if value not in names:
+                raise self.fail(f"unknown {what}; known: {', '.join(names)}", line=line, key=key, value=value)
+            return value
+        return rule
+
     def path(self, value: Any, line: int, key: str) -> str:
         """A file path; a relative one is resolved against the YAML file's directory."""
         text = os.path.expanduser(self.string(value, line, key))
@@ -476,33 +490,17 @@ class _Parser:
     def finetune(self, value: Any, line: int, key: str) -> FineTuneSpec:
         m = self.mapping(value, line, key, FINETUNE_KEYS)
 
-        def optimizer(v: Any, ln: int, k: str) -> str:
-            if v not in FINETUNE_OPTIMIZERS:
-                raise self.fail(f"unknown optimizer; known: {', '.join(FINETUNE_OPTIMIZERS)}", line=ln, key=k,
-                                value=v)
-            return v
-
         def weight(v: Any, ln: int, k: str) -> float:
             number = self.number(v, ln, k)
             if not 0 <= number <= 1:
                 raise self.fail("must be in [0, 1]", line=ln, key=k, value=v)
             return number
 
-        def non_negative(v: Any, ln: int, k: str) -> float:
-            number = self.number(v, ln, k)
-            if number < 0:
-                raise self.fail("must be >= 0", line=ln, key=k, value=v)
-            return number
-
-        def rule(v: Any, ln: int, k: str) -> str:
-            if v not in EARLY_STOP_RULES:
-                raise self.fail(f"unknown rule; known: {', '.join(EARLY_STOP_RULES)}", line=ln, key=k, value=v)
-            return v
-
         rules = {"epochs": self.at_least(0, 10_000), "steps": self.at_least(1), "batch_size": self.at_least(1, 65_536),
-                 "lr": self.positive, "optimizer": optimizer, "kd_alpha": weight, "temperature": self.positive,
-                 "seed": self.at_least(0, MAX_SEED), "l1": non_negative, "group_lasso": non_negative,
-                 "early_stop": rule, "min_epochs": self.at_least(1, 10_000),
+                 "lr": self.positive, "optimizer": self.one_of(FINETUNE_OPTIMIZERS, "optimizer"), "kd_alpha": weight,
+                 "temperature": self.positive, "seed": self.at_least(0, MAX_SEED), "l1": self.non_negative,
+                 "group_lasso": self.non_negative, "early_stop": self.one_of(EARLY_STOP_RULES, "rule"),
+                 "min_epochs": self.at_least(1, 10_000),
                  "eta": self.at_least(2, 100), "startup": self.at_least(1)}
         return FineTuneSpec(**self.fields(m, key, rules))
 
@@ -519,19 +517,9 @@ class _Parser:
     def execution(self, value: Any, line: int, key: str) -> ExecutionSpec:
         m = self.mapping(value, line, key, EXECUTION_KEYS)
 
-        def executor(v: Any, ln: int, k: str) -> str:
-            if v not in EXECUTORS:
-                raise self.fail(f"unknown executor; known: {', '.join(EXECUTORS)}", line=ln, key=k, value=v)
-            return v
-
-        def non_negative(v: Any, ln: int, k: str) -> float:
-            number = self.number(v, ln, k)
-            if number < 0:
-                raise self.fail("must be >= 0", line=ln, key=k, value=v)
-            return number
-
-        rules = {"executor": executor, "workers": self.at_least(1, 100_000), "threads": self.at_least(1, 1024),
-                 "address": self.string, "num_cpus": self.positive, "num_gpus": non_negative,
+        rules = {"executor": self.one_of(EXECUTORS, "executor"), "workers": self.at_least(1, 100_000),
+                 "threads": self.at_least(1, 1024), "address": self.string, "num_cpus": self.positive,
+                 "num_gpus": self.non_negative,
                  "timeout": self.positive, "retries": self.at_least(0, 100)}
         return ExecutionSpec(**self.fields(m, key, rules))
 
