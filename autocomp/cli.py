@@ -117,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from autocomp.finetune import finetune_as_evaluated
     from autocomp.policy import Policy
     from autocomp.runner import trial_record
-    from autocomp.session import load_run_calibration, load_run_model, load_run_train, run_info, run_spec
+    from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec
     from autocomp.store import write_atomic
 
     if Path(args.out).is_dir():
@@ -134,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     compressed = compress(model, policy, example=example, calibration=calibration)
     tuning = run_spec(args.run_dir).finetune
     if tuning.epochs > 0:
-        finetune_as_evaluated(compressed, load_run_train(args.run_dir), tuning, teacher=model)
+        finetune_as_evaluated(compressed, load_run_splits(args.run_dir).train, tuning, teacher=model)
     if args.format == "packed":
         meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
         size = write_bytes(args.out, pack_model(compressed, meta, entropy=info["signature"].get("entropy", False)))

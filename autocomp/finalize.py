@@ -26,10 +26,9 @@ from autocomp.metrics import accuracy, count_params
 from autocomp.policy import Policy
 from autocomp.primitives import Prune
 from autocomp.report import pareto_table
-from autocomp.session import load_run_calibration, load_run_model, run_info, run_spec
+from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec
 from autocomp.space.spec import FineTuneSpec
 from autocomp.store import write_atomic
-from autocomp.zoo import load_dataset
 
 FINAL = "final.json"
 
@@ -80,8 +79,7 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no pareto.json yet (the run has not finished)") from None
     chosen = choose(pareto["trials"], top, trial_ids)
-    splits = load_dataset(spec.data.name, info["data"]["dir"], val_fraction=spec.data.val_fraction,
-                          seed=spec.train.seed)
+    splits = load_run_splits(run_dir)
     model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
     tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none",
                      lr=lr if lr is not None else spec.finetune.lr,

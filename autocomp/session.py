@@ -205,7 +205,7 @@ def run_spec_search(
                                 f"(those that do: {', '.join(seeded)})")
         optimizer_settings["initial"] = list(optimizer_settings.get("initial", [])) + front_params(seed_from)
     data_dir = data_dir or spec.data.dir
-    splits = load_dataset(spec.data.name, data_dir, val_fraction=spec.data.val_fraction, seed=spec.train.seed)
+    splits = spec_splits(spec, data_dir)
     name = name or f"{Path(spec.source or 'run').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(runs_dir) / name
     if not resume and (run_dir / "run.json").exists():
@@ -294,12 +294,14 @@ def load_run_calibration(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torc
     return rows["inputs"], rows["labels"]
 
 
-def load_run_train(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training split a CLI run fine-tuned on (the same seeded carve of the same data)."""
-    spec, info = run_spec(run_dir), run_info(run_dir)
-    splits = load_dataset(spec.data.name, info["data"]["dir"], val_fraction=spec.data.val_fraction,
-                          seed=spec.train.seed)
-    return splits.train
+def spec_splits(spec: RunSpec, data_dir: str | None) -> Splits:
+    """The train/val/test splits a file describes (the validation carve seeded by its train.seed)."""
+    return load_dataset(spec.data.name, data_dir, val_fraction=spec.data.val_fraction, seed=spec.train.seed)
+
+
+def load_run_splits(run_dir: str | os.PathLike) -> Splits:
+    """The very splits a CLI run used (fine-tuning, finalize and export read them again)."""
+    return spec_splits(run_spec(run_dir), run_info(run_dir)["data"]["dir"])
 
 
 def load_run_model(run_dir: str | os.PathLike) -> nn.Module:

@@ -239,11 +239,11 @@ def test_fine_tuned_trials_export_to_exactly_the_measured_artifact(workspace, tm
     from autocomp.compress import compress
     from autocomp.finetune import finetune_as_evaluated
     from autocomp.policy import Policy
-    from autocomp.session import load_run_calibration, load_run_model, load_run_train, run_spec
+    from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_spec
 
     model, calibration = load_run_model(run), load_run_calibration(run)
     rebuilt = compress(model, Policy.from_dict(trial["policy"]), example=calibration[0][:1], calibration=calibration)
-    finetune_as_evaluated(rebuilt, load_run_train(run), run_spec(run).finetune, teacher=model)
+    finetune_as_evaluated(rebuilt, load_run_splits(run).train, run_spec(run).finetune, teacher=model)
     assert outputs_equal(load_packed(out, model=model), rebuilt, calibration[0])
 
 

@@ -30,9 +30,8 @@ from autocomp.finalize import finalize_run
 from autocomp.finetune import finetune
 from autocomp.metrics import accuracy, count_params
 from autocomp.packed import tensor_report
-from autocomp.session import load_run_model, read_spec, run_spec_search
+from autocomp.session import load_run_model, load_run_splits, read_spec, run_spec_search
 from autocomp.space.spec import FineTuneSpec
-from autocomp.zoo import load_dataset
 
 PAPER = {"lenet300": {"ratio": 40.0, "error_before": 0.0164, "error_after": 0.0158},
          "lenet5": {"ratio": 39.0, "error_before": 0.0080, "error_after": 0.0074}}
@@ -101,8 +100,9 @@ def compress_model(model: str, data_dir: str | None, out: Path, *, trials: int, 
     }
 
 
-def distillation_row(teacher: nn.Module, data_dir: str | None, epochs: int) -> dict[str, Any]:
-    splits = load_dataset("mnist", data_dir, val_fraction=0.1, seed=0)
+def distillation_row(teacher_run: Path, epochs: int) -> dict[str, Any]:
+    """Students trained on the splits the teacher (a run's baseline) was trained on."""
+    teacher, splits = load_run_model(teacher_run), load_run_splits(teacher_run)
     errors = {}
     for name, alpha in (("labels", 0.0), ("distilled", 0.9)):
         torch.manual_seed(0)
@@ -131,8 +131,7 @@ def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs
         result.target(f"{model}_ratio_at_baseline_error_plus_0.1pt", row["ratio"], ">=", PAPER[model]["ratio"])
         result.target(f"{model}_minutes", row["minutes"], "<=", 60)
         result.target(f"{model}_baseline_error", row["baseline_err"], "<=", TARGET_ERROR[model])
-    teacher = load_run_model(out / "lenet300")
-    result.settings["distillation"] = distillation_row(teacher, data_dir, kd_epochs)
+    result.settings["distillation"] = distillation_row(out / "lenet300", kd_epochs)
     print("distillation:", json.dumps(result.settings["distillation"]))
     return publish(result, COLUMNS, runs_dir)
 
