@@ -170,7 +170,7 @@ def cmd_finalize(args: argparse.Namespace) -> None:
     from autocomp.finalize import finalize_run
 
     finalize_run(args.run_dir, top=args.top, trial_ids=args.trial, epochs=args.epochs, lr=args.lr,
-                 kd_alpha=args.kd_alpha, iterations=args.iterations)
+                 kd_alpha=args.kd_alpha, iterations=args.iterations, schedule=args.schedule)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach the pruning ratios in this many prune-and-retrain steps (default 1)")
     p.add_argument("--lr", type=_positive_float, help="default: the run's finetune.lr")
     p.add_argument("--kd-alpha", type=_unit, help="distillation weight (default: the run's finetune.kd_alpha)")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="lr per retraining step: decays to 0 (cosine, default) or stays at --lr")
     p.set_defaults(fn=cmd_finalize)
 
     from autocomp.bench import BENCHES

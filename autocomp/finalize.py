@@ -70,8 +70,12 @@ def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.T
 
 def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[int] | None = None,
                  epochs: int = 10, lr: float | None = None, kd_alpha: float | None = None, iterations: int = 1,
-                 log=print) -> list[dict[str, Any]]:
-    """Retrain, test and export the chosen Pareto points of a finished CLI run; writes final.json."""
+                 schedule: str = "cosine", log=print) -> list[dict[str, Any]]:
+    """Retrain, test and export the chosen Pareto points of a finished CLI run; writes final.json.
+
+    `schedule` "cosine" (default) lets each retraining step's lr decay to 0, so the weights settle at
+    the end instead of stopping mid-stride at a constant lr; "constant" keeps the run's lr throughout.
+    """
     run_dir = Path(run_dir)
     info, spec = run_info(run_dir), run_spec(run_dir)
     try:
@@ -81,7 +85,7 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     chosen = choose(pareto["trials"], top, trial_ids)
     splits = load_run_splits(run_dir)
     model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
-    tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none",
+    tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none", schedule=schedule,
                      lr=lr if lr is not None else spec.finetune.lr,
                      kd_alpha=kd_alpha if kd_alpha is not None else spec.finetune.kd_alpha)
     fp32_bytes = 4 * count_params(model)[0]

@@ -15,6 +15,7 @@ group-lasso penalties push weights (or whole output channels) towards zero for a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -176,6 +177,11 @@ def finetune(
         optimizer = torch.optim.Adam(trainable, lr=spec.lr)
     use_teacher = teacher is not None and spec.kd_alpha > 0
     x, y = data
+    per_epoch = math.ceil(len(y) / spec.batch_size)
+    planned = spec.epochs * (min(per_epoch, spec.steps) if spec.steps is not None else per_epoch)
+    # cosine: the lr falls to 0 over every planned step (an early stop just ends the curve sooner)
+    schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / planned)))
+                if spec.schedule == "cosine" else None)
     epochs_run = 0
     try:
         for epoch in range(spec.epochs):
@@ -199,6 +205,8 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
             epochs_run = epoch + 1
             model.eval()
             if after_epoch is not None and epoch + 1 < spec.epochs:

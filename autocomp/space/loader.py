@@ -25,7 +25,10 @@ from autocomp.space.spec import (
     EARLY_STOP_RULES,
     EXECUTORS,
     FINETUNE_OPTIMIZERS,
+    FINETUNE_SCHEDULES,
     METRICS,
+    RELATIVE,
+    RUNTIMES,
     ArtifactSpec,
     ConstraintSpec,
     DataSpec,
@@ -37,6 +40,7 @@ from autocomp.space.spec import (
     OptimizerSpec,
     RunSpec,
     TrainSpec,
+    parse_bound,
 )
 
 VERSION = 1
@@ -46,9 +50,9 @@ ARTIFACT_KEYS = ("entropy",)
 MODEL_KEYS = ("name", "kwargs", "weights")
 DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "seed")
-LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats")
-FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "kd_alpha", "temperature", "seed", "l1",
-                 "group_lasso", "early_stop", "min_epochs", "eta", "startup")
+LATENCY_KEYS = ("batch_size", "threads", "warmup", "repeats", "runtime", "table")
+FINETUNE_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "schedule", "kd_alpha", "temperature", "seed",
+                 "l1", "group_lasso", "early_stop", "min_epochs", "eta", "startup")
 EXECUTION_KEYS = ("executor", "workers", "threads", "address", "num_cpus", "num_gpus", "timeout", "retries")
 GROUP_KEYS = ("name", "layers", "shared", "primitives")
 PARAM_KINDS = ("choice", "int", "float")
@@ -475,6 +479,15 @@ class _Parser:
             raise self.fail("must be in (0, 0.5]", line=line, key=key, value=value)
         return number
 
+    def bound(self, value: Any, line: int, key: str) -> float | str:
+        """A number, or a positive fraction of the uncompressed model's value: "0.5x"."""
+        if isinstance(value, str):
+            if RELATIVE.fullmatch(value.strip()) and parse_bound(value.strip()) > 0:
+                return value.strip()
+            raise self.fail('expected a number or a fraction of the baseline such as "0.5x"', line=line, key=key,
+                            value=value)
+        return self.number(value, line, key)
+
     def positive(self, value: Any, line: int, key: str) -> float:
         number = self.number(value, line, key)
         if number <= 0:
@@ -497,7 +510,8 @@ class _Parser:
             return number
 
         rules = {"epochs": self.at_least(0, 10_000), "steps": self.at_least(1), "batch_size": self.at_least(1, 65_536),
-                 "lr": self.positive, "optimizer": self.one_of(FINETUNE_OPTIMIZERS, "optimizer"), "kd_alpha": weight,
+                 "lr": self.positive, "optimizer": self.one_of(FINETUNE_OPTIMIZERS, "optimizer"),
+                 "schedule": self.one_of(FINETUNE_SCHEDULES, "schedule"), "kd_alpha": weight,
                  "temperature": self.positive, "seed": self.at_least(0, MAX_SEED), "l1": self.non_negative,
                  "group_lasso": self.non_negative, "early_stop": self.one_of(EARLY_STOP_RULES, "rule"),
                  "min_epochs": self.at_least(1, 10_000),
@@ -511,7 +525,7 @@ class _Parser:
     def latency(self, value: Any, line: int, key: str) -> LatencySpec:
         m = self.mapping(value, line, key, LATENCY_KEYS)
         rules = {"batch_size": self.at_least(1, 4096), "threads": self.at_least(1, 1024), "warmup": self.at_least(0),
-                 "repeats": self.at_least(1)}
+                 "repeats": self.at_least(1), "runtime": self.one_of(RUNTIMES, "runtime"), "table": self.boolean}
         return LatencySpec(**self.fields(m, key, rules))
 
     def execution(self, value: Any, line: int, key: str) -> ExecutionSpec:
@@ -579,8 +593,9 @@ class _Parser:
             b = self.mapping(bounds, bounds_line, path, ("min", "max"))
             if not b:
                 raise self.fail("needs min and/or max", line=bounds_line, key=path, value=bounds)
-            kw = self.fields(b, path, {"min": self.number, "max": self.number})
-            if "min" in kw and "max" in kw and kw["min"] > kw["max"]:
+            kw = self.fields(b, path, {"min": self.bound, "max": self.bound})
+            if ("min" in kw and "max" in kw and type(kw["min"]) is type(kw["max"])
+                    and parse_bound(kw["min"]) > parse_bound(kw["max"])):
                 raise self.fail("min is greater than max", line=bounds_line, key=path, value=bounds)
             out.append(ConstraintSpec(metric=metric, **kw))
         return tuple(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,19 @@ METRICS: dict[str, str] = {
     "params": "minimize",
     "flops": "minimize",
     "latency_ms": "minimize",
+    "peak_activation_bytes": "minimize",
+    "energy_uj": "minimize",
 }
+
+# where a latency is measured (autocomp.runtimes runs them)
+RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
+# a budget relative to the uncompressed model: "0.5x" is half the baseline's value
+RELATIVE = re.compile(r"(\d+(\.\d*)?|\.\d+)(e-?\d+)?x")
+
+
+def parse_bound(bound: float | str) -> float:
+    """The number in a bound: 3.0 for 3.0, 0.5 for "0.5x"."""
+    return float(bound[:-1]) if isinstance(bound, str) else float(bound)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,12 +64,20 @@ class TrainSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class LatencySpec:
-    """Conditions of the latency measurement, recorded in run.json beside the numbers."""
+    """Conditions of the latency measurement, recorded in run.json beside the numbers.
+
+    `runtime` is what the latency is measured in (see autocomp.runtimes): torch (eager fp32), torch-int8,
+    onnx (ONNX Runtime fp32) or onnx-int8 (QDQ). `table: true` predicts each candidate's latency from the
+    per-layer lookup table (autocomp.latency_table) instead of timing it; the Pareto points are then
+    measured and the prediction error reported.
+    """
 
     batch_size: int = 1
     threads: int = 1
     warmup: int = 10
     repeats: int = 50
+    runtime: str = "torch"
+    table: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +85,8 @@ class FineTuneSpec:
     """Fine-tuning of each candidate after compression (0 epochs: none), on the training split.
 
     An epoch is one pass over the training data, or `steps` batches of it when set (short epochs for the
-    search; `autocomp finalize` retrains longer). `kd_alpha` > 0 distils from the uncompressed model
+    search; `autocomp finalize` retrains longer). `schedule: cosine` decays the lr to 0 over all
+    planned steps (for longer retraining). `kd_alpha` > 0 distils from the uncompressed model
     at `temperature`. `l1` / `group_lasso` add penalties that push weights (or whole output channels) to zero,
     so the next pruning step (finalize's iterations) removes what they made small. `early_stop` stops weak
     candidates after an epoch (multi-fidelity; trials `pruned`).
@@ -75,6 +97,7 @@ class FineTuneSpec:
     batch_size: int = 128
     lr: float = 1e-4
     optimizer: str = "adam"
+    schedule: str = "constant"  # constant | cosine (lr decays to 0 over all planned steps)
     kd_alpha: float = 0.0
     temperature: float = 4.0
     seed: int = 0
@@ -87,6 +110,7 @@ class FineTuneSpec:
 
 
 FINETUNE_OPTIMIZERS = ("adam", "sgd")
+FINETUNE_SCHEDULES = ("constant", "cosine")
 EARLY_STOP_RULES = ("none", "median", "halving")
 
 
@@ -129,11 +153,14 @@ class ObjectiveSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ConstraintSpec:
-    """A bound on a metric; a candidate outside it is infeasible (kept, never on the Pareto front)."""
+    """A bound on a metric; a candidate outside it is infeasible (kept, never on the Pareto front).
+
+    A bound is a number, or a fraction of the uncompressed model's value written "0.5x".
+    """
 
     metric: str
-    min: float | None = None
-    max: float | None = None
+    min: float | str | None = None
+    max: float | str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
