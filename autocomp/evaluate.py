@@ -14,7 +14,8 @@ from autocomp.early_stop import curve_key
 from autocomp.errors import AutocompError, CandidateStopped
 from autocomp.export import artifact_meta, pack_model
 from autocomp.finetune import finetune_as_evaluated
-from autocomp.metrics import accuracy, count_flops, count_params, measure_latency
+from autocomp.latency_table import Conditions, LatencyTable, measure_model, model_key
+from autocomp.metrics import accuracy, count_flops, count_params, energy_uj, latency_stats, peak_activation_bytes
 from autocomp.policy import Policy
 from autocomp.space.spec import DEFAULT_FINETUNE, DEFAULT_LATENCY, FineTuneSpec, LatencySpec
 
@@ -45,6 +46,7 @@ class CompressionEvaluator:
         entropy: bool = False,
         train: tuple[torch.Tensor, torch.Tensor] | None = None,
         finetune: FineTuneSpec = DEFAULT_FINETUNE,
+        latency_table: LatencyTable | None = None,
     ) -> None:
         if finetune.epochs > 0 and train is None:
             raise AutocompError("fine-tuning needs training data (train=...)")
@@ -63,6 +65,9 @@ class CompressionEvaluator:
             reps = -(-latency.batch_size // len(self.latency_input))
             self.latency_input = self.latency_input.repeat(reps, *([1] * (self.example.dim() - 1)))
             self.latency_input = self.latency_input[: latency.batch_size]
+        self.conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
+        self.table = latency_table if latency.table else None
+        self.model_key = model_key(self.model, self.example)
         self.baseline_accuracy = accuracy(self.model, data)
         self.fp32_bytes = 4 * count_params(self.model)[0]
 
@@ -80,6 +85,12 @@ class CompressionEvaluator:
         """The packed bytes `export --format packed` writes for this policy: size_bytes is their length."""
         meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
         return pack_model(compressed, meta, entropy=self.entropy)
+
+    def measured_latency(self, compressed: nn.Module) -> dict[str, float]:
+        """Median and IQR (ms) of whole forward passes of `compressed` in the run's runtime."""
+        times = measure_model(compressed, self.latency_input, self.conditions, calibration=self.calibration[0],
+                              warmup=self.latency.warmup, repeats=self.latency.repeats)
+        return latency_stats(times)
 
     def __call__(self, policy: Policy, bars: Mapping[int, float] | None = None) -> dict[str, float]:
         """The metrics of `policy`; with `bars` (epoch -> accuracy needed to go on), fine-tuning stops a
@@ -99,10 +110,11 @@ class CompressionEvaluator:
         size = len(self.artifact(compressed, policy))
         stored, nonzero = count_params(compressed)
         flops, sparse_flops = count_flops(compressed, self.example)
-        timing = measure_latency(
-            compressed, self.latency_input, threads=self.latency.threads,
-            warmup=self.latency.warmup, repeats=self.latency.repeats,
-        )
+        if self.table is not None:
+            timing = {"latency_ms": self.table.predict(compressed, self.example, self.model_key)}
+        else:
+            timing = self.measured_latency(compressed)
+        int8 = self.latency.runtime.endswith("int8")
         metrics = {
             "accuracy": acc,
             "accuracy_drop": self.baseline_accuracy - acc,
@@ -113,6 +125,8 @@ class CompressionEvaluator:
             "flops": flops,
             "flops_sparse": sparse_flops,
             **timing,
+            "peak_activation_bytes": peak_activation_bytes(compressed, self.example, 1 if int8 else 4),
+            "energy_uj": energy_uj(compressed, self.example, size, int8=int8),
             **learning,
         }
         for name, fn in self.extra_metrics.items():

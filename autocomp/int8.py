@@ -19,7 +19,7 @@ from torch import nn
 from autocomp.primitives.quantize import QuantizedInput
 
 
-def _unwrap_fake_quant(model: nn.Module) -> nn.Module:
+def unwrap_fake_quant(model: nn.Module) -> nn.Module:
     """Replace fake-quantized inputs by their layers: the int8 kernels quantize activations themselves."""
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedInput):
@@ -31,7 +31,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with each Conv2d+BatchNorm2d pair folded into one Conv2d."""
     from torch.fx.experimental.optimization import fuse
 
-    return fuse(_unwrap_fake_quant(copy.deepcopy(model)).eval())
+    return fuse(unwrap_fake_quant(copy.deepcopy(model)).eval())
 
 
 ENGINES = ("x86", "onednn", "fbgemm")
@@ -98,7 +98,7 @@ def _convert(model: nn.Module, calibration: torch.Tensor, engine: str) -> nn.Mod
     if engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(f"quantized engine '{engine}' is not available here: "
                            f"{torch.backends.quantized.supported_engines}")
-    float_model = _unwrap_fake_quant(copy.deepcopy(model)).eval()
+    float_model = unwrap_fake_quant(copy.deepcopy(model)).eval()
     # FX graph mode quantization is deprecated but still the eager-CPU path to these kernels
     with quantized_engine(engine), warnings.catch_warnings():
         warnings.simplefilter("ignore")

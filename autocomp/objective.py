@@ -27,13 +27,32 @@ class Objective:
 
 @dataclass(frozen=True, kw_only=True)
 class Constraint:
-    """`min <= metrics[metric] <= max`; violation is the relative distance outside the bounds."""
+    """`min <= metrics[metric] <= max`; violation is the relative distance outside the bounds.
+
+    A bound may be a fraction of the uncompressed model's value, written "0.5x" (`latency_ms: {max: 0.5x}`):
+    `resolved(baseline)` turns it into a number once the baseline is measured.
+    """
 
     metric: str
-    min: float | None = None
-    max: float | None = None
+    min: float | str | None = None
+    max: float | str | None = None
+
+    def resolved(self, baseline: Metrics) -> Constraint:
+        """This constraint with relative bounds as numbers (fractions of `baseline[metric]`)."""
+
+        def absolute(bound: float | str | None) -> float | None:
+            if not isinstance(bound, str):
+                return bound
+            if self.metric not in baseline:
+                raise ValueError(f"constraint on '{self.metric}': bound {bound} is relative to the baseline, "
+                                 "which has no such metric")
+            return float(bound.removesuffix("x")) * float(baseline[self.metric])
+
+        return Constraint(metric=self.metric, min=absolute(self.min), max=absolute(self.max))
 
     def violation(self, metrics: Metrics) -> float:
+        if isinstance(self.min, str) or isinstance(self.max, str):
+            raise ValueError(f"constraint on '{self.metric}' has a relative bound: resolve it with the baseline")
         value = float(metrics[self.metric])
         excess = 0.0
         if self.max is not None and value > self.max:

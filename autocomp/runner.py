@@ -28,6 +28,7 @@ from autocomp import early_stop
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, Outcome, Task, describe, make_executor
+from autocomp.latency_table import Conditions, LatencyTable, cache_path, calibrated_table
 from autocomp.metrics import accuracy, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
 from autocomp.optimizers import Context, LayerProfile, Optimizer, Told, make_optimizer
@@ -95,11 +96,19 @@ class SearchResult:
     baseline: dict[str, float]
     objectives: tuple[Objective, ...]
     test_accuracy: dict[int, float] = field(default_factory=dict)
+    latency_measured: dict[int, float] = field(default_factory=dict)  # front points, when latency was predicted
+    latency_prediction: dict[str, float] | None = None  # predicted-vs-measured error over the front
 
     def table(self) -> str:
-        rows = [{"id": t.id, **t.metrics, "test_accuracy": self.test_accuracy.get(t.id), "policy": t.policy}
+        rows = [{"id": t.id, **t.metrics, "test_accuracy": self.test_accuracy.get(t.id), "policy": t.policy,
+                 **({"latency_measured_ms": self.latency_measured[t.id]} if t.id in self.latency_measured else {})}
                 for t in self.pareto]
-        return pareto_table(rows, baseline=self.baseline)
+        text = pareto_table(rows, baseline=self.baseline)
+        if self.latency_prediction:
+            p = self.latency_prediction
+            text += (f"\nlatency predicted by the layer table; measured on the {p['points']} front points: median "
+                     f"error {100 * p['median_abs_error']:.1f}%, max {100 * p['max_abs_error']:.1f}%")
+        return text
 
 
 def front_of(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
@@ -260,19 +269,33 @@ def finalize(
     """Pareto front, test accuracy of its points (the test split's one use), pareto.json and pareto.png."""
     front = front_of(trials, objectives)
     test_accuracy: dict[int, float] = {}
-    if evaluator is not None and test_data is not None:
-        baseline = {**baseline, "test_accuracy": accuracy(evaluator.model, test_data)}
+    measured: dict[int, float] = {}  # latency of the front timed whole, where the search predicted it
+    predicting = evaluator is not None and evaluator.table is not None
+    if evaluator is not None and (test_data is not None or predicting):
+        if test_data is not None:
+            baseline = {**baseline, "test_accuracy": accuracy(evaluator.model, test_data)}
         for t in front:
-            test_accuracy[t.id] = accuracy(evaluator.compressed(Policy.from_dict(t.policy)), test_data)
-    store.write_json("pareto.json", {
+            compressed = evaluator.compressed(Policy.from_dict(t.policy))
+            if test_data is not None:
+                test_accuracy[t.id] = accuracy(compressed, test_data)
+            if predicting:
+                measured[t.id] = evaluator.measured_latency(compressed)["latency_ms"]
+    doc: dict[str, Any] = {
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "baseline": baseline,
-        "trials": [{**t.to_record(), "test_accuracy": test_accuracy.get(t.id)} for t in front],
-    })
+        "trials": [{**t.to_record(), "test_accuracy": test_accuracy.get(t.id),
+                    **({"latency_measured_ms": measured[t.id]} if t.id in measured else {})} for t in front],
+    }
+    if measured:
+        errors = sorted(abs(t.metrics["latency_ms"] - measured[t.id]) / measured[t.id] for t in front)
+        doc["latency_prediction"] = {"points": len(errors), "median_abs_error": errors[len(errors) // 2],
+                                     "max_abs_error": errors[-1]}
+    store.write_json("pareto.json", doc)
     if {"accuracy", "size_bytes"} <= set(baseline):
         plot_pareto(store.path / "pareto.png", [t.to_record() for t in trials],
                     [t.to_record() for t in front], baseline, title=title)
-    return SearchResult(store.path, list(trials), front, baseline, tuple(objectives), test_accuracy)
+    return SearchResult(store.path, list(trials), front, baseline, tuple(objectives), test_accuracy,
+                        measured, doc.get("latency_prediction"))
 
 
 def _as_data(data: Any, what: str) -> Data:
@@ -370,10 +393,22 @@ def search(
                            f"(the run has {was})")
     executor = None
     try:
+        table = None
+        if latency.table:
+            table = _latency_table(model, bound, val, calibration, latency, seed, run_dir, Path(runs_dir))
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
                                          extra_metrics=extra_metrics, calibration=calibration,
-                                         entropy=entropy, train=train, finetune=finetune)
+                                         entropy=entropy, train=train, finetune=finetune, latency_table=table)
         baseline = evaluator(Policy.of({}))
+        if table is not None:  # budgets relative to the baseline are relative to its measured latency
+            baseline["latency_predicted_ms"] = baseline["latency_ms"]
+            baseline.update(evaluator.measured_latency(evaluator.model))
+        try:
+            resolved = [c.resolved(baseline) for c in constraints]
+        except ValueError as err:
+            raise AutocompError(str(err)) from None
+        if resume and info.get("constraints_resolved"):  # the bounds the journaled trials were judged by
+            resolved = [Constraint(**c) for c in info["constraints_resolved"]]
         executor = _start_executor(execution, evaluator, run_dir)  # before any write: a bad address leaves none
         if store is None:
             info = {
@@ -383,21 +418,30 @@ def search(
                 "signature": signature,
                 "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
                 "constraints": [vars(c) for c in constraints],
-                "latency": {**vars(latency), "measured": "median wall time of the compressed model's forward pass"},
+                "latency": {**vars(latency), **vars(evaluator.conditions),
+                            "measured": "median wall time of the compressed model's forward pass"
+                            + (" (predicted from the layer table during the search)" if table else "")},
                 "machine": machine_info(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             store = RunStore.create(run_dir, space_yaml=space_yaml or "# space given as Python objects\n",
                                     run_info=info)
         info["baseline"] = baseline
+        info["constraints_resolved"] = [vars(c) for c in resolved]
+        if table is not None:
+            info["latency_calibration"] = table.calibrations.get(evaluator.model_key)
+            table.save(store.path / LatencyTable.FILE)
         info["executor"] = describe(executor)  # the latest; a run may be resumed elsewhere
         store.write_json("run.json", info)
         opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
                              context=Context(layers=profiles, workdir=str(store.path)), **settings)
-        done = run_loop(store, bound, opt, executor, objectives, constraints, trials, progress=progress,
+        done = run_loop(store, bound, opt, executor, objectives, resolved, trials, progress=progress,
                         bars=_bars_rule(finetune))
         executor.close()
         executor = None
+        if table is not None:  # what in-process evaluations added (Ray workers keep their own misses)
+            table.save(store.path / LatencyTable.FILE)
+            _save_to_cache(table, Path(runs_dir))
         title = f"{run_dir.name}: {optimizer}, {len(done)} trials"
         return finalize(store, done, objectives, baseline, evaluator=evaluator, test_data=test, title=title)
     finally:
@@ -405,6 +449,33 @@ def search(
             executor.close()
         if store is not None:
             store.close()
+
+
+def _save_to_cache(table: LatencyTable, runs_dir: Path) -> None:
+    path = cache_path(runs_dir, table.conditions)
+    cached = LatencyTable.load(path, table.conditions)
+    cached.entries.update(table.entries)
+    cached.calibrations.update(table.calibrations)
+    cached.save(path)
+
+
+def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: Data | None, latency: LatencySpec,
+                   seed: int, run_dir: Path, runs_dir: Path) -> LatencyTable:
+    """The run's layer table (on resume its own), else the machine's cached one, calibrated for `model` on
+    the uncompressed model and 8 random policies of the space when it is not yet."""
+    import numpy as np
+
+    conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
+    rows = calibration if calibration is not None else (val[0][:256], val[1][:256])
+    rng = np.random.default_rng(seed)
+    policies = [Policy.from_params(bound, bound.sample(rng)) for _ in range(8)]
+    batch = val[0][: latency.batch_size]
+    batch = batch.repeat(-(-latency.batch_size // len(batch)), *([1] * (batch.dim() - 1)))[: latency.batch_size]
+    table = calibrated_table(model, val[0][:1], batch, conditions, policies, calibration=rows,
+                             saved=[run_dir / LatencyTable.FILE, cache_path(runs_dir, conditions)],
+                             warmup=latency.warmup, repeats=latency.repeats, log=tqdm.write)
+    _save_to_cache(table, runs_dir)
+    return table
 
 
 def _bars_rule(spec: FineTuneSpec) -> Callable[[Sequence[Trial]], dict[int, float]] | None:

@@ -125,3 +125,23 @@ def test_l1_and_group_lasso_penalties_drive_weights_and_channels_towards_zero(se
 
 def model_keep(model):
     return model.get_submodule("1").keep_mask
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule(monkeypatch, schedule):
+    """cosine: the lr starts at spec.lr and falls monotonically to ~0 by the last planned step."""
+    seen = []
+    original = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    data = tiny_data(256)
+    finetune(tiny_mlp(), data, FineTuneSpec(epochs=3, batch_size=32, lr=1e-2, schedule=schedule))
+    assert len(seen) == 3 * 8 and seen[0] == pytest.approx(1e-2)
+    if schedule == "constant":
+        assert set(seen) == {1e-2}
+    else:
+        assert all(a >= b for a, b in zip(seen, seen[1:])) and seen[-1] < 1e-2 * 0.01

@@ -1,4 +1,5 @@
 """Benchmarks behind every number the README claims: `autocomp bench NAME [--quick]`."""
 
 BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.search",
-           "parallel": "autocomp.bench.parallel", "deep-compression": "autocomp.bench.deep_compression"}
+           "parallel": "autocomp.bench.parallel", "deep-compression": "autocomp.bench.deep_compression",
+           "latency": "autocomp.bench.latency"}
