@@ -181,9 +181,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     pareto = store.read_json("pareto.json")
     if pareto is None:
         raise AutocompError(f"{args.run_dir}: no pareto.json yet (the run has not finished)")
-    rows = [{**t["metrics"], "id": t["id"], "policy": t["policy"], "test_accuracy": t.get("test_accuracy")}
-            for t in pareto["trials"]]
+    rows = [{**t["metrics"], "id": t["id"], "policy": t["policy"], "test_accuracy": t.get("test_accuracy"),
+             "latency_measured_ms": t.get("latency_measured_ms")} for t in pareto["trials"]]
     print(pareto_table(rows, baseline=pareto["baseline"]))
+    if pareto.get("latency_prediction"):
+        p = pareto["latency_prediction"]
+        print(f"latency predicted by the layer table; measured on the {p['points']} front points: median error "
+              f"{100 * p['median_abs_error']:.1f}%, max {100 * p['max_abs_error']:.1f}%")
     final = store.read_json("final.json")
     if final is not None:
         from autocomp.finalize import final_table

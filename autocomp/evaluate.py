@@ -15,7 +15,15 @@ from autocomp.errors import AutocompError, CandidateStopped
 from autocomp.export import artifact_meta, pack_model
 from autocomp.finetune import finetune_as_evaluated
 from autocomp.latency_table import Conditions, LatencyTable, measure_model, model_key
-from autocomp.metrics import accuracy, count_flops, count_params, energy_uj, latency_stats, peak_activation_bytes
+from autocomp.metrics import (
+    accuracy,
+    count_flops,
+    count_params,
+    energy_uj,
+    latency_batch,
+    latency_stats,
+    peak_activation_bytes,
+)
 from autocomp.policy import Policy
 from autocomp.space.spec import DEFAULT_FINETUNE, DEFAULT_LATENCY, FineTuneSpec, LatencySpec
 
@@ -60,11 +68,7 @@ class CompressionEvaluator:
         self.model_ref = dict(model_ref) if model_ref else None
         self.extra_metrics = dict(extra_metrics or {})
         self.example = data[0][:1]
-        self.latency_input = data[0][: latency.batch_size]
-        if len(self.latency_input) < latency.batch_size:  # tiny data: repeat rows to the stated batch
-            reps = -(-latency.batch_size // len(self.latency_input))
-            self.latency_input = self.latency_input.repeat(reps, *([1] * (self.example.dim() - 1)))
-            self.latency_input = self.latency_input[: latency.batch_size]
+        self.latency_input = latency_batch(data[0], latency.batch_size)
         self.conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
         self.table = latency_table if latency.table else None
         self.model_key = model_key(self.model, self.example)

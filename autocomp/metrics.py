@@ -87,6 +87,11 @@ def layer_profiles(model: nn.Module, example: torch.Tensor) -> list[dict[str, in
     return rows
 
 
+def latency_batch(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """The first `size` rows, repeated when there are fewer (tiny data): the batch latency is timed at."""
+    return rows[:size].repeat(-(-size // len(rows[:size])), *([1] * (rows.dim() - 1)))[:size]
+
+
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     previous = torch.get_num_threads()

@@ -50,16 +50,19 @@ COLUMNS = (
 def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None) -> str:
     """Rows are flat dicts (metrics + id + policy); the baseline, when given, comes first."""
     lines = []
-    header = [c[0] for c in COLUMNS] + ["policy"]
+    columns = COLUMNS
+    if any(row.get("latency_measured_ms") is not None for row in rows):  # latency predicted, front measured
+        columns = (*COLUMNS, ("measured_ms", "latency_measured_ms", "ms"))
+    header = [c[0] for c in columns] + ["policy"]
     body = []
     for row in ([{"id": "fp32", **baseline}] if baseline else []) + list(rows):
-        cells = [_cell(row.get(key), kind) for _, key, kind in COLUMNS]
+        cells = [_cell(row.get(key), kind) for _, key, kind in columns]
         cells.append(policy_summary(row["policy"]) if row.get("policy") else "uncompressed")
         body.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
-    lines.append("  ".join(h.rjust(w) if i < len(COLUMNS) else h for i, (h, w) in enumerate(zip(header, widths))))
+    lines.append("  ".join(h.rjust(w) if i < len(columns) else h for i, (h, w) in enumerate(zip(header, widths))))
     for cells in body:
-        lines.append("  ".join(c.rjust(w) if i < len(COLUMNS) else c for i, (c, w) in enumerate(zip(cells, widths))))
+        lines.append("  ".join(c.rjust(w) if i < len(columns) else c for i, (c, w) in enumerate(zip(cells, widths))))
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, Outcome, Task, describe, make_executor
 from autocomp.latency_table import Conditions, LatencyTable, cache_path, calibrated_table
-from autocomp.metrics import accuracy, layer_profiles
+from autocomp.metrics import accuracy, latency_batch, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
 from autocomp.optimizers import Context, LayerProfile, Optimizer, Told, make_optimizer
 from autocomp.pareto import pareto_front
@@ -469,10 +469,8 @@ def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: 
     rows = calibration if calibration is not None else (val[0][:256], val[1][:256])
     rng = np.random.default_rng(seed)
     policies = [Policy.from_params(bound, bound.sample(rng)) for _ in range(8)]
-    batch = val[0][: latency.batch_size]
-    batch = batch.repeat(-(-latency.batch_size // len(batch)), *([1] * (batch.dim() - 1)))[: latency.batch_size]
-    table = calibrated_table(model, val[0][:1], batch, conditions, policies, calibration=rows,
-                             saved=[run_dir / LatencyTable.FILE, cache_path(runs_dir, conditions)],
+    table = calibrated_table(model, val[0][:1], latency_batch(val[0], latency.batch_size), conditions, policies,
+                             calibration=rows, saved=[run_dir / LatencyTable.FILE, cache_path(runs_dir, conditions)],
                              warmup=latency.warmup, repeats=latency.repeats, log=tqdm.write)
     _save_to_cache(table, runs_dir)
     return table

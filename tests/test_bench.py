@@ -79,3 +79,22 @@ def test_bench_deep_compression_quick_on_generated_data(tmp_path, monkeypatch):
                                                           f"trial-{row['trial']}.acz").stat().st_size
         assert sum(layer["bytes"] for layer in row["layers"]) < row["size_bytes"]  # + biases and header
     assert {"labels_only_err", "distilled_err"} <= set(doc["settings"]["distillation"])
+
+
+@pytest.mark.slow
+def test_bench_latency_quick_on_generated_data(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="acray", dir="/tmp"))
+    write_fake_cifar10(tmp_path / "data" / "cifar10", rows=200)
+    assert main(["bench", "latency", "--quick", "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "runs" / "bench-latency"
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["runtime"] for r in doc["rows"]] == ["torch", "onnx"]
+    for row in doc["rows"]:
+        assert len(row["points"]) == row["candidates"] and row["budget_ms"] == 0.5 * row["baseline_ms"]
+        assert row["calibration"]["points"] == 9  # the search's calibration, reused by the prediction check
+        assert set(doc["targets"]) >= {f"{row['runtime']}_median_prediction_error_%"}
+    cached = list((out / ".cache" / "latency").glob("*.json"))
+    assert {json.loads(p.read_text())["conditions"]["runtime"] for p in cached} == {"torch", "onnx"}

@@ -206,6 +206,7 @@ def test_search_predicts_latency_and_measures_its_front(tmp_path, tiny):
         error = abs(t["metrics"]["latency_ms"] - t["latency_measured_ms"]) / t["latency_measured_ms"]
         assert error <= pareto["latency_prediction"]["max_abs_error"] + 1e-12
     assert all({"peak_activation_bytes", "energy_uj"} <= set(t.metrics) for t in result.trials)
+    assert "measured_ms" in result.table() and "front points: median error" in result.table()
     saved = json.loads((tmp_path / "r" / "latency_table.json").read_text())
     assert saved["conditions"]["batch_size"] == 4 and saved["entries"]
     # the next run on this machine finds the calibration in the cache and times no whole model again
@@ -214,3 +215,14 @@ def test_search_predicts_latency_and_measures_its_front(tmp_path, tiny):
     run2 = json.loads((tmp_path / "r2" / "run.json").read_text())
     assert run2["latency_calibration"] == run["latency_calibration"]
     assert again.latency_prediction is not None
+
+
+def test_resume_judges_trials_by_the_bounds_the_run_started_with(tmp_path, tiny):
+    model, data = tiny
+    args = dict(space=tiny_space(), seed=0, runs_dir=tmp_path, name="r", progress=False, latency=FAST,
+                constraints=[Constraint(metric="latency_ms", max="2x")])
+    autocomp.search(model, data, trials=3, **args)
+    first = json.loads((tmp_path / "r" / "run.json").read_text())["constraints_resolved"]
+    autocomp.search(model, data, trials=5, resume=True, **args)  # the baseline is timed again, differently
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["constraints_resolved"] == first and first[0]["max"] > 0

@@ -29,9 +29,9 @@ from autocomp.bench.search import SPACE_FILE
 from autocomp.compress import compress
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.latency_table import Conditions, cache_path, calibrated_table, measure_model, model_key
-from autocomp.metrics import accuracy
+from autocomp.metrics import accuracy, latency_batch
 from autocomp.policy import Policy
-from autocomp.session import load_run_model, read_spec, run_spec_search, spec_splits
+from autocomp.session import prepare_baseline, read_spec, run_spec_search, spec_splits
 from autocomp.space.spec import RunSpec
 
 RUNTIMES = ("torch", "onnx")
@@ -47,10 +47,6 @@ def _rows(splits) -> tuple[torch.Tensor, torch.Tensor]:
     return splits.train[0][:256], splits.train[1][:256]
 
 
-def _batch(x: torch.Tensor, size: int) -> torch.Tensor:
-    return x.repeat(-(-size // len(x)), *([1] * (x.dim() - 1)))[:size]
-
-
 def prediction_error(model, spec: RunSpec, splits, runtime: str, *, candidates: int, runs_dir: Path,
                      log=print) -> dict[str, Any]:
     """Median |predicted - measured| / measured over random candidates the table was not calibrated on
@@ -59,7 +55,7 @@ def prediction_error(model, spec: RunSpec, splits, runtime: str, *, candidates: 
     conditions = Conditions.here(runtime, lat.batch_size, lat.threads)
     bound = spec.space.bind(model)
     rows = _rows(splits)
-    example, batch = splits.val[0][:1], _batch(splits.val[0], lat.batch_size)
+    example, batch = splits.val[0][:1], latency_batch(splits.val[0], lat.batch_size)
     rng = np.random.default_rng(0)
     calibration_policies = [Policy.from_params(bound, bound.sample(rng)) for _ in range(8)]
     table = calibrated_table(model, example, batch, conditions, calibration_policies, calibration=rows,
@@ -67,69 +63,60 @@ def prediction_error(model, spec: RunSpec, splits, runtime: str, *, candidates: 
                              log=log)
     key = model_key(model, example)
 
-    def timed(net) -> float:
-        return statistics.median(measure_model(net, batch, conditions, calibration=rows[0], warmup=lat.warmup,
-                                               repeats=lat.repeats))
-
-    # a shared machine drifts by 10-20% over minutes: each candidate is timed beside the uncompressed
-    # model and scaled by how much the latter moved since the table was calibrated (a ratio in one run)
-    reference = timed(model)
     rng = np.random.default_rng(1)  # other candidates than the calibration's
-    errors, raw_errors, points = [], [], []
+    errors, points = [], []
     for _ in range(candidates):
         policy = Policy.from_params(bound, bound.sample(rng))
         compressed = compress(model, policy, example=example, calibration=rows)
         predicted = table.predict(compressed, example, key)
-        measured, base_now = timed(compressed), timed(model)
-        normalised = measured * reference / base_now
-        errors.append(abs(predicted - normalised) / normalised)
-        raw_errors.append(abs(predicted - measured) / measured)
-        points.append({"predicted_ms": predicted, "measured_ms": measured, "baseline_ms": base_now})
+        measured = statistics.median(measure_model(compressed, batch, conditions, calibration=rows[0],
+                                                   warmup=lat.warmup, repeats=lat.repeats))
+        errors.append(abs(predicted - measured) / measured)
+        points.append({"predicted_ms": predicted, "measured_ms": measured})
     table.save(cache_path(runs_dir, conditions))
     errors.sort()
-    log(f"{runtime}: {candidates} candidates, median error {100 * errors[len(errors) // 2]:.1f}% "
-        f"(unnormalised {100 * statistics.median(raw_errors):.1f}%)")
     return {"candidates": candidates, "median_err_%": 100 * errors[len(errors) // 2],
-            "median_err_unnormalised_%": 100 * statistics.median(raw_errors), "reference_ms": reference,
             "p90_err_%": 100 * errors[int(0.9 * (len(errors) - 1))], "max_err_%": 100 * errors[-1],
             "table_entries": len(table.entries), "calibration": table.calibrations[key], "points": points}
 
 
-def uniform_policy(bound, ratio: float) -> Policy:
+def uniform_params(bound, ratio: float) -> dict[str, Any]:
     """One channel ratio for every layer (each layer's nearest allowed value), nothing else compressed."""
-    params = {}
-    for p in bound.params:
-        params[p.name] = p.domain.nearest(ratio) if p.knob == "channels.ratio" else p.least_compressive()
-    return Policy.from_params(bound, params)
+    return {p.name: p.domain.nearest(ratio) if p.knob == "channels.ratio" else p.least_compressive()
+            for p in bound.params}
 
 
-def uniform_at_budget(model, spec: RunSpec, splits, budget_ms: float, log=print) -> dict[str, Any]:
-    """The least-compressed uniform policy whose measured latency fits the budget, fine-tuned as the
-    search's candidates are, with its test accuracy."""
+def uniform_at_budget(model, spec: RunSpec, splits, log=print) -> dict[str, Any]:
+    """The least-compressed uniform policy whose measured latency is within half the uncompressed model's,
+    fine-tuned as the search's candidates are, with its test accuracy."""
     evaluator = CompressionEvaluator(model, splits.val, latency=replace(spec.latency, table=False),
                                      calibration=_rows(splits), train=splits.train, finetune=spec.finetune)
     bound = spec.space.bind(model)
-    best = None
+    budget = 0.5 * evaluator.measured_latency(model)["latency_ms"]
     for ratio in np.arange(0.125, 0.76, 0.125):
-        policy = uniform_policy(bound, float(ratio))
+        params = uniform_params(bound, float(ratio))
+        policy = Policy.from_params(bound, params)
         compressed = compress(model, policy, example=evaluator.example, calibration=evaluator.calibration)
         measured = evaluator.measured_latency(compressed)["latency_ms"]
-        log(f"  uniform channels {ratio:.3f}: {measured:.3f} ms (budget {budget_ms:.3f})")
-        if measured <= budget_ms:
+        log(f"  uniform channels {ratio:.3f}: {measured:.3f} ms (budget {budget:.3f})")
+        if measured <= budget:
             tuned = evaluator.compressed(policy)
-            best = {"uniform_ratio": float(ratio), "uniform_ms": measured,
-                    "uniform_val_acc": accuracy(tuned, splits.val), "uniform_test_acc": accuracy(tuned, splits.test)}
-            break
-    return best or {"uniform_ratio": None, "uniform_ms": None, "uniform_val_acc": 0.0, "uniform_test_acc": 0.0}
+            return {"uniform_ratio": float(ratio), "uniform_ms": measured, "uniform_budget_ms": budget,
+                    "uniform_params": params, "uniform_val_acc": accuracy(tuned, splits.val),
+                    "uniform_test_acc": accuracy(tuned, splits.test)}
+    return {"uniform_ratio": None, "uniform_ms": None, "uniform_budget_ms": budget, "uniform_params": None,
+            "uniform_val_acc": 0.0, "uniform_test_acc": 0.0}
 
 
 def constrained_search(spec: RunSpec, runtime: str, *, trials: int, workers: int, data_dir: str | None,
-                       out: Path) -> dict[str, Any]:
-    spec = replace(spec, latency=replace(spec.latency, runtime=runtime))
+                       out: Path, initial: list[dict[str, Any]]) -> dict[str, Any]:
+    """TPE under latency_ms <= 0.5x, started (as AMC-style searches are) from the uniform policy."""
     name = f"search-{runtime}"
     shutil.rmtree(out / name, ignore_errors=True)
-    result = run_spec_search(spec, optimizer=None, trials=trials, seed=0, runs_dir=out, name=name,
-                             data_dir=data_dir, progress=False, execution={"workers": workers})
+    settings = {**spec.optimizer.settings.get("tpe", {}), "initial": initial}
+    result = run_spec_search(spec, optimizer="tpe", optimizer_settings=settings, trials=trials, seed=0,
+                             runs_dir=out, name=name, data_dir=data_dir, progress=False,
+                             execution={"workers": workers})
     budget = 0.5 * result.baseline["latency_ms"]  # the baseline's measured latency
     within = [t for t in result.pareto if result.latency_measured.get(t.id, float("inf")) <= budget]
     best = max(within, key=lambda t: t.metrics["accuracy"], default=None)
@@ -150,22 +137,23 @@ def constrained_search(spec: RunSpec, runtime: str, *, trials: int, workers: int
 def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs") -> BenchResult:
     out = Path(runs_dir) / "bench-latency"
     spec = read_spec(space_file())
-    candidates, trials, workers = (6, 6, 2) if quick else (50, 24, 2)
+    candidates, trials, workers = (6, 6, 2) if quick else (50, 30, 2)
     if quick:  # every code path in a few minutes: a short baseline, tiny fine-tuning
         spec = replace(spec, train=replace(spec.train, epochs=1), finetune=replace(spec.finetune, steps=3),
                        latency=replace(spec.latency, repeats=5, warmup=1))
     result = BenchResult("latency", {"space": str(space_file()), "candidates": candidates, "trials": trials,
                                      "workers": workers, "latency": vars(spec.latency), "quick": quick})
-    # the baseline the searches use (trained and cached by the first search's session)
     splits = spec_splits(spec, data_dir)
+    (out / "baseline").mkdir(parents=True, exist_ok=True)
+    model = prepare_baseline(spec, splits, out / "baseline", out / ".cache")  # the one the searches load
     for runtime in RUNTIMES:
         start = time.perf_counter()
-        search = constrained_search(spec, runtime, trials=trials, workers=workers, data_dir=data_dir, out=out)
-        model = load_run_model(search["run_dir"])
-        errors = prediction_error(model, replace(spec, latency=replace(spec.latency, runtime=runtime)), splits,
-                                  runtime, candidates=candidates, runs_dir=out)
-        uniform = uniform_at_budget(model, replace(spec, latency=replace(spec.latency, runtime=runtime)), splits,
-                                    search["budget_ms"])
+        spec_rt = replace(spec, latency=replace(spec.latency, runtime=runtime))
+        uniform = uniform_at_budget(model, spec_rt, splits)
+        initial = [uniform["uniform_params"]] if uniform["uniform_params"] else []
+        search = constrained_search(spec_rt, runtime, trials=trials, workers=workers, data_dir=data_dir, out=out,
+                                    initial=initial)
+        errors = prediction_error(model, spec_rt, splits, runtime, candidates=candidates, runs_dir=out)
         row = {"runtime": runtime, **errors, **search, **uniform, "minutes": (time.perf_counter() - start) / 60}
         result.rows.append(row)
         print(f"{runtime}: prediction median error {row['median_err_%']:.1f}% over {candidates}; search "
@@ -177,4 +165,4 @@ def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs
     return publish(result, COLUMNS, runs_dir)
 
 
-__all__ = ["main", "prediction_error", "uniform_at_budget", "uniform_policy"]
+__all__ = ["main", "prediction_error", "uniform_at_budget", "uniform_params"]
