@@ -6,8 +6,9 @@ Per runtime (PyTorch eager fp32, ONNX Runtime fp32):
    each then measured whole: median absolute predicted-vs-measured error (target <= 10%).
 2. A latency-constrained search (latency_ms <= 0.5x the baseline's measured latency, latency predicted by
    the table, short fine-tuning per candidate), its front measured whole; against it the uniform policy
-   (one channel ratio everywhere, fine-tuned the same way) that fits the same measured budget. Target: the
-   search's best candidate within budget (measured) is more accurate on the test split than that uniform one.
+   (one channel ratio everywhere, fine-tuned the same way) that fits the same measured budget, which is
+   also the search's first candidate. Target: the search's best candidate within budget (measured) is
+   more accurate on the test split than that uniform one.
 Latency is timed on a quiet machine: the 50 candidates one after another in this process.
 """
 
