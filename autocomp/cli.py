@@ -174,7 +174,7 @@ def cmd_finalize(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from autocomp.report import pareto_table, plot_pareto
+    from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
     from autocomp.store import RunStore
 
     store = RunStore(args.run_dir)
@@ -185,9 +185,7 @@ def cmd_report(args: argparse.Namespace) -> None:
              "latency_measured_ms": t.get("latency_measured_ms")} for t in pareto["trials"]]
     print(pareto_table(rows, baseline=pareto["baseline"]))
     if pareto.get("latency_prediction"):
-        p = pareto["latency_prediction"]
-        print(f"latency predicted by the layer table; measured on the {p['points']} front points: median error "
-              f"{100 * p['median_abs_error']:.1f}%, max {100 * p['max_abs_error']:.1f}%")
+        print(latency_prediction_line(pareto["latency_prediction"]))
     final = store.read_json("final.json")
     if final is not None:
         from autocomp.finalize import final_table

@@ -14,6 +14,7 @@ from autocomp import packed
 from autocomp.compress import compress
 from autocomp.errors import PackedFormatError
 from autocomp.policy import Policy
+from autocomp.runtimes import onnx_bytes
 from autocomp.zoo.models import build_model
 
 
@@ -101,17 +102,12 @@ def _replace_atomically(path: str | os.PathLike, write) -> int:
 def export_onnx(path: str | os.PathLike, compressed: nn.Module, example: torch.Tensor, *,
                 tolerance: float = 1e-4) -> int:
     """Write an ONNX model (dynamic batch) and check it against PyTorch with ONNX Runtime."""
-    import warnings
 
     import numpy as np
     import onnxruntime
 
     def write(target: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(compressed, (example,), target, dynamo=False, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                              opset_version=17)
+        Path(target).write_bytes(onnx_bytes(compressed, example))
         session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
         with torch.no_grad():
             expected = compressed(example).numpy()

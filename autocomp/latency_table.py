@@ -23,7 +23,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,10 +34,11 @@ import torch
 from torch import nn
 
 from autocomp.compress import compress
-from autocomp.metrics import forward_times, torch_threads
+from autocomp.metrics import cpu_name, forward_times, torch_threads
 from autocomp.policy import Policy
 from autocomp.primitives.quantize import QuantizedInput
 from autocomp.runtimes import RUNTIMES, default_engine, prepare, runnable_graph
+from autocomp.space.space import BoundSpace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,13 +66,7 @@ def machine_key() -> str:
     """The CPU model, core count and runtime versions: a table measured elsewhere is not reused."""
     import onnxruntime
 
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}; onnxruntime {onnxruntime.__version__}"
+    return f"{cpu_name()}; {os.cpu_count()} cores; torch {torch.__version__}; onnxruntime {onnxruntime.__version__}"
 
 
 @dataclass(frozen=True)
@@ -242,6 +236,13 @@ def measure_model(model: nn.Module, batch: torch.Tensor, conditions: Conditions,
     return time_runner(run, batch, threads=conditions.threads, warmup=warmup, repeats=repeats)
 
 
+def calibration_policies(bound: BoundSpace, seed: int, count: int = 8) -> list[Policy]:
+    """The random policies of the space a model's calibration is fit on (seeded: a run and the bench that
+    checks it draw the same ones, so candidates drawn with another seed are unseen by the fit)."""
+    rng = np.random.default_rng(seed)
+    return [Policy.from_params(bound, bound.sample(rng)) for _ in range(count)]
+
+
 def cache_path(runs_dir: str | os.PathLike, conditions: Conditions) -> Path:
     """Where this machine keeps its table for `conditions`, reused by every run under `runs_dir`."""
     return Path(runs_dir) / ".cache" / "latency" / f"{conditions.runtime}-{conditions.key()}.json"
@@ -269,5 +270,5 @@ def calibrated_table(model: nn.Module, example: torch.Tensor, batch: torch.Tenso
     return table
 
 
-__all__ = ["Conditions", "LatencyTable", "Unit", "cache_path", "calibrated_table", "machine_key", "measure_model",
-           "model_key", "units"]
+__all__ = ["Conditions", "LatencyTable", "Unit", "cache_path", "calibrated_table", "calibration_policies",
+           "machine_key", "measure_model", "model_key", "units"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,13 +131,15 @@ def interleaved_latency(reference: Callable[[torch.Tensor], Any], candidate: Cal
     return r, c, r / c
 
 
-def measure_latency(
-    model: nn.Module, example: torch.Tensor, *, threads: int = 1, warmup: int = 10, repeats: int = 50
-) -> dict[str, float]:
-    """Median and interquartile range (ms) of a forward pass at `example`, after warm-up."""
-    with torch_threads(threads):
-        times = forward_times(model, example, warmup=warmup, repeats=repeats)
-    return latency_stats(times)
+def cpu_name() -> str:
+    """The CPU model this runs on (what a latency was measured on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def latency_stats(times: list[float]) -> dict[str, float]:

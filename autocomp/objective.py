@@ -46,7 +46,9 @@ class Constraint:
             if self.metric not in baseline:
                 raise ValueError(f"constraint on '{self.metric}': bound {bound} is relative to the baseline, "
                                  "which has no such metric")
-            return float(bound.removesuffix("x")) * float(baseline[self.metric])
+            from autocomp.space.spec import parse_bound  # the file schema's bound syntax
+
+            return parse_bound(bound) * float(baseline[self.metric])
 
         return Constraint(metric=self.metric, min=absolute(self.min), max=absolute(self.max))
 

@@ -66,6 +66,12 @@ def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] 
     return "\n".join(lines)
 
 
+def latency_prediction_line(prediction: Mapping[str, Any]) -> str:
+    """How far the layer table's latencies were from the front points timed whole (pareto.json's summary)."""
+    return (f"latency predicted by the layer table; measured on the {prediction['points']} front points: median "
+            f"error {100 * prediction['median_abs_error']:.1f}%, max {100 * prediction['max_abs_error']:.1f}%")
+
+
 def plot_pareto(
     path: str | os.PathLike,
     trials: Sequence[Mapping[str, Any]],

@@ -28,13 +28,13 @@ from autocomp import early_stop
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, Outcome, Task, describe, make_executor
-from autocomp.latency_table import Conditions, LatencyTable, cache_path, calibrated_table
-from autocomp.metrics import accuracy, latency_batch, layer_profiles
+from autocomp.latency_table import Conditions, LatencyTable, cache_path, calibrated_table, calibration_policies
+from autocomp.metrics import accuracy, cpu_name, latency_batch, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
 from autocomp.optimizers import Context, LayerProfile, Optimizer, Told, make_optimizer
 from autocomp.pareto import pareto_front
 from autocomp.policy import Policy
-from autocomp.report import pareto_table, plot_pareto
+from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
 from autocomp.space.space import BoundSpace, SearchSpace
 from autocomp.space.spec import (
     DEFAULT_EXECUTION,
@@ -105,9 +105,7 @@ class SearchResult:
                 for t in self.pareto]
         text = pareto_table(rows, baseline=self.baseline)
         if self.latency_prediction:
-            p = self.latency_prediction
-            text += (f"\nlatency predicted by the layer table; measured on the {p['points']} front points: median "
-                     f"error {100 * p['median_abs_error']:.1f}%, max {100 * p['max_abs_error']:.1f}%")
+            text += "\n" + latency_prediction_line(self.latency_prediction)
         return text
 
 
@@ -120,16 +118,8 @@ def front_of(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[T
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+        "cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
         "torch": torch.__version__, "autocomp": autocomp.__version__, "torch_threads": torch.get_num_threads(),
     }
 
@@ -463,13 +453,10 @@ def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: 
                    seed: int, run_dir: Path, runs_dir: Path) -> LatencyTable:
     """The run's layer table (on resume its own), else the machine's cached one, calibrated for `model` on
     the uncompressed model and 8 random policies of the space when it is not yet."""
-    import numpy as np
-
     conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
     rows = calibration if calibration is not None else (val[0][:256], val[1][:256])
-    rng = np.random.default_rng(seed)
-    policies = [Policy.from_params(bound, bound.sample(rng)) for _ in range(8)]
-    table = calibrated_table(model, val[0][:1], latency_batch(val[0], latency.batch_size), conditions, policies,
+    table = calibrated_table(model, val[0][:1], latency_batch(val[0], latency.batch_size), conditions,
+                             calibration_policies(bound, seed),
                              calibration=rows, saved=[run_dir / LatencyTable.FILE, cache_path(runs_dir, conditions)],
                              warmup=latency.warmup, repeats=latency.repeats, log=tqdm.write)
     _save_to_cache(table, runs_dir)

@@ -29,7 +29,14 @@ from autocomp.bench.common import BenchResult, publish
 from autocomp.bench.search import SPACE_FILE
 from autocomp.compress import compress
 from autocomp.evaluate import CompressionEvaluator
-from autocomp.latency_table import Conditions, cache_path, calibrated_table, measure_model, model_key
+from autocomp.latency_table import (
+    Conditions,
+    cache_path,
+    calibrated_table,
+    calibration_policies,
+    measure_model,
+    model_key,
+)
 from autocomp.metrics import accuracy, latency_batch
 from autocomp.policy import Policy
 from autocomp.session import prepare_baseline, read_spec, run_spec_search, spec_splits
@@ -57,9 +64,8 @@ def prediction_error(model, spec: RunSpec, splits, runtime: str, *, candidates: 
     bound = spec.space.bind(model)
     rows = _rows(splits)
     example, batch = splits.val[0][:1], latency_batch(splits.val[0], lat.batch_size)
-    rng = np.random.default_rng(0)
-    calibration_policies = [Policy.from_params(bound, bound.sample(rng)) for _ in range(8)]
-    table = calibrated_table(model, example, batch, conditions, calibration_policies, calibration=rows,
+    # the policies the search (seed 0) calibrated on: the fit is found in the cache, not made again
+    table = calibrated_table(model, example, batch, conditions, calibration_policies(bound, 0), calibration=rows,
                              saved=[cache_path(runs_dir, conditions)], warmup=lat.warmup, repeats=lat.repeats,
                              log=log)
     key = model_key(model, example)
