@@ -1,4 +1,4 @@
-"""The `autocomp` command: search | resume | export | report."""
+"""The `autocomp` command: search | check | resume | export | finalize | report | bench."""
 
 from __future__ import annotations
 
@@ -66,6 +66,12 @@ def _add_execution_args(p: argparse.ArgumentParser) -> None:
                    help="fail an evaluation that runs longer")
 
 
+def _add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="let model.weights be a whole pickled module (unpickling runs code from the file); "
+                        "by default only tensors are read")
+
+
 def _execution_overrides(args: argparse.Namespace) -> dict:
     given = {"executor": args.executor, "workers": args.workers, "threads": args.threads, "address": args.address,
              "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "timeout": args.trial_timeout}
@@ -91,8 +97,20 @@ def cmd_search(args: argparse.Namespace) -> None:
     result = run_spec_search(spec, optimizer=args.optimizer, trials=args.trials, seed=args.seed,
                              runs_dir=args.runs_dir, name=args.name, data_dir=args.data_dir,
                              progress=not args.quiet, seed_from=args.seed_from,
-                             execution=_execution_overrides(args))
+                             execution=_execution_overrides(args), trust_code=args.trust_model_code)
     _print_result(result)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from autocomp.session import check_search, read_spec
+
+    space = Path(args.space) if args.space else default_space()
+    checked = check_search(read_spec(space), optimizer=args.optimizer, data_dir=args.data_dir,
+                           execution=_execution_overrides(args), trust_code=args.trust_model_code)
+    splits = checked.splits
+    print(f"{space}: ok: {checked.params} searched parameters, optimizer {checked.optimizer}, "
+          f"{checked.execution.executor} executor, data {splits.description} (train {len(splits.train[1])}, "
+          f"val {len(splits.val[1])}, test {len(splits.test[1])}); nothing was written")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
@@ -228,8 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: <space>-<timestamp>)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_trust_arg(p)
     _add_execution_args(p)
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("check", help="validate a search-space file, its data and model; writes nothing")
+    p.add_argument("space", nargs="?", help=f"search-space YAML (default: built-in {DEFAULT_SPACE})")
+    p.add_argument("--data-dir", help="dataset folder (the dataset's own, or a parent holding mnist/ ...)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="check this optimizer's settings instead")
+    _add_trust_arg(p)
+    _add_execution_args(p)
+    p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("resume", help="continue a killed or finished run")
     p.add_argument("run_dir")
@@ -278,12 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """The message with control characters escaped (a key in a file may hold a newline): one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except AutocompError as err:
-        print(f"autocomp: error: {err}", file=sys.stderr)
+        print(f"autocomp: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full or read-only disk, a vanished file: the OS's words, with the path
+        print(f"autocomp: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autocomp: interrupted; the run directory is intact: `autocomp resume` continues it",

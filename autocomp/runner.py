@@ -299,6 +299,16 @@ def _as_data(data: Any, what: str) -> Data:
     return torch.cat(xs), torch.cat(ys)
 
 
+def check_optimizer(optimizer: str, settings: Mapping[str, Any], bound: BoundSpace, model: nn.Module,
+                    inputs: torch.Tensor, *, directions: Sequence[str], seed: int) -> tuple[LayerProfile, ...]:
+    """Build the optimizer once on the bound space, so bad settings fail before anything is written;
+    returns the layer profiles it was given (the run's own optimizer is built later with its workdir)."""
+    profiles = tuple(LayerProfile(**row) for row in layer_profiles(model, inputs) if row["name"] in bound.layers)
+    make_optimizer(optimizer, bound, directions=list(directions), seed=seed, context=Context(layers=profiles),
+                   **dict(settings))
+    return profiles
+
+
 def search(
     model: nn.Module,
     val_data: Any,
@@ -355,10 +365,8 @@ def search(
     calibration = _as_data(calibration_data, "calibration_data") if calibration_data is not None else None
     bound = space.bind(model)
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
-    # the optimizer is built once before anything is written, so bad settings leave no run directory
-    profiles = tuple(LayerProfile(**row) for row in layer_profiles(model, val[0]) if row["name"] in bound.layers)
     directions, settings = [o.direction for o in objectives], dict(optimizer_settings or {})
-    make_optimizer(optimizer, bound, directions=directions, seed=seed, context=Context(layers=profiles), **settings)
+    profiles = check_optimizer(optimizer, settings, bound, model, val[0], directions=directions, seed=seed)
     # what must not change between a run and its resumption, or the journal would mix two searches
     signature = {
         "optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
@@ -491,4 +499,4 @@ def trial_record(run_dir: str | os.PathLike, trial_id: int) -> dict[str, Any]:
     raise RunError(f"{run_dir}: no trial with id {trial_id}")
 
 
-__all__ = ["SearchResult", "Trial", "finalize", "front_of", "run_loop", "search"]
+__all__ = ["SearchResult", "Trial", "check_optimizer", "finalize", "front_of", "run_loop", "search"]

@@ -7,13 +7,15 @@ anything is written, so a bad input leaves no half-made run directory behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.metrics import accuracy
 from autocomp.objective import Constraint, Objective
 from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
-from autocomp.runner import SearchResult, search
+from autocomp.runner import SearchResult, check_optimizer, search
 from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.space.spec import ExecutionSpec, RunSpec
 from autocomp.store import write_atomic
@@ -41,21 +43,47 @@ def calibration_rows(splits: Splits, run_dir: Path) -> tuple[torch.Tensor, torch
         rows = torch.load(path, weights_only=True)
         return rows["inputs"], rows["labels"]
     x, y = splits.train[0][:256].clone(), splits.train[1][:256].clone()
-    tmp = path.with_suffix(".tmp")
-    torch.save({"inputs": x, "labels": y}, tmp)
-    os.replace(tmp, path)
+    save_tensors(path, {"inputs": x, "labels": y})
     return x, y
+
+
+def save_tensors(path: Path, tensors: Any) -> None:
+    """torch.save into memory, then one atomic write: a full disk gives a clear RunError, not torch's
+    "unexpected pos" from a half-written zip, and never a truncated file under the real name."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def read_spec(path: str | os.PathLike) -> RunSpec:
     return load_run_spec(path, models=MODELS, datasets=DATASETS)
 
 
-def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+TRUST_FLAG = "--trust-model-code"
+
+
+def _load_weights(model: nn.Module, path: str | os.PathLike, *, trust_code: bool = False) -> None:
+    """Load a state_dict (or, with `trust_code`, a whole pickled module's weights) into `model`.
+
+    Without `trust_code` torch's weights-only unpickler reads tensors and containers and refuses any other
+    object, so a file can't run code; a pickled nn.Module needs the user's explicit --trust-model-code.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+        state = torch.load(path, map_location="cpu", weights_only=not trust_code)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line), None)  # a class or function it won't load
+        if refused is None:  # not a pickle of objects: a torn or foreign file
+            raise AutocompError(f"cannot load weights '{path}' into the model: {lines[-1] if lines else err}") from err
+        raise AutocompError(f"model.weights '{path}' holds pickled objects beyond tensors, which autocomp does "
+                            f"not unpickle unless you pass {TRUST_FLAG} ({refused})") from None
+    except Exception as err:  # any unreadable file is the user's input, not a crash
+        raise AutocompError(f"cannot load weights '{path}' into the model: {err}") from err
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    try:
         model.load_state_dict(state)
-    except Exception as err:  # any unreadable or mismatched file is the user's input, not a crash
+    except Exception as err:
         raise AutocompError(f"cannot load weights '{path}' into the model: {err}") from err
 
 
@@ -65,14 +93,17 @@ def _baseline_key(spec: RunSpec, splits: Splits) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Path, log=print) -> nn.Module:
-    """The model to compress: its given weights, the run's saved baseline, a cached one, or trained now."""
+def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Path, log=print, *,
+                     trust_code: bool = False) -> nn.Module:
+    """The model to compress: the run's saved baseline, its given weights, a cached one, or trained now.
+    Whichever it is, the run keeps it as baseline.pt (a state_dict), the one file later commands load."""
     model = build_model(spec.model.name, spec.model.kwargs)
     saved = run_dir / BASELINE
-    if spec.model.weights:
-        _load_weights(model, spec.model.weights)
-    elif saved.is_file():
+    if saved.is_file():
         _load_weights(model, saved)
+    elif spec.model.weights:
+        _load_weights(model, spec.model.weights, trust_code=trust_code)
+        save_tensors(saved, model.state_dict())
     else:
         cached = cache_dir / f"baseline-{_baseline_key(spec, splits)}.pt"
         if cached.is_file():
@@ -82,22 +113,21 @@ def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Pa
             start = time.perf_counter()
             log(f"baseline: training {spec.model.name} for {spec.train.epochs} epochs (seed {spec.train.seed})")
             train_baseline(model, splits.train, spec.train)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, cached)
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RunError(f"cannot create '{cache_dir}': {err.strerror or err}") from err
+            save_tensors(cached, model.state_dict())
             log(f"baseline: trained in {time.perf_counter() - start:.1f} s")
-        tmp = saved.with_suffix(".tmp")
-        shutil.copyfile(cached, tmp)
-        os.replace(tmp, saved)  # a kill mid-copy must not leave a truncated baseline behind
+        write_atomic(saved, cached.read_bytes())  # a kill mid-copy must not leave a truncated baseline behind
     return model.eval()
 
 
-def check_model(spec: RunSpec, splits: Splits) -> nn.Module:
+def check_model(spec: RunSpec, splits: Splits, *, trust_code: bool = False) -> nn.Module:
     """Build the model, load given weights, and run it on a few rows: mismatches surface before any write."""
     model = build_model(spec.model.name, spec.model.kwargs)
     if spec.model.weights:
-        _load_weights(model, spec.model.weights)
+        _load_weights(model, spec.model.weights, trust_code=trust_code)
     x, y = splits.val
     try:
         with torch.no_grad():
@@ -158,14 +188,56 @@ def execution_spec(spec: RunSpec, overrides: dict[str, Any] | None = None) -> Ex
     return execution
 
 
+@dataclass(frozen=True)
+class CheckedSearch:
+    """What a search-space file resolves to once every check a search makes before writing has passed."""
+
+    optimizer: str
+    optimizer_settings: dict[str, Any]
+    execution: ExecutionSpec
+    splits: Splits
+    data_dir: str | None
+    model: nn.Module
+    params: int  # searched parameters of the bound space
+
+
+def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_settings: dict[str, Any] | None = None,
+                 seed_from: str | None = None, execution: dict[str, Any] | None = None,
+                 data_dir: str | None = None, seed: int = 0, trust_code: bool = False) -> CheckedSearch:
+    """Every check `search` makes before it writes anything (`autocomp check` runs exactly these):
+    optimizer name and settings, execution, data, the model on its inputs, layer selectors."""
+    check_optimizer_spec(spec)
+    executing = execution_spec(spec, execution)
+    optimizer = optimizer or spec.optimizer.name or "random"
+    if optimizer_settings is None:
+        optimizer_settings = dict(spec.optimizer.settings.get(optimizer, {}))
+    if seed_from:
+        if "initial" not in optimizer_class(optimizer).SETTINGS:
+            seeded = sorted(n for n in OPTIMIZERS if "initial" in optimizer_class(n).SETTINGS)
+            raise AutocompError(f"--seed-from: optimizer '{optimizer}' takes no initial candidates "
+                                f"(those that do: {', '.join(seeded)})")
+        optimizer_settings["initial"] = list(optimizer_settings.get("initial", [])) + front_params(seed_from)
+    data_dir = data_dir or spec.data.dir
+    splits = spec_splits(spec, data_dir)
+    model = check_model(spec, splits, trust_code=trust_code)
+    bound = spec.space.bind(model)
+    check_optimizer(optimizer, optimizer_settings, bound, model, splits.val[0][:1],
+                    directions=[o.direction for o in spec.objectives], seed=seed)
+    return CheckedSearch(optimizer=optimizer, optimizer_settings=optimizer_settings, execution=executing,
+                         splits=splits, data_dir=data_dir, model=model, params=len(bound.params))
+
+
 @contextmanager
 def _removed_unless_started(run_dir: Path) -> Iterator[None]:
     """Make `run_dir`; if what follows fails before the run has begun (no run.json), leave nothing behind."""
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create run directory '{run_dir}': {err.strerror or err}") from err
     try:
         yield
-    except AutocompError:
+    except (AutocompError, OSError):
         if created and not (run_dir / "run.json").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -185,6 +257,7 @@ def run_spec_search(
     optimizer_settings: dict[str, Any] | None = None,
     seed_from: str | None = None,
     execution: dict[str, Any] | None = None,
+    trust_code: bool = False,
     log=print,
 ) -> SearchResult:
     """Search as a search-space file describes; `resume` continues the run already in runs_dir/name.
@@ -193,19 +266,10 @@ def run_spec_search(
     file's block of that name unless given (resume passes the run's own), plus `initial` candidates from
     `seed_from` (a finished run's Pareto front). `execution` overrides the file's execution block.
     """
-    check_optimizer_spec(spec)
-    executing = execution_spec(spec, execution)
-    optimizer = optimizer or spec.optimizer.name or "random"
-    if optimizer_settings is None:
-        optimizer_settings = dict(spec.optimizer.settings.get(optimizer, {}))
-    if seed_from:
-        if "initial" not in optimizer_class(optimizer).SETTINGS:
-            seeded = sorted(n for n in OPTIMIZERS if "initial" in optimizer_class(n).SETTINGS)
-            raise AutocompError(f"--seed-from: optimizer '{optimizer}' takes no initial candidates "
-                                f"(those that do: {', '.join(seeded)})")
-        optimizer_settings["initial"] = list(optimizer_settings.get("initial", [])) + front_params(seed_from)
-    data_dir = data_dir or spec.data.dir
-    splits = spec_splits(spec, data_dir)
+    checked = check_search(spec, optimizer=optimizer, optimizer_settings=optimizer_settings, seed_from=seed_from,
+                           execution=execution, data_dir=data_dir, seed=seed, trust_code=trust_code)
+    optimizer, optimizer_settings, splits, data_dir = (checked.optimizer, checked.optimizer_settings,
+                                                       checked.splits, checked.data_dir)
     name = name or f"{Path(spec.source or 'run').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(runs_dir) / name
     if not resume and (run_dir / "run.json").exists():
@@ -213,12 +277,11 @@ def run_spec_search(
                        "or choose another --name")
     if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
         raise RunError(f"--runs-dir '{runs_dir}' is not a directory")
-    check_model(spec, splits)
     log(f"data: {splits.description}: train {len(splits.train[1])}, val {len(splits.val[1])}, "
         f"test {len(splits.test[1])}")
     objectives, constraints = _objectives(spec)
     with _removed_unless_started(run_dir):
-        model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log)
+        model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log, trust_code=trust_code)
         log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}, test accuracy "
             f"{accuracy(model, splits.test):.4f}")
         model_ref = {"name": spec.model.name, "kwargs": dict(spec.model.kwargs)}
@@ -236,7 +299,7 @@ def run_spec_search(
             model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
             objectives=objectives, constraints=constraints,
             optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
-            test_data=splits.test, latency=spec.latency, execution=executing,
+            test_data=splits.test, latency=spec.latency, execution=checked.execution,
             train_data=splits.train if spec.finetune.epochs > 0 else None, finetune=spec.finetune,
             runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
             model_ref=model_ref,
@@ -274,6 +337,8 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
         raise RunError(f"{run_dir}: started from Python with a user model; resume it with "
                        "autocomp.search(..., resume=True)")
     spec = run_spec(run_dir)
+    if spec.model.weights and (run_dir / BASELINE).is_file():  # the run's own copy, read as weights only
+        spec = replace(spec, model=replace(spec.model, weights=str(run_dir / BASELINE)))
     settings = info["settings"]
     if trials and trials != settings["trials"]:  # remembered, so a plain resume after a kill keeps it
         settings["trials"] = trials
@@ -309,7 +374,9 @@ def load_run_model(run_dir: str | os.PathLike) -> nn.Module:
     run_dir = Path(run_dir)
     spec = run_spec(run_dir)
     model = build_model(spec.model.name, spec.model.kwargs)
-    weights = Path(spec.model.weights) if spec.model.weights else run_dir / BASELINE
+    weights = run_dir / BASELINE
+    if not weights.is_file() and spec.model.weights:  # a run from before baseline.pt was always written
+        weights = Path(spec.model.weights)
     if not weights.is_file():
         raise RunError(f"{run_dir}: baseline weights '{weights}' are missing")
     _load_weights(model, weights)

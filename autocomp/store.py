@@ -21,11 +21,15 @@ CHECKPOINT = "checkpoint.json"
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temporary file and rename, so readers see the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # a full or read-only disk: the old file stays, the half-written one goes
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write '{path}': {err.strerror or err}") from err
 
 
 class RunStore:
@@ -114,9 +118,18 @@ class RunStore:
     def append(self, record: dict[str, Any]) -> None:
         if self._journal is None:
             self._journal = open(self.path / JOURNAL, "ab")  # noqa: SIM115 - kept open for appends
-        self._journal.write(json.dumps(record, default=_jsonable).encode() + b"\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        end = self._journal.seek(0, os.SEEK_END)
+        try:
+            self._journal.write(json.dumps(record, default=_jsonable).encode() + b"\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+        except OSError as err:  # disk full: cut what got through, so the journal ends on a whole line
+            self._journal.close()
+            self._journal = None
+            with open(self.path / JOURNAL, "r+b") as f:
+                f.truncate(end)
+            raise RunError(f"cannot append to '{self.path / JOURNAL}': {err.strerror or err}; every trial "
+                           f"before this one is kept: free space, then `autocomp resume {self.path}`") from err
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.write_json(CHECKPOINT, state)

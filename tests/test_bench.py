@@ -98,3 +98,23 @@ def test_bench_latency_quick_on_generated_data(tmp_path, monkeypatch):
         assert set(doc["targets"]) >= {f"{row['runtime']}_median_prediction_error_%"}
     cached = list((out / ".cache" / "latency").glob("*.json"))
     assert {json.loads(p.read_text())["conditions"]["runtime"] for p in cached} == {"torch", "onnx"}
+
+
+def test_soak_in_process_journals_every_trial_once_and_writes_the_exact_front(tmp_path):
+    from autocomp.bench.soak import soak, sweep_front
+
+    row = soak("inprocess", tmp_path / "soak", trials=300, every=30, workers=1)
+    assert row["trials"] == 300 and row["journal_ok"] and row["pareto_ok"] and row["front"] > 3
+    assert row["driver_fd_growth"] == 0  # the journal, checkpoint and /proc reads close what they open
+    # the independent front: a point dominated on both objectives is out, duplicates of a front point are in
+    records = [{"id": i, "metrics": {"accuracy": a, "size_bytes": s}}
+               for i, (a, s) in enumerate([(0.9, 10), (0.8, 5), (0.8, 12), (0.9, 10), (0.7, 5)])]
+    assert sweep_front(records) == {0, 1, 3}
+
+
+@pytest.mark.slow
+def test_bench_soak_quick(tmp_path, capsys):
+    assert main(["bench", "soak", "--quick", "--runs-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "bench-soak" / "results.json").read_text())
+    assert [r["executor"] for r in doc["rows"]] == ["inprocess", "ray 2x1"]
+    assert all(r["journal_ok"] and r["pareto_ok"] for r in doc["rows"])

@@ -90,6 +90,24 @@ def test_workers_give_the_metrics_of_a_direct_call_and_stop_on_close(ray_tmp, ti
     assert any(p.name.startswith("raylet") for p in (tmp_path / "logs").iterdir())  # Ray's logs were kept
 
 
+def test_a_local_ray_listens_on_loopback_only(ray_tmp, tiny, tmp_path):
+    import psutil  # Ray ships it (ray/thirdparty_files), on the path once ray is imported
+
+    model, data = tiny
+    executor = RayExecutor(CompressionEvaluator(model, data, latency=FAST), workers=1)
+    try:
+        assert executor.worker_info()
+        ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+        listening = {(c.laddr.ip, c.pid) for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.pid in ours}
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    finally:
+        executor.close()
+    assert len({pid for _, pid in listening}) >= 2  # the GCS and the raylet at least
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # put back after the start
+
+
 def test_raise_nan_timeout_and_killed_workers_are_failed_trials_and_the_rest_complete(ray_tmp, tiny, tmp_path):
     model, data = tiny
     policies = sample_policies(tiny_space().bind(model), 8)

@@ -14,6 +14,8 @@ import socket
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,32 @@ def ray_environment() -> None:
     """Ray settings this project needs: no auth prompt, no usage reporting."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local Ray starts: make it listen on 127.0.0.1 only.
+
+    Ray on Linux turns a node IP of 127.0.0.1 into the machine's reachable address, and its servers then
+    listen on every interface; with its "clusters enabled" switch off it keeps the loopback address and
+    binds only that. The switch is read at call time in this process (the module constant) and from the
+    environment by the processes Ray spawns now; both are put back afterwards.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_constant = os.environ.get(_CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTERS_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(_CLUSTERS_ENV, None)
+        else:
+            os.environ[_CLUSTERS_ENV] = saved_env
+
+
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def process_rss_bytes() -> int:
@@ -177,8 +205,9 @@ class RayExecutor:
         else:
             # a short private directory: Ray's socket paths must stay under the Unix limit
             self._temp_dir = tempfile.mkdtemp(prefix="autocomp-ray-", dir=os.environ.get("RAY_TMPDIR"))
-            ray.init(num_cpus=usable_cores(), include_dashboard=False, _temp_dir=self._temp_dir,
-                     _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+            with _loopback_only():
+                ray.init(num_cpus=usable_cores(), include_dashboard=False, _temp_dir=self._temp_dir,
+                         _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
         self._connected = True
 
     def _disconnect(self) -> None:

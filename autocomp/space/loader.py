@@ -141,20 +141,25 @@ _Loader.add_implicit_resolver(
 
 
 def _read_yaml(text: str, file: str) -> Any:
-    loader = _Loader(text)
-    loader.file = file
+    loader = None
     try:
+        loader = _Loader(text)  # it checks the characters first: a NUL or a control byte fails here
+        loader.file = file
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
         raise SpaceError(f"invalid YAML: {problem}", file=file, line=_line(mark) if mark else None) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpaceError(f"invalid YAML: character {exc.character:#06x} is not allowed", file=file,
+                         line=text[: exc.position].count("\n") + 1) from None
     except yaml.YAMLError as exc:
-        raise SpaceError(f"invalid YAML: {exc}", file=file) from None
+        raise SpaceError(f"invalid YAML: {' '.join(str(exc).split())}", file=file) from None
     except RecursionError:
         raise SpaceError("invalid YAML: nested too deeply", file=file) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -694,6 +699,9 @@ class _Parser:
             step = self.optional(value, "step", key, self.at_least(1), 1)
             if log and (low < 1 or step != 1):
                 raise self.fail("a log int range needs low >= 1 and no step", line=line, key=key, value=value)
+            if high > low and step > high - low:  # Optuna would quietly shrink the range to its low end
+                raise self.fail(f"step {step} is wider than the range [{low}, {high}]", line=line, key=key,
+                                value=value)
             domain = IntRange(low=low, high=high, step=step, log=log)
         else:
             step = self.optional(value, "step", key, self.positive, None)
@@ -701,6 +709,9 @@ class _Parser:
                 raise self.fail("a float range takes step or log, not both", line=line, key=key, value=value)
             if log and low <= 0:
                 raise self.fail("a log float range needs low > 0", line=line, key=key, value=value)
+            if step is not None and high > low and step > high - low:
+                raise self.fail(f"step {step} is wider than the range [{low}, {high}]", line=line, key=key,
+                                value=value)
             domain = FloatRange(low=low, high=high, step=step, log=log)
         self.check_range(low, high, lines, key, allowed)
         return domain
