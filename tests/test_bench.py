@@ -118,3 +118,52 @@ def test_bench_soak_quick(tmp_path, capsys):
     doc = json.loads((tmp_path / "bench-soak" / "results.json").read_text())
     assert [r["executor"] for r in doc["rows"]] == ["inprocess", "ray 2x1"]
     assert all(r["journal_ok"] and r["pareto_ok"] for r in doc["rows"])
+
+
+def test_architectures_arms_differ_only_by_the_substitution_knobs():
+    from autocomp.bench.architectures import space_file, union_front, without_substitution
+    from autocomp.session import read_spec
+    from autocomp.zoo import build_model
+
+    for model in ("lenet5", "resnet20"):
+        spec = read_spec(space_file(model))
+        full = spec.space.bind(build_model(model)).params
+        plain = without_substitution(spec).space.bind(build_model(model)).params
+        assert any(p.knob.startswith("substitute.") for p in full)
+        assert [p for p in full if not p.knob.startswith("substitute.")] == list(plain)
+    points = [("a", 0.9, 10.0), ("b", 0.9, 8.0), ("a", 0.95, 20.0), ("b", 0.80, 9.0), ("a", 0.7, 1.0)]
+    assert sorted(union_front(points)) == [("a", 0.7, 1.0), ("a", 0.95, 20.0), ("b", 0.9, 8.0)]
+
+
+def test_architecture_latency_is_compared_within_a_run_and_the_drift_between_runs_is_measured():
+    from types import SimpleNamespace
+
+    from autocomp.bench.architectures import latency_checks
+
+    def trial(block, ms):
+        return SimpleNamespace(params={"conv2.substitute.block": block, "conv2.prune.ratio": 0.5},
+                               metrics={"latency_ms": ms})
+
+    substitution = {"complete": [trial("dwsep", 0.4), trial("fire", 0.6), trial("none", 1.0), trial("none", 1.2)]}
+    plain = {"complete": [SimpleNamespace(params={"conv2.prune.ratio": 0.1}, metrics={"latency_ms": ms})
+                          for ms in (0.9, 1.0, 1.1)]}
+    checks = latency_checks([substitution, plain])
+    assert checks["substituted_over_unchanged_same_run"] == pytest.approx(0.5 / 1.1)
+    assert checks["drift_between_runs"] == pytest.approx(1.1 / 1.0)
+
+
+@pytest.mark.slow
+def test_bench_architectures_quick_on_generated_data(tmp_path, capsys):
+    write_fake_mnist(tmp_path / "data" / "mnist", n_train=300, n_test=100)
+    write_fake_cifar10(tmp_path / "data" / "cifar10", rows=100)
+    assert main(["bench", "architectures", "--quick", "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "bench-architectures" / "results.json").read_text())
+    assert [(r["model"], r["arm"]) for r in doc["rows"]] == [
+        ("lenet5", "substitution"), ("lenet5", "prune+quantize"), ("resnet20", "substitution"),
+        ("resnet20", "prune+quantize")]
+    for model in ("lenet5", "resnet20"):
+        assert (tmp_path / "bench-architectures" / f"{model}.png").stat().st_size > 10_000
+        union = doc["settings"][model]["union_front"]["size_bytes"]
+        rows = [r for r in doc["rows"] if r["model"] == model]
+        assert sum(r["union_size_points"] for r in rows) == len(union)

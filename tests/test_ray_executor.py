@@ -206,15 +206,20 @@ def test_driver_killed_with_sigkill_resumes_on_ray_with_nothing_lost(cli_run, tm
 
 def test_ctrl_c_stops_the_run_within_seconds_with_workers_shut_down(cli_run, tmp_path):
     run_dir = tmp_path / "stop"
+    # SIGINT as a terminal's foreground job has it: a suite started in the background (`cmd &` in a script)
+    # runs with SIGINT ignored, which its children would inherit, and Python then never raises on Ctrl-C
     proc = subprocess.Popen(cli("search", str(tmp_path / "space.yaml"), "--name", "stop", "--trials", "400",
-                                *cli_run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                *cli_run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(run_dir, 3, proc)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    start = time.time()
+    start, at_signal = time.time(), len(journal(run_dir))
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the driver, Ray and the workers alike
     _, err = proc.communicate(timeout=60)
-    # a bound against hanging, not a timing claim: Ray's shutdown took 16 s under the full suite's load
-    assert time.time() - start < 30 and proc.returncode == 130, err.decode()[-2000:]
+    took = time.time() - start
+    assert took < 15 and proc.returncode == 130, (
+        f"rc {proc.returncode} after {took:.1f} s; journal {at_signal} -> {len(journal(run_dir))} lines; "
+        f"stderr: {err.decode()[-2000:]}")
     records = journal(run_dir)
     assert len(records) >= 3 and len({r["id"] for r in records}) == len(records)
     assert all(r["status"] == "complete" for r in records), "an interrupted evaluation is not a failed trial"

@@ -2,4 +2,5 @@
 
 BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.search",
            "parallel": "autocomp.bench.parallel", "deep-compression": "autocomp.bench.deep_compression",
-           "latency": "autocomp.bench.latency", "soak": "autocomp.bench.soak"}
+           "latency": "autocomp.bench.latency", "soak": "autocomp.bench.soak",
+           "architectures": "autocomp.bench.architectures"}

@@ -109,6 +109,33 @@ class LowRank(PrimitiveConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Substitute(PrimitiveConfig):
+    """An efficient block in place of one Conv2d: `dwsep` (MobileNet: depthwise kxk with `multiplier`
+    filters per input channel, then 1x1), `fire` (SqueezeNet: 1x1 squeeze to ceil(squeeze * in) channels,
+    then 1x1 and kxk expands, `expand3` of the outputs on the kxk one), `shuffle` (ShuffleNet: a 1x1 conv
+    as a grouped 1x1 conv of `groups` groups and a channel shuffle). "none" keeps the layer.
+    """
+
+    NAME: ClassVar[str] = "substitute"
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ("Conv2d",)
+    KNOBS: ClassVar[dict[str, KnobRange]] = {
+        "block": KnobRange(kind=str, extra=("none", "dwsep", "fire", "shuffle")),
+        "multiplier": KnobRange(kind=int, low=1, high=64, compresses=-1),
+        "squeeze": KnobRange(kind=float, low=0.0, high=1.0, low_open=True, compresses=-1),
+        "expand3": KnobRange(kind=float, low=0.0, high=1.0, compresses=-1),
+        "groups": KnobRange(kind=int, low=1, high=64, compresses=1),
+    }
+    block: str = "none"
+    multiplier: int = 1
+    squeeze: float = 0.25
+    expand3: float = 0.5
+    groups: int = 2
+
+    def is_identity(self) -> bool:
+        return self.block == "none"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Prune(PrimitiveConfig):
     """Unstructured pruning: zero the `ratio` fraction of a layer's weights with the lowest scores.
 
@@ -175,6 +202,6 @@ class Quantize(PrimitiveConfig):
 
 
 # the order compress() applies them in: remove channels across the model first (shapes change everywhere),
-# then factorise (shapes change within a layer), zero, cluster, and finally round
-STAGES: tuple[type[PrimitiveConfig], ...] = (Channels, LowRank, Prune, Share, Quantize)
+# then swap in efficient blocks and factorise (shapes change within a layer), zero, cluster, and finally round
+STAGES: tuple[type[PrimitiveConfig], ...] = (Channels, Substitute, LowRank, Prune, Share, Quantize)
 CONFIGS: dict[str, type[PrimitiveConfig]] = {cls.NAME: cls for cls in STAGES}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
+from autocomp.zoo.efficient import MobileNetV1, ShuffleNetV1, SqueezeNet, resize
 
 
 class LeNet300(nn.Module):
@@ -152,6 +153,7 @@ class DenseNetMini(nn.Module):
         compression: Fraction of channels a transition keeps, in (0, 1].
         in_channels: Image channels.
         num_classes: Size of the output layer.
+        resolution: The image is resized by this factor before the stem (MobileNet's resolution multiplier).
     """
 
     def __init__(
@@ -162,8 +164,12 @@ class DenseNetMini(nn.Module):
         compression: float = 0.5,
         in_channels: int = 3,
         num_classes: int = 10,
+        resolution: float = 1.0,
     ) -> None:
         super().__init__()
+        self.resolution = resolution
+        if not 0 < resolution <= 4:
+            raise ValueError(f"resolution must be in (0, 4], got {resolution}")
         if growth < 1 or layers_per_block < 1 or blocks < 1:
             raise ValueError("growth, layers_per_block and blocks must be at least 1")
         if not 0 < compression <= 1:
@@ -185,7 +191,7 @@ class DenseNetMini(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
+        x = self.conv1(resize(x, self.resolution))
         for b in range(1, self.blocks + 1):
             x = getattr(self, f"block{b}")(x)
             if b < self.blocks:
@@ -199,6 +205,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "resnet20": ResNet20,
     "densenet": DenseNetMini,
+    "mobilenet_v1": MobileNetV1,
+    "squeezenet": SqueezeNet,
+    "shufflenet_v1": ShuffleNetV1,
 }
 
 
