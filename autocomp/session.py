@@ -138,7 +138,6 @@ def check_model(spec: RunSpec, splits: Splits, *, trust_code: bool = False) -> n
     if logits.dim() != 2 or logits.shape[1] <= int(y.max()):
         raise AutocompError(f"model '{spec.model.name}' gives outputs of shape {tuple(logits.shape[1:])}, "
                             f"but {spec.data.name} has {int(y.max()) + 1} classes")
-    spec.space.bind(model)  # selector errors too
     return model
 
 
@@ -220,7 +219,7 @@ def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_setti
     data_dir = data_dir or spec.data.dir
     splits = spec_splits(spec, data_dir)
     model = check_model(spec, splits, trust_code=trust_code)
-    bound = spec.space.bind(model)
+    bound = spec.space.bind(model)  # selector errors too
     check_optimizer(optimizer, optimizer_settings, bound, model, splits.val[0][:1],
                     directions=[o.direction for o in spec.objectives], seed=seed)
     return CheckedSearch(optimizer=optimizer, optimizer_settings=optimizer_settings, execution=executing,
