@@ -80,8 +80,12 @@ def _execution_overrides(args: argparse.Namespace) -> dict:
 
 def _print_result(result, log=print) -> None:
     log("")
-    log(f"Pareto front ({len(result.pareto)} of {len(result.trials)} trials; "
-        f"{sum(t.status == 'failed' for t in result.trials)} failed):")
+    counts = {status: sum(t.status == status and not t.copied for t in result.trials)
+              for status in ("failed", "pruned", "infeasible")}
+    copies = sum(t.copied for t in result.trials)
+    log(f"Pareto front ({len(result.pareto)} of {len(result.trials) - copies} evaluated trials; "
+        + ", ".join(f"{n} {status}" for status, n in counts.items() if n or status == "failed")
+        + (f"; {copies} repeated asks answered from the journal" if copies else "") + "):")
     log(result.table())
     log("")
     log("size_bytes = bytes of the packed artifact (`autocomp export --format packed`); ratio = fp32 bytes / "

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from autocomp.compress import compress
 from autocomp.early_stop import curve_key
-from autocomp.errors import AutocompError, CandidateStopped
+from autocomp.errors import AutocompError, CandidateInfeasible, CandidateStopped
 from autocomp.export import artifact_meta, pack_model
 from autocomp.finetune import finetune_as_evaluated
 from autocomp.latency_table import Conditions, LatencyTable, measure_model, model_key
@@ -26,6 +26,9 @@ from autocomp.metrics import (
 )
 from autocomp.policy import Policy
 from autocomp.space.spec import DEFAULT_FINETUNE, DEFAULT_LATENCY, FineTuneSpec, LatencySpec
+
+if TYPE_CHECKING:  # a sibling layer: constraints arrive as objects, used by their interface
+    from autocomp.objective import Constraint
 
 
 class Evaluator(Protocol):
@@ -77,10 +80,12 @@ class CompressionEvaluator:
 
     def compressed(self, policy: Policy) -> nn.Module:
         """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it)."""
-        return self._compressed(policy, None)
+        return self._finetuned(self._compress(policy), None)
 
-    def _compressed(self, policy: Policy, after_epoch: Callable[[int, nn.Module], bool] | None) -> nn.Module:
-        model = compress(self.model, policy, example=self.example, calibration=self.calibration)
+    def _compress(self, policy: Policy) -> nn.Module:
+        return compress(self.model, policy, example=self.example, calibration=self.calibration)
+
+    def _finetuned(self, model: nn.Module, after_epoch: Callable[[int, nn.Module], bool] | None) -> nn.Module:
         if self.finetune.epochs > 0 and self.train is not None:
             finetune_as_evaluated(model, self.train, self.finetune, teacher=self.model, after_epoch=after_epoch)
         return model
@@ -96,9 +101,32 @@ class CompressionEvaluator:
                               warmup=self.latency.warmup, repeats=self.latency.repeats)
         return latency_stats(times)
 
-    def __call__(self, policy: Policy, bars: Mapping[int, float] | None = None) -> dict[str, float]:
-        """The metrics of `policy`; with `bars` (epoch -> accuracy needed to go on), fine-tuning stops a
-        candidate below a bar by raising CandidateStopped (the trial is then `pruned`)."""
+    def structure_metrics(self, compressed: nn.Module) -> dict[str, float]:
+        """The metrics the compressed structure fixes, whatever fine-tuning does to the weights (masks are held,
+        channels and ranks are not changed by it)."""
+        flops, _ = count_flops(compressed, self.example)
+        if self.table is not None:
+            timing = {"latency_ms": self.table.predict(compressed, self.example, self.model_key)}
+        else:
+            timing = self.measured_latency(compressed)
+        int8 = self.latency.runtime.endswith("int8")
+        return {"params_stored": count_params(compressed)[0], "flops": flops, **timing,
+                "peak_activation_bytes": peak_activation_bytes(compressed, self.example, 1 if int8 else 4)}
+
+    def __call__(self, policy: Policy, bars: Mapping[int, float] | None = None,
+                 limits: Sequence[Constraint] = ()) -> dict[str, float]:
+        """The metrics of `policy`.
+
+        With `bars` (epoch -> accuracy needed to go on), fine-tuning stops a candidate below a bar by raising
+        CandidateStopped (the trial is then `pruned`). With `limits` (resolved constraints), a candidate whose
+        structure already breaks one on a metric of `structure_metrics` raises CandidateInfeasible before
+        it is fine-tuned or scored (the trial is then `infeasible`): a hard budget costs no fine-tuning."""
+        compressed = self._compress(policy)
+        structure = self.structure_metrics(compressed)
+        broken = [c for c in limits if c.metric in structure and c.violation(structure) > 0]
+        if broken:
+            raise CandidateInfeasible("outside the constraints before fine-tuning: "
+                                      + ", ".join(_outside(c, structure[c.metric]) for c in broken), structure)
         learning: dict[str, float] = {}
 
         def after_epoch(epoch: int, model: nn.Module) -> bool:
@@ -109,30 +137,27 @@ class CompressionEvaluator:
                                        f"{learning[curve_key(epoch)]:.4f} < {bar:.4f}", learning)
             return True
 
-        compressed = self._compressed(policy, after_epoch if self.finetune.epochs > 1 else None)
+        self._finetuned(compressed, after_epoch if self.finetune.epochs > 1 else None)
         acc = accuracy(compressed, self.data)
         size = len(self.artifact(compressed, policy))
-        stored, nonzero = count_params(compressed)
-        flops, sparse_flops = count_flops(compressed, self.example)
-        if self.table is not None:
-            timing = {"latency_ms": self.table.predict(compressed, self.example, self.model_key)}
-        else:
-            timing = self.measured_latency(compressed)
-        int8 = self.latency.runtime.endswith("int8")
+        _, sparse_flops = count_flops(compressed, self.example)
         metrics = {
             "accuracy": acc,
             "accuracy_drop": self.baseline_accuracy - acc,
             "size_bytes": size,
             "compression_ratio": self.fp32_bytes / size,
-            "params": nonzero,
-            "params_stored": stored,
-            "flops": flops,
+            "params": count_params(compressed)[1],
+            **structure,
             "flops_sparse": sparse_flops,
-            **timing,
-            "peak_activation_bytes": peak_activation_bytes(compressed, self.example, 1 if int8 else 4),
-            "energy_uj": energy_uj(compressed, self.example, size, int8=int8),
+            "energy_uj": energy_uj(compressed, self.example, size, int8=self.latency.runtime.endswith("int8")),
             **learning,
         }
         for name, fn in self.extra_metrics.items():
             metrics[name] = float(fn(compressed))
         return metrics
+
+
+def _outside(bound: Constraint, value: float) -> str:
+    if bound.max is not None and value > bound.max:
+        return f"{bound.metric} {value:.6g} > max {bound.max:.6g}"
+    return f"{bound.metric} {value:.6g} < min {bound.min:.6g}"

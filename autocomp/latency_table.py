@@ -124,6 +124,11 @@ class LatencyTable:
 
     `predict(model, example)` looks every layer up, timing the ones it has not seen (so the table grows as
     a search explores), and applies the model's calibration (identity until `calibrate` has run).
+
+    `scale` is today's ms per table ms. A cached table was timed on an earlier day, and the same machine
+    can run tens of percent slower or faster since (load from neighbours, clocks): `anchor` sets it from a
+    few models timed whole now, predictions are multiplied by it and layers timed now are stored divided
+    by it, so the table keeps one unit and every prediction is in today's.
     """
 
     FILE = "latency_table.json"
@@ -136,6 +141,7 @@ class LatencyTable:
         self.calibrations = dict(calibrations or {})
         self.warmup, self.repeats = warmup, repeats
         self.measured = 0  # layers timed by this instance (table misses)
+        self.scale = 1.0  # today's ms per table ms (see `anchor`); never saved in the table's file
 
     # --- persistence -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -173,7 +179,7 @@ class LatencyTable:
         c = self.conditions
         run = prepare(module, c.runtime, calibration=x, threads=c.threads, engine=c.engine or None)
         times = time_runner(run, x, threads=c.threads, warmup=self.warmup, repeats=self.repeats)
-        return statistics.median(times)
+        return statistics.median(times) / self.scale
 
     def layer_sum(self, model: nn.Module, example: torch.Tensor) -> tuple[float, int]:
         """(sum of the layers' table latencies in ms, elements they output), timing any missing layer."""
@@ -190,7 +196,16 @@ class LatencyTable:
         """Predicted latency (ms) of `model` under the table's conditions."""
         layer_ms, elements = self.layer_sum(model, example)
         coef = self.calibrations.get(model_key or "", {}).get("coef", [0.0, 1.0, 0.0])
-        return max(coef[0] + coef[1] * layer_ms + coef[2] * elements, 1e-6)
+        return max(self.scale * (coef[0] + coef[1] * layer_ms + coef[2] * elements), 1e-6)
+
+    def anchor(self, models: Sequence[nn.Module], example: torch.Tensor, model_key: str,
+               measured_ms: Sequence[float]) -> dict[str, Any]:
+        """Set `scale` to the median of measured / table latency over `models` timed whole now (the
+        calibration's models: the uncompressed one and compressed ones like the candidates)."""
+        self.scale = 1.0
+        ratios = [ms / self.predict(m, example, model_key) for m, ms in zip(models, measured_ms)]
+        self.scale = statistics.median(ratios)
+        return {"scale": self.scale, "models": len(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
     def calibrate(self, model_key: str, models: Sequence[nn.Module], measured_ms: Sequence[float],
                   example: torch.Tensor) -> dict[str, Any]:

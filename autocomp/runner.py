@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import autocomp
 from autocomp import early_stop
+from autocomp.compress import compress
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import Executor, Outcome, Task, describe, make_executor
@@ -47,6 +48,9 @@ from autocomp.space.spec import (
 from autocomp.store import RunStore
 
 Data = tuple[torch.Tensor, torch.Tensor]
+REUSED = ("complete", "infeasible")  # outcomes an identical ask gets from the journal (a failure is retried)
+COPY = "journal:"  # the worker of a trial answered from the journal: not an evaluation, not counted
+PATIENCE = 50  # asks in a row answered from the journal before the optimizer is taken to have converged
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,11 @@ class Trial:
     def feasible(self) -> bool:
         return self.status == "complete" and self.violation <= 0.0
 
+    @property
+    def copied(self) -> bool:
+        """Answered from the journal: an ask equal to an earlier trial, not evaluated again."""
+        return self.worker.startswith(COPY)
+
 
 @dataclass
 class SearchResult:
@@ -110,8 +119,9 @@ class SearchResult:
 
 
 def front_of(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
-    """Feasible, complete trials that no other feasible trial dominates, sorted by the first objective."""
-    feasible = [t for t in trials if t.feasible and t.values is not None]
+    """Feasible, complete trials that no other feasible trial dominates, sorted by the first objective
+    (a trial answered from the journal is its original's point, and only the original is on it)."""
+    feasible = [t for t in trials if t.feasible and t.values is not None and not t.copied]  # a copy: same point
     directions = [o.direction for o in objectives]
     front = [feasible[i] for i in pareto_front([t.values for t in feasible], directions)]
     return sorted(front, key=lambda t: t.values[0] * (-1 if directions[0] == "maximize" else 1))
@@ -127,14 +137,16 @@ def machine_info() -> dict[str, Any]:
 class _Progress:
     """A progress bar with trials done, failures and the best value of each objective so far."""
 
+    COUNTED = ("failed", "pruned", "infeasible")  # failed always shown, the others once they occur
+
     def __init__(self, total: int, trials: Sequence[Trial], objectives: Sequence[Objective], enabled: bool):
         self.objectives = objectives
-        self.failed = sum(t.status == "failed" for t in trials)
-        self.pruned = sum(t.status == "pruned" for t in trials)
+        self.counts = {status: sum(t.status == status for t in trials) for status in self.COUNTED}
         self.best: list[float | None] = [None] * len(objectives)
         for t in trials:
             self._update_best(t)
-        self.bar = tqdm(total=total, initial=len(trials), desc="search", unit="trial", disable=not enabled,
+        self.bar = tqdm(total=total, initial=sum(not t.copied for t in trials), desc="search", unit="trial",
+                        disable=not enabled,
                         dynamic_ncols=True, file=sys.stderr)
         self._postfix()
 
@@ -147,15 +159,15 @@ class _Progress:
 
     def _postfix(self) -> None:
         best = {o.name: f"{b:.4g}" for o, b in zip(self.objectives, self.best) if b is not None}
-        stopped = {"pruned": self.pruned} if self.pruned else {}
-        self.bar.set_postfix({"failed": self.failed, **stopped, **best}, refresh=False)
+        counts = {k: n for k, n in self.counts.items() if n or k == "failed"}
+        self.bar.set_postfix({**counts, **best}, refresh=False)
 
     def add(self, trial: Trial) -> None:
-        self.failed += trial.status == "failed"
-        self.pruned += trial.status == "pruned"
+        if trial.status in self.counts:
+            self.counts[trial.status] += 1
         self._update_best(trial)
         self._postfix()
-        self.bar.update(1)
+        self.bar.update(0 if trial.copied else 1)
 
     def close(self) -> None:
         self.bar.close()
@@ -163,6 +175,8 @@ class _Progress:
 
 def _finish(outcome: Outcome, params: dict[str, Any], policy: Policy, objectives, constraints) -> Trial:
     status, error, values, violation = outcome.status, outcome.error, None, 0.0
+    if status == "infeasible":  # only the structural metrics were measured: the violation is theirs
+        violation = sum(c.violation(outcome.metrics) for c in constraints if c.metric in outcome.metrics)
     if status == "complete":
         try:
             values, violation = evaluate_objectives(objectives, constraints, outcome.metrics)
@@ -171,6 +185,10 @@ def _finish(outcome: Outcome, params: dict[str, Any], policy: Policy, objectives
     return Trial(id=outcome.trial_id, params=params, policy=policy.to_dict(), status=status,
                  metrics=outcome.metrics, values=values, violation=violation, error=error,
                  seconds=outcome.seconds, worker=outcome.worker)
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
 
 
 def run_loop(
@@ -184,12 +202,18 @@ def run_loop(
     *,
     progress: bool = True,
     bars: Callable[[Sequence[Trial]], dict[int, float]] | None = None,
+    limits: Sequence[Constraint] = (),
 ) -> list[Trial]:
-    """Run (or continue) the search in `store` until it holds `total` finished trials.
+    """Run (or continue) the search in `store` until it holds `total` evaluated trials.
 
     Workers are kept busy: whenever one frees, its trial is journaled and told, and the optimizer is asked
     for the next candidate (an optimizer that waits for a whole generation asks for none until then).
-    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity).
+    An ask equal to a finished complete or infeasible trial is answered from the journal at once (a new
+    trial with that one's metrics, worker `journal:ID`; the evaluation is deterministic): it costs nothing
+    and does not count towards `total`; after PATIENCE such asks in a row the search stops (converged).
+    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity). `limits` go
+    with every evaluation: constraints the evaluator checks before fine-tuning (the trial is then
+    `infeasible`, told to the optimizer with its violation and no objective values).
     """
     trials = {t.id: t for t in map(Trial.from_record, store.trials())}  # in journal (= tell) order
     checkpoint = store.load_checkpoint()
@@ -205,41 +229,63 @@ def run_loop(
         in_flight = {i: item for i, item in pending.items() if i not in trials}
     bar = _Progress(total, list(trials.values()), objectives, progress)
     policies: dict[int, Policy] = {}
+    answers = {_params_key(t.params): t for t in trials.values() if t.status in REUSED and not t.copied}
+    evaluated = sum(not t.copied for t in trials.values())
+    copies_in_a_row = 0
 
-    def submit(item: dict[str, Any]) -> None:
+    def record(trial: Trial) -> None:
+        nonlocal evaluated, copies_in_a_row
+        in_flight.pop(trial.id)
+        store.append(trial.to_record())  # journaled (and fsynced) before the optimizer hears of it
+        trials[trial.id] = trial
+        if trial.copied:
+            copies_in_a_row += 1
+        else:
+            evaluated, copies_in_a_row = evaluated + 1, 0
+            if trial.status in REUSED:
+                answers.setdefault(_params_key(trial.params), trial)
+        bar.add(trial)
+        optimizer.tell([Told(trial.params, trial.values if trial.status == "complete" else None, trial.violation)])
+
+    def dispatch(item: dict[str, Any]) -> None:
+        earlier = answers.get(_params_key(item["params"]))
+        if earlier is not None:  # asked again (TPE does, in a discrete space): evaluation is deterministic
+            record(replace(earlier, id=item["id"], seconds=0.0, worker=f"{COPY}{earlier.id}"))
+            return
         policies[item["id"]] = Policy.from_params(space, item["params"])
         now = bars(list(trials.values())) if bars else {}
-        executor.submit(Task(item["id"], policies[item["id"]], bars=now))
+        executor.submit(Task(item["id"], policies[item["id"]], bars=now, limits=tuple(limits)))
 
     def save() -> None:
         store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": list(in_flight.values()),
                                "next_id": next_id})
 
     try:
-        for item in in_flight.values():
-            submit(item)
-        while True:
-            free = min(executor.workers - len(in_flight), total - len(trials) - len(in_flight))
+        for item in list(in_flight.values()):
+            dispatch(item)
+        while evaluated < total or in_flight:
+            free = min(executor.workers - len(in_flight), total - evaluated - len(in_flight))
+            if copies_in_a_row >= PATIENCE:
+                if not in_flight:
+                    tqdm.write(f"optimizer '{optimizer.name}' asked only evaluated candidates {PATIENCE} times in a "
+                               f"row: stopping at {evaluated} evaluated trials")
+                    break
+                free = 0
             if free > 0:
                 asked = [{"id": next_id + i, "params": p} for i, p in enumerate(optimizer.ask(free))]
                 next_id += len(asked)
                 in_flight.update((item["id"], item) for item in asked)
                 save()  # the asks are on disk before they run, so a resumed run evaluates the same ones
                 for item in asked:
-                    submit(item)
-                if not in_flight:
+                    dispatch(item)
+                if not asked and not in_flight:
                     tqdm.write(f"optimizer '{optimizer.name}' has no more candidates ({len(trials)} trials)")
                     break
             if not in_flight:
-                break
+                continue  # every ask was answered from the journal
             outcome = executor.next_outcome()
-            item = in_flight.pop(outcome.trial_id)
-            trial = _finish(outcome, item["params"], policies.pop(outcome.trial_id), objectives, constraints)
-            store.append(trial.to_record())  # journaled (and fsynced) before the optimizer hears of it
-            trials[trial.id] = trial
-            bar.add(trial)
-            optimizer.tell([Told(trial.params, trial.values if trial.status == "complete" else None,
-                                 trial.violation)])
+            item = in_flight[outcome.trial_id]
+            record(_finish(outcome, item["params"], policies.pop(outcome.trial_id), objectives, constraints))
         save()
     finally:
         bar.close()
@@ -398,9 +444,16 @@ def search(
                                          extra_metrics=extra_metrics, calibration=calibration,
                                          entropy=entropy, train=train, finetune=finetune, latency_table=table)
         baseline = evaluator(Policy.of({}))
+        anchor = None
         if table is not None:  # budgets relative to the baseline are relative to its measured latency
-            baseline["latency_predicted_ms"] = baseline["latency_ms"]
-            baseline.update(evaluator.measured_latency(evaluator.model))
+            measured = evaluator.measured_latency(evaluator.model)
+            if resume and info.get("latency_anchor"):  # the unit the journaled predictions are in
+                anchor = info["latency_anchor"]
+                table.scale = anchor["scale"]
+            else:  # the table's (cached) times in today's ms: the machine may run slower or faster than then
+                anchor = _anchor(table, evaluator, bound, seed, measured["latency_ms"])
+            baseline["latency_predicted_ms"] = table.predict(evaluator.model, evaluator.example, evaluator.model_key)
+            baseline.update(measured)
         try:
             resolved = [c.resolved(baseline) for c in constraints]
         except ValueError as err:
@@ -428,13 +481,14 @@ def search(
         info["constraints_resolved"] = [vars(c) for c in resolved]
         if table is not None:
             info["latency_calibration"] = table.calibrations.get(evaluator.model_key)
+            info["latency_anchor"] = anchor
             table.save(store.path / LatencyTable.FILE)
         info["executor"] = describe(executor)  # the latest; a run may be resumed elsewhere
         store.write_json("run.json", info)
         opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
                              context=Context(layers=profiles, workdir=str(store.path)), **settings)
         done = run_loop(store, bound, opt, executor, objectives, resolved, trials, progress=progress,
-                        bars=_bars_rule(finetune))
+                        bars=_bars_rule(finetune), limits=resolved)
         executor.close()
         executor = None
         if table is not None:  # what in-process evaluations added (Ray workers keep their own misses)
@@ -469,6 +523,19 @@ def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: 
                              warmup=latency.warmup, repeats=latency.repeats, log=tqdm.write)
     _save_to_cache(table, runs_dir)
     return table
+
+
+def _anchor(table: LatencyTable, evaluator: CompressionEvaluator, bound: BoundSpace, seed: int,
+            baseline_ms: float) -> dict[str, Any]:
+    """Anchor the table to now: the uncompressed model and the calibration's policies, timed whole."""
+    models = [evaluator.model] + [
+        compress(evaluator.model, p, example=evaluator.example, calibration=evaluator.calibration)
+        for p in calibration_policies(bound, seed)]
+    measured = [baseline_ms] + [evaluator.measured_latency(m)["latency_ms"] for m in models[1:]]
+    anchor = table.anchor(models, evaluator.example, evaluator.model_key, measured)
+    tqdm.write(f"latency table: {anchor['models']} models timed now run {anchor['ratio_min']:.3f}-"
+               f"{anchor['ratio_max']:.3f}x their table time: predictions are scaled by {anchor['scale']:.3f}")
+    return anchor
 
 
 def _bars_rule(spec: FineTuneSpec) -> Callable[[Sequence[Trial]], dict[int, float]] | None:

@@ -94,10 +94,55 @@ def test_bench_latency_quick_on_generated_data(tmp_path, monkeypatch):
     assert [r["runtime"] for r in doc["rows"]] == ["torch", "onnx"]
     for row in doc["rows"]:
         assert len(row["points"]) == row["candidates"] and row["budget_ms"] == 0.5 * row["baseline_ms"]
+        assert row["baseline_ms"] == row["timed_interleaved_ms"]["baseline"]
+        assert row["scored"] + row["skipped_infeasible"] == row["evaluated"] == 6 <= row["trials"]
+        assert {f"uniform {r:.3f}" for r in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)} <= set(row["timed_interleaved_ms"])
         assert row["calibration"]["points"] == 9  # the search's calibration, reused by the prediction check
         assert set(doc["targets"]) >= {f"{row['runtime']}_median_prediction_error_%"}
     cached = list((out / ".cache" / "latency").glob("*.json"))
     assert {json.loads(p.read_text())["conditions"]["runtime"] for p in cached} == {"torch", "onnx"}
+
+
+def test_latency_bench_answers_with_the_most_accurate_candidate_timed_within_the_budget(tmp_path, tiny, monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import autocomp.bench.latency as bench
+    from autocomp.compress import compress
+    from autocomp.metrics import accuracy
+    from autocomp.policy import Policy
+    from autocomp.runner import Trial
+    from autocomp.space.loader import parse_run_spec
+    from autocomp.testing.tiny import TINY_SPACE_YAML
+    from autocomp.zoo import Splits
+
+    model, data = tiny
+    spec = parse_run_spec(TINY_SPACE_YAML)
+    bound = spec.space.bind(model)
+    params = [{p.name: p.domain.nearest(r) if p.knob == "prune.ratio" else 32 for p in bound.params}
+              for r in (0.1, 0.5, 0.8)]
+
+    def trial(i, acc):
+        return Trial(id=i, params=params[i], policy=Policy.from_params(bound, params[i]).to_dict(), status="complete",
+                     metrics={"accuracy": acc, "latency_ms": 1.0}, values=(acc,))
+
+    # by validation: 0 (over the budget when timed), 1, then 2; an infeasible trial is never considered
+    trials = [trial(0, 0.9), trial(1, 0.8), trial(2, 0.7),
+              Trial(id=3, params=params[0], policy={}, status="infeasible", metrics={"latency_ms": 6.0}, violation=0.2)]
+    trials.append(replace(trials[1], id=4, worker="journal:1"))  # a repeated ask: the same candidate, not timed
+    timed = {"baseline": 10.0, "trial 0": 5.2, "trial 1": 4.9, "trial 2": 3.0, "uniform 0.125": 5.1,
+             "uniform 0.250": 4.8, "uniform 0.375": 4.5, "uniform 0.500": 4.0, "uniform 0.625": 3.5,
+             "uniform 0.750": 3.0}
+    monkeypatch.setattr(bench, "interleaved_latency", lambda evaluator, models, rounds=5: {k: timed[k] for k in models})
+    (tmp_path / "run.json").write_text("{}")
+    result = SimpleNamespace(trials=trials, run_dir=tmp_path, latency_prediction=None)
+    splits = Splits(train=data, val=data, test=data, description="tiny")
+    row = bench.compare_at_budget(model, spec, splits, result, log=lambda *_: None)
+    assert (row["budget_ms"], row["search_trial"], row["search_ms"]) == (5.0, 1, 4.9)
+    assert (row["uniform_ratio"], row["uniform_ms"]) == (0.25, 4.8)  # the least compressed within the budget
+    assert (row["evaluated"], row["scored"], row["skipped_infeasible"]) == (4, 3, 1)
+    assert row["search_test_acc"] == accuracy(compress(model, Policy.from_dict(trials[1].policy)), data)
+    assert set(row["timed_interleaved_ms"]) == set(timed)
 
 
 def test_soak_in_process_journals_every_trial_once_and_writes_the_exact_front(tmp_path):

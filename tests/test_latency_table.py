@@ -107,6 +107,26 @@ def test_table_predicts_from_entries_and_persists(tmp_path):
     assert LatencyTable.load(tmp_path / "torn.json", conditions).entries == {}
 
 
+def test_anchor_puts_a_cached_table_in_todays_unit(monkeypatch):
+    import autocomp.latency_table as latency_table
+
+    net, x = conv_bn_net(), torch.randn(1, 1, 8, 8)
+    table = LatencyTable(Conditions.here("torch", 4, 1), warmup=1, repeats=3)
+    table.layer_sum(net, x)
+    table.entries = dict.fromkeys(table.entries, 0.25)  # as timed on a day the machine ran faster
+    table.calibrations["m"] = {"coef": [0.5, 1.0, 0.0]}
+    # 0.5 + 7 x 0.25 = 2.25 ms in the table; timed now (three times, as if three models): 2x slower, the median
+    anchor = table.anchor([net, net, net], x, "m", measured_ms=[4.5, 4.0, 6.75])
+    assert anchor == {"scale": 2.0, "models": 3, "ratio_min": pytest.approx(16 / 9), "ratio_max": 3.0}
+    assert table.predict(net, x, "m") == pytest.approx(4.5)
+    # a layer first timed today is stored in the table's unit, so it predicts alike on any later day
+    monkeypatch.setattr(latency_table, "time_runner", lambda *a, **k: [3.0, 3.0, 3.0])
+    known = set(table.entries)
+    table.layer_sum(nn.Sequential(*list(net.children()), nn.Linear(4, 3)), x)
+    assert [v for k, v in table.entries.items() if k not in known] == [1.5]
+    assert "scale" not in table.to_dict()  # the cache keeps the table's unit; the run records its anchor
+
+
 def test_calibrated_table_is_fit_once_then_reused(tmp_path):
     net, x = conv_bn_net(), torch.randn(64, 1, 8, 8)
     rows = (x, torch.zeros(64, dtype=torch.long))
@@ -215,6 +235,10 @@ def test_search_predicts_latency_and_measures_its_front(tmp_path, tiny):
     run2 = json.loads((tmp_path / "r2" / "run.json").read_text())
     assert run2["latency_calibration"] == run["latency_calibration"]
     assert again.latency_prediction is not None
+    # each run anchors the table to the calibration's 9 models timed whole at its start
+    for doc in (run, run2):
+        anchor = doc["latency_anchor"]
+        assert anchor["models"] == 9 and anchor["ratio_min"] <= anchor["scale"] <= anchor["ratio_max"]
 
 
 def test_resume_judges_trials_by_the_bounds_the_run_started_with(tmp_path, tiny):
@@ -226,3 +250,17 @@ def test_resume_judges_trials_by_the_bounds_the_run_started_with(tmp_path, tiny)
     autocomp.search(model, data, trials=5, resume=True, **args)  # the baseline is timed again, differently
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["constraints_resolved"] == first and first[0]["max"] > 0
+
+
+def test_resume_predicts_in_the_unit_the_run_started_with(tmp_path, tiny):
+    model, data = tiny
+    latency = autocomp.LatencySpec(repeats=3, warmup=1, batch_size=4, table=True)
+    args = dict(space=tiny_space(), seed=0, runs_dir=tmp_path, name="r", progress=False, latency=latency,
+                objectives=["accuracy", "latency_ms"])
+    autocomp.search(model, data, trials=3, **args)
+    first = json.loads((tmp_path / "r" / "run.json").read_text())
+    autocomp.search(model, data, trials=5, resume=True, **args)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["latency_anchor"] == first["latency_anchor"]  # the journaled unit is kept
+    assert run["baseline"]["latency_ms"] != first["baseline"]["latency_ms"]  # timed again (never the same ns)
+    assert run["baseline"]["latency_predicted_ms"] == pytest.approx(first["baseline"]["latency_predicted_ms"])

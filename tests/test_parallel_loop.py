@@ -5,7 +5,7 @@ import pytest
 from autocomp.execution import InProcessExecutor, Task, run_all
 from autocomp.objective import as_objectives
 from autocomp.optimizers import make_optimizer
-from autocomp.runner import run_loop
+from autocomp.runner import PATIENCE, front_of, run_loop
 from autocomp.store import RunStore
 from autocomp.testing.conformance import reference_space
 from autocomp.testing.executors import FaultyEvaluator, ScrambledExecutor, check_faults, hashed_metrics, sample_policies
@@ -78,3 +78,37 @@ def test_run_all_streams_every_outcome():
     outcomes = list(run_all(executor, [Task(i, p) for i, p in enumerate(policies)]))
     assert [o.trial_id for o in outcomes] == [3, 2, 1, 0]
     assert all(o.metrics == hashed_metrics(p) for o, p in zip(outcomes, reversed(policies)))
+
+
+def test_an_ask_equal_to_a_finished_trial_is_answered_from_the_journal(tmp_path):
+    from autocomp.space.params import Choice, Param
+    from autocomp.space.space import BoundSpace
+
+    # two possible candidates: random search asks each again and again
+    space = BoundSpace(params=(Param(name="fc1.quantize.bits", domain=Choice(values=(4, 8)), primitive="quantize",
+                                     knob="quantize.bits", layers=("fc1",), compresses=-1),), layers=("fc1",))
+    evaluated = []
+
+    def evaluate(policy):
+        evaluated.append(policy.fingerprint())
+        return hashed_metrics(policy)
+
+    store = RunStore.create(tmp_path / "r", space_yaml="", run_info={})
+    opt = make_optimizer("random", space, directions=["maximize", "minimize"], seed=0)
+    try:  # 10 evaluations asked for, only 2 exist: copies do not count, and the search stops once converged
+        trials = run_loop(store, space, opt, InProcessExecutor(evaluate), OBJECTIVES, (), 10, progress=False)
+    finally:
+        store.close()
+    assert len(evaluated) == len(set(evaluated)) == 2  # each evaluated once
+    first = {}
+    for t in trials:
+        key = t.params["fc1.quantize.bits"]
+        if t.copied:
+            source = first[key]
+            assert t.worker == f"journal:{source.id}" and (t.metrics, t.values) == (source.metrics, source.values)
+        else:
+            first[key] = t
+    copies = [t.id for t in trials if t.copied]
+    assert len(first) == 2 and copies[-PATIENCE:] == list(range(len(trials) - PATIENCE, len(trials)))
+    assert [r["id"] for r in RunStore(tmp_path / "r").trials()] == list(range(len(trials)))
+    assert {t.id for t in front_of(trials, OBJECTIVES)} <= {t.id for t in first.values()}

@@ -26,12 +26,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from autocomp.bench.common import BenchResult, publish
+from autocomp.bench.common import BenchResult, finished_run, publish
 from autocomp.bench.search import SPACE_FILE
 from autocomp.pareto import pareto_front
 from autocomp.runner import Trial
 from autocomp.session import read_spec, run_spec_search
-from autocomp.space.loader import dump_run_spec
 from autocomp.space.spec import RunSpec
 from autocomp.store import RunStore, write_atomic
 
@@ -73,7 +72,7 @@ def _search(spec: RunSpec, arm: str, model: str, out: Path, data_dir: str | None
     baseline), so the comparison can be redone without repeating the searches."""
     start = time.perf_counter()
     run_dir = out / f"{model}-{arm.replace('+', '-')}"
-    if _finished(run_dir, spec, trials):
+    if finished_run(run_dir, spec, trials):
         info = json.loads((run_dir / "run.json").read_text())
         done = [Trial.from_record(r) for r in RunStore(run_dir).trials()]
         return {"arm": arm, "trials": len(done), "complete": [t for t in done if t.status == "complete"],
@@ -86,15 +85,6 @@ def _search(spec: RunSpec, arm: str, model: str, out: Path, data_dir: str | None
     write_atomic(run_dir / "run.json", json.dumps({**info, "bench_minutes": minutes}, indent=1) + "\n")
     return {"arm": arm, "trials": len(result.trials), "complete": [t for t in result.trials if t.status == "complete"],
             "baseline": result.baseline, "minutes": minutes, "reused": False}
-
-
-def _finished(run_dir: Path, spec: RunSpec, trials: int) -> bool:
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-        same_space = (run_dir / "space.yaml").read_text() == dump_run_spec(spec)
-        return same_space and (run_dir / "pareto.json").is_file() and info["settings"]["trials"] == trials
-    except (OSError, ValueError, KeyError):
-        return False
 
 
 def _plain(trial: Any) -> bool:

@@ -18,7 +18,8 @@ from torch import nn
 
 from autocomp.metrics import accuracy
 from autocomp.runner import machine_info
-from autocomp.space.spec import TrainSpec
+from autocomp.space.loader import dump_run_spec
+from autocomp.space.spec import RunSpec, TrainSpec
 from autocomp.store import write_atomic
 from autocomp.zoo import Splits, build_model, load_dataset, train_baseline
 
@@ -104,3 +105,14 @@ def cached_baseline(model_name: str, dataset: str, data_dir: str | None, train: 
         log(f"{model_name}: trained in {time.perf_counter() - start:.0f} s, "
             f"test accuracy {accuracy(model.eval(), splits.test):.4f}")
     return model.eval(), splits
+
+
+def finished_run(run_dir: Path, spec: RunSpec, trials: int) -> bool:
+    """Whether `run_dir` holds a finished search of this very space file and trial budget (a bench reads
+    it back instead of searching again, so a comparison can be redone alone)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        same_space = (run_dir / "space.yaml").read_text() == dump_run_spec(spec)
+        return same_space and (run_dir / "pareto.json").is_file() and info["settings"]["trials"] == trials
+    except (OSError, ValueError, KeyError):
+        return False

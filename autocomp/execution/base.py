@@ -7,27 +7,33 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from autocomp.errors import CandidateStopped
+from autocomp.errors import CandidateInfeasible, CandidateStopped
 from autocomp.policy import Policy
+
+if TYPE_CHECKING:  # a sibling layer: constraints arrive as objects, used by their interface
+    from autocomp.objective import Constraint
 
 EvaluateFn = Callable[[Policy], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
 class Task:
-    """One evaluation; `bars` (epoch -> accuracy needed to go on) lets the evaluator stop it early."""
+    """One evaluation; `bars` (epoch -> accuracy needed to go on) lets the evaluator stop it early, and
+    `limits` (the run's resolved constraints) let it skip a candidate whose structure already breaks one."""
 
     trial_id: int
     policy: Policy
     bars: Mapping[int, float] = field(default_factory=dict)
+    limits: tuple[Constraint, ...] = ()
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one task: `complete` with metrics, `failed` with the reason, or `pruned` (stopped early
-    on purpose, with what was measured until then)."""
+    """What became of one task: `complete` with metrics, `failed` with the reason, `pruned` (stopped early
+    on purpose, with what was measured until then), or `infeasible` (outside a constraint before any
+    fine-tuning, with the structural metrics that show it)."""
 
     trial_id: int
     status: str
@@ -79,7 +85,9 @@ def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
     """Run one evaluation; an exception or a non-finite metric makes the trial failed, never the search."""
     start = time.perf_counter()
     try:
-        result = evaluate(task.policy, bars=task.bars) if task.bars else evaluate(task.policy)  # type: ignore[call-arg]
+        # only what a task carries is passed, so an evaluator without early stopping needs no such arguments
+        extras = {k: v for k, v in (("bars", task.bars), ("limits", task.limits)) if v}
+        result = evaluate(task.policy, **extras)  # type: ignore[call-arg]
         metrics = {k: float(v) for k, v in result.items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
@@ -88,6 +96,9 @@ def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
         return timeout_outcome(task, err.limit, time.perf_counter() - start, worker)
     except CandidateStopped as stop:
         return Outcome(task.trial_id, "pruned", dict(stop.metrics), error=str(stop),
+                       seconds=time.perf_counter() - start, worker=worker)
+    except CandidateInfeasible as skip:
+        return Outcome(task.trial_id, "infeasible", dict(skip.metrics), error=str(skip),
                        seconds=time.perf_counter() - start, worker=worker)
     except Exception as err:  # a candidate's failure is data, not a crash
         detail = "".join(traceback.format_exception_only(type(err), err)).strip()

@@ -35,6 +35,12 @@ def distribution(param: Param) -> BaseDistribution:
     return FloatDistribution(d.low, d.high, log=d.log and not d.step, step=None if d.log else d.step)
 
 
+def _unscored_state(told: Told) -> TrialState:
+    """A trial without objective values: failed, or (violation > 0) skipped as infeasible, which Optuna's
+    samplers read as a PRUNED trial with that constraint violation (TPE ranks it among the infeasible)."""
+    return TrialState.PRUNED if told.violation > 0 else TrialState.FAIL
+
+
 class OptunaSearch(Optimizer):
     """Optuna sampler behind the ask/tell interface. `initial` candidates (e.g. a greedy result) go first."""
 
@@ -117,17 +123,18 @@ class OptunaSearch(Optimizer):
                 continue
             trial = self.live.pop(number)
             trial.set_constraint("violation", float(told.violation))  # > 0: infeasible
-            if told.values is None:
-                self.study.tell(trial, state=TrialState.FAIL)
-            else:
+            if told.values is not None:
                 self.study.tell(trial, list(told.values))
+            else:
+                self.study.tell(trial, state=_unscored_state(told))
 
     def _frozen(self, told: Told) -> FrozenTrial:
-        failed = told.values is None
-        return create_trial(state=TrialState.FAIL if failed else TrialState.COMPLETE,
-                            values=None if failed else list(told.values), params=dict(told.params),
+        scored = told.values is not None
+        return create_trial(state=TrialState.COMPLETE if scored else _unscored_state(told),
+                            values=list(told.values) if scored else None, params=dict(told.params),
                             distributions=self.distributions,
-                            constraints=None if failed else {"violation": float(told.violation)})
+                            constraints=None if _unscored_state(told) == TrialState.FAIL
+                            else {"violation": float(told.violation)})
 
     def report(self, params: Params, step: int, value: float) -> bool:
         """Multi-fidelity hook: an intermediate value of a running trial; True when the pruner stops it.

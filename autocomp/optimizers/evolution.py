@@ -30,6 +30,7 @@ class ConstrainedFitness(base.Fitness):
     """DEAP fitness with a constraint violation: lower violation wins before any objective counts."""
 
     violation: float = 0.0
+    scored: bool = True  # False: failed or infeasible, its values are placeholders (the worst seen)
 
     def dominates(self, other: ConstrainedFitness, obj: slice = slice(None)) -> bool:
         if self.violation != other.violation:
@@ -178,9 +179,10 @@ class EvolutionSearch(Optimizer):
             if i is None:
                 continue  # not one of ours (e.g. a result from another optimizer)
             ind = self.asked.pop(i)
-            if told.values is None:
-                ind.fitness.violation = math.inf
+            if told.values is None:  # failed (violation inf), or infeasible before it was scored
+                ind.fitness.violation = float(told.violation) if told.violation > 0 else math.inf
                 ind.fitness.values = self._worst()
+                ind.fitness.scored = False
             else:
                 ind.fitness.violation = float(told.violation)
                 ind.fitness.values = tuple(told.values)
@@ -194,8 +196,8 @@ class EvolutionSearch(Optimizer):
 
     def _breed(self) -> None:
         with self._random():
-            for ind in self.evaluated:  # the failed ones got placeholder values before any were known
-                if ind.fitness.violation == math.inf:
+            for ind in self.evaluated:  # placeholders given before any real values were known
+                if not ind.fitness.scored:
                     ind.fitness.values = self._worst()
             # (mu + lambda): parents compete with their children, so the best are never lost
             self.parents, chosen = self._select(self.parents + self.evaluated)
@@ -270,8 +272,8 @@ class EvolutionSearch(Optimizer):
     # -- state -----------------------------------------------------------------------------------------------
     def _dump(self, inds: list[Individual]) -> list[dict[str, Any]]:
         return [{"genes": list(ind), "values": list(ind.fitness.values) if ind.fitness.valid else None,
-                 "violation": None if ind.fitness.violation == math.inf else ind.fitness.violation}
-                for ind in inds]
+                 "violation": None if ind.fitness.violation == math.inf else ind.fitness.violation,
+                 "scored": ind.fitness.scored} for ind in inds]
 
     def _load(self, rows: list[dict[str, Any]]) -> list[Individual]:
         out = []
@@ -281,6 +283,7 @@ class EvolutionSearch(Optimizer):
             if row["values"] is not None:
                 ind.fitness.values = tuple(row["values"])
             ind.fitness.violation = math.inf if row["violation"] is None else float(row["violation"])
+            ind.fitness.scored = row.get("scored", row["violation"] is not None)  # older states: failed = inf
             out.append(ind)
         return out
 

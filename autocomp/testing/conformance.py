@@ -43,8 +43,9 @@ def _fake_values(params: dict[str, Any]) -> tuple[float, float]:
 
 
 def run_steps(opt: Optimizer, steps: int, batch: int = 2, fail_every: int = 0) -> list[dict[str, Any]]:
-    """Ask/tell `steps` batches; with `fail_every`, every fail_every-th result is told as failed and the
-    one after it as infeasible."""
+    """Ask/tell `steps` batches; with `fail_every` (>= 4), every fail_every-th result is told as failed, the
+    one after it as infeasible (scored, outside a constraint) and the next as infeasible before it was
+    scored (no values, a violation)."""
     asked: list[dict[str, Any]] = []
     for step in range(steps):
         candidates = opt.ask(batch)
@@ -54,7 +55,9 @@ def run_steps(opt: Optimizer, steps: int, batch: int = 2, fail_every: int = 0) -
             k = step * batch + i
             failed = fail_every and k % fail_every == 0
             infeasible = fail_every and k % fail_every == 1  # complete, but outside a constraint
-            told.append(Told(c, None if failed else _fake_values(c), 0.25 if infeasible else 0.0))
+            unscored = fail_every and k % fail_every == 2  # skipped before fine-tuning, outside a constraint
+            values = None if failed or unscored else _fake_values(c)
+            told.append(Told(c, values, 0.25 if infeasible else 0.5 if unscored else 0.0))
         opt.tell(told)
     return asked
 
@@ -76,9 +79,17 @@ def check_optimizer(factory: OptimizerFactory) -> None:
     clone = factory(space, 0)
     clone.load_state_dict(state)
     assert run_steps(clone, 3) == expected, "state_dict round trip changed the continuation"
-    # failed and infeasible trials are tolerated (long enough for a generation to breed from them)
-    tolerant = run_steps(factory(space, 0), 20, fail_every=3)
+    # failed and infeasible trials are tolerated (long enough for a generation to breed from them), and
+    # survive the round trip
+    tolerant = run_steps(factory(space, 0), 20, fail_every=4)
     assert all(space.contains(c) for c in tolerant)
+    opt = factory(space, 0)
+    run_steps(opt, 7, fail_every=4)
+    state = json.loads(json.dumps(opt.state_dict()))
+    expected = run_steps(opt, 7, fail_every=4)
+    clone = factory(space, 0)
+    clone.load_state_dict(state)
+    assert run_steps(clone, 7, fail_every=4) == expected, "round trip after failures changed the continuation"
 
 
 def search_hypervolume(opt: Optimizer, budget: int, batch: int = 4) -> float:
