@@ -192,7 +192,8 @@ def cmd_finalize(args: argparse.Namespace) -> None:
     from autocomp.finalize import finalize_run
 
     finalize_run(args.run_dir, top=args.top, trial_ids=args.trial, epochs=args.epochs, lr=args.lr,
-                 kd_alpha=args.kd_alpha, iterations=args.iterations, schedule=args.schedule)
+                 kd_alpha=args.kd_alpha, iterations=args.iterations, schedule=args.schedule,
+                 optimizer=args.retrain_optimizer)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-alpha", type=_unit, help="distillation weight (default: the run's finetune.kd_alpha)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="lr per retraining step: decays to 0 (cosine, default) or stays at --lr")
+    p.add_argument("--retrain-optimizer", choices=("adam", "sgd"),
+                   help="adam or sgd (momentum 0.9); default: the run's finetune.optimizer")
     p.set_defaults(fn=cmd_finalize)
 
     from autocomp.bench import BENCHES

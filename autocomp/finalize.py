@@ -70,11 +70,12 @@ def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.T
 
 def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[int] | None = None,
                  epochs: int = 10, lr: float | None = None, kd_alpha: float | None = None, iterations: int = 1,
-                 schedule: str = "cosine", log=print) -> list[dict[str, Any]]:
+                 schedule: str = "cosine", optimizer: str | None = None, log=print) -> list[dict[str, Any]]:
     """Retrain, test and export the chosen Pareto points of a finished CLI run; writes final.json.
 
     `schedule` "cosine" (default) lets each retraining step's lr decay to 0, so the weights settle at
     the end instead of stopping mid-stride at a constant lr; "constant" keeps the run's lr throughout.
+    `optimizer` (adam | sgd, with momentum 0.9) defaults to the run's finetune.optimizer.
     """
     run_dir = Path(run_dir)
     info, spec = run_info(run_dir), run_spec(run_dir)
@@ -86,6 +87,7 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     splits = load_run_splits(run_dir)
     model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
     tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none", schedule=schedule,
+                     optimizer=optimizer or spec.finetune.optimizer,
                      lr=lr if lr is not None else spec.finetune.lr,
                      kd_alpha=kd_alpha if kd_alpha is not None else spec.finetune.kd_alpha)
     fp32_bytes = 4 * count_params(model)[0]

@@ -279,3 +279,14 @@ def test_finalize_retrains_tests_and_exports_chosen_front_points(finished_run, c
     assert "finalized" in capsys.readouterr().out
     assert main(["finalize", str(finished_run), "--trial", "999"]) == 2
     assert "not on the Pareto front" in capsys.readouterr().err
+
+
+def test_finalize_retrains_with_the_optimizer_asked_for(finished_run):
+    args = ["finalize", str(finished_run), "--top", "1", "--epochs", "1"]
+    artifacts = {}
+    for extra, optimizer in ((["--retrain-optimizer", "sgd", "--lr", "0.05"], "sgd"), ([], "adam")):
+        assert main(args + extra) == 0
+        final = json.loads((finished_run / "final.json").read_text())
+        assert final["settings"]["finetune"]["optimizer"] == optimizer  # adam: the run's own
+        artifacts[optimizer] = (finished_run / "final" / f"trial-{final['trials'][0]['id']}.acz").read_bytes()
+    assert artifacts["sgd"] != artifacts["adam"]

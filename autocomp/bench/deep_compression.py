@@ -41,6 +41,11 @@ COLUMNS = ("model", "trials", "pruned", "finalized", "baseline_err", "test_err",
 LAYER_COLUMNS = ("layer", "weights", "kept_%", "weight_bits", "index_bits", "bytes", "size_%")
 
 
+# finalize's retraining where it is not the run's own (Adam at finetune.lr): SGD with momentum reached a
+# higher validation accuracy on LeNet-300-100 (98.13% vs 98.02% for Adam, trial 206 of the bench's search)
+RETRAIN = {"lenet300": {"optimizer": "sgd", "lr": 0.05}}
+
+
 def space_file(model: str) -> Path:
     return SPACE_FILE.with_name(f"deep_compression_{model}.yaml")
 
@@ -84,7 +89,8 @@ def compress_model(model: str, data_dir: str | None, out: Path, *, trials: int, 
     run_dir = result.run_dir
     base = result.baseline
     chosen = _pick(run_dir, base["accuracy"])
-    rows = finalize_run(run_dir, trial_ids=chosen, epochs=finalize_epochs, iterations=iterations)
+    rows = finalize_run(run_dir, trial_ids=chosen, epochs=finalize_epochs, iterations=iterations,
+                        **RETRAIN.get(model, {}))
     base_error = 1 - base["test_accuracy"]
     within = [r for r in rows if 1 - r["test_accuracy"] <= base_error + 0.001]
     best = max(within or rows, key=lambda r: r["compression_ratio"] if within else r["test_accuracy"])
