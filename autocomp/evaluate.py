@@ -95,11 +95,14 @@ class CompressionEvaluator:
         meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
         return pack_model(compressed, meta, entropy=self.entropy)
 
+    def latency_times(self, compressed: nn.Module) -> list[float]:
+        """Times (ms) of whole forward passes of `compressed` in the run's runtime, after warm-up."""
+        return measure_model(compressed, self.latency_input, self.conditions, calibration=self.calibration[0],
+                             warmup=self.latency.warmup, repeats=self.latency.repeats)
+
     def measured_latency(self, compressed: nn.Module) -> dict[str, float]:
         """Median and IQR (ms) of whole forward passes of `compressed` in the run's runtime."""
-        times = measure_model(compressed, self.latency_input, self.conditions, calibration=self.calibration[0],
-                              warmup=self.latency.warmup, repeats=self.latency.repeats)
-        return latency_stats(times)
+        return latency_stats(self.latency_times(compressed))
 
     def structure_metrics(self, compressed: nn.Module) -> dict[str, float]:
         """The metrics the compressed structure fixes, whatever fine-tuning does to the weights (masks are held,

@@ -202,7 +202,6 @@ def run_loop(
     *,
     progress: bool = True,
     bars: Callable[[Sequence[Trial]], dict[int, float]] | None = None,
-    limits: Sequence[Constraint] = (),
 ) -> list[Trial]:
     """Run (or continue) the search in `store` until it holds `total` evaluated trials.
 
@@ -211,9 +210,9 @@ def run_loop(
     An ask equal to a finished complete or infeasible trial is answered from the journal at once (a new
     trial with that one's metrics, worker `journal:ID`; the evaluation is deterministic): it costs nothing
     and does not count towards `total`; after PATIENCE such asks in a row the search stops (converged).
-    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity). `limits` go
-    with every evaluation: constraints the evaluator checks before fine-tuning (the trial is then
-    `infeasible`, told to the optimizer with its violation and no objective values).
+    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity). The
+    constraints go with every evaluation: the evaluator checks those on structural metrics before
+    fine-tuning (the trial is then `infeasible`, told to the optimizer with its violation and no values).
     """
     trials = {t.id: t for t in map(Trial.from_record, store.trials())}  # in journal (= tell) order
     checkpoint = store.load_checkpoint()
@@ -254,7 +253,7 @@ def run_loop(
             return
         policies[item["id"]] = Policy.from_params(space, item["params"])
         now = bars(list(trials.values())) if bars else {}
-        executor.submit(Task(item["id"], policies[item["id"]], bars=now, limits=tuple(limits)))
+        executor.submit(Task(item["id"], policies[item["id"]], bars=now, limits=tuple(constraints)))
 
     def save() -> None:
         store.save_checkpoint({"optimizer": optimizer.state_dict(), "pending": list(in_flight.values()),
@@ -488,7 +487,7 @@ def search(
         opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
                              context=Context(layers=profiles, workdir=str(store.path)), **settings)
         done = run_loop(store, bound, opt, executor, objectives, resolved, trials, progress=progress,
-                        bars=_bars_rule(finetune), limits=resolved)
+                        bars=_bars_rule(finetune))
         executor.close()
         executor = None
         if table is not None:  # what in-process evaluations added (Ray workers keep their own misses)

@@ -111,9 +111,8 @@ def measuring_evaluator(model, spec: RunSpec, splits) -> CompressionEvaluator:
 LADDER = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)  # the uniform policies' channel ratios, least compressed first
 
 
-def uniform_ladder(model, spec: RunSpec) -> dict[str, dict[str, Any]]:
+def uniform_ladder(bound) -> dict[str, dict[str, Any]]:
     """name -> the parameters of each uniform policy, least compressed first."""
-    bound = spec.space.bind(model)
     return {f"uniform {r:.3f}": uniform_params(bound, r) for r in LADDER}
 
 
@@ -121,16 +120,15 @@ def uniform_seed(model, spec: RunSpec, splits, log=print) -> dict[str, Any] | No
     """The search's first candidate: the least-compressed uniform policy within half the uncompressed
     model's latency, the ladder and the uncompressed model timed interleaved."""
     evaluator = measuring_evaluator(model, spec, splits)
-    ladder = uniform_ladder(model, spec)
-    timed = interleaved_latency(evaluator, {"baseline": model, **_compressed(model, spec, ladder, evaluator)},
+    bound = spec.space.bind(model)
+    ladder = uniform_ladder(bound)
+    timed = interleaved_latency(evaluator, {"baseline": model, **_compressed(model, bound, ladder, evaluator)},
                                 rounds=3)
     log("  uniform seed, timed interleaved: " + ", ".join(f"{k} {v:.3f} ms" for k, v in timed.items()))
     return next((ladder[n] for n in ladder if timed[n] <= 0.5 * timed["baseline"]), None)
 
 
-def _compressed(model, spec: RunSpec, params: dict[str, dict[str, Any]],
-                evaluator: CompressionEvaluator) -> dict[str, Any]:
-    bound = spec.space.bind(model)
+def _compressed(model, bound, params: dict[str, dict[str, Any]], evaluator: CompressionEvaluator) -> dict[str, Any]:
     return {name: compress(model, Policy.from_params(bound, p), example=evaluator.example,
                            calibration=evaluator.calibration) for name, p in params.items()}
 
@@ -142,9 +140,7 @@ def interleaved_latency(evaluator: CompressionEvaluator, models: dict[str, Any],
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, compressed in models.items():
-            times[name] += measure_model(compressed, evaluator.latency_input, evaluator.conditions,
-                                         calibration=evaluator.calibration[0], warmup=evaluator.latency.warmup,
-                                         repeats=evaluator.latency.repeats)
+            times[name] += evaluator.latency_times(compressed)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -173,10 +169,11 @@ def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log
     evaluator = measuring_evaluator(model, spec, splits)
     scored = sorted((t for t in result.trials if t.feasible and not t.copied),
                     key=lambda t: -t.metrics["accuracy"])[:top]
-    ladder = uniform_ladder(model, spec)
+    bound = spec.space.bind(model)
+    ladder = uniform_ladder(bound)
     candidates = {f"trial {t.id}": t.params for t in scored}
     timed = interleaved_latency(evaluator, {"baseline": model,
-                                            **_compressed(model, spec, {**candidates, **ladder}, evaluator)})
+                                            **_compressed(model, bound, {**candidates, **ladder}, evaluator)})
     budget = 0.5 * timed["baseline"]
     log("  timed interleaved: " + ", ".join(f"{k} {v:.3f} ms" for k, v in timed.items()) + f" (budget {budget:.3f})")
     best = next((t for t in scored if timed[f"trial {t.id}"] <= budget), None)  # scored: by validation accuracy
@@ -188,7 +185,6 @@ def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log
         tuned = evaluator.compressed(policy)
         return accuracy(tuned, splits.val), accuracy(tuned, splits.test)
 
-    bound = spec.space.bind(model)
     search_val, search_test = tested(Policy.from_params(bound, best.params) if best else None)
     uniform_val, uniform_test = tested(Policy.from_params(bound, ladder[uniform]) if uniform else None)
     ratios = {v for k, v in best.params.items() if k.endswith("channels.ratio")} if best else set()

@@ -30,7 +30,7 @@ from autocomp.bench.common import BenchResult, publish
 from autocomp.execution import InProcessExecutor
 from autocomp.objective import as_objectives
 from autocomp.optimizers import make_optimizer
-from autocomp.runner import finalize, run_loop
+from autocomp.runner import COPY, finalize, run_loop
 from autocomp.store import RunStore
 from autocomp.testing.conformance import reference_space
 from autocomp.testing.fake import AnalyticEvaluator, full_size, process_usage
@@ -126,10 +126,10 @@ def soak(executor_name: str, run_dir: Path, trials: int, every: int, workers: in
         "worker_mb_per_1k": max(worker_slopes), "worker_fd_growth": max(worker_fds), "workers": len(by_worker),
         # every id once; `trials` evaluated (an ask repeating an earlier one is answered from the journal)
         "journal_ok": sorted(r["id"] for r in records) == list(range(len(records)))
-        and sum(not r["worker"].startswith("journal:") for r in records) == trials
+        and sum(not r["worker"].startswith(COPY) for r in records) == trials
         and all(r["status"] == "complete" for r in records),
         "pareto_ok": {t["id"] for t in pareto["trials"]}
-        == sweep_front([r for r in records if not r["worker"].startswith("journal:")]),
+        == sweep_front([r for r in records if not r["worker"].startswith(COPY)]),
         "front": len(pareto["trials"]),
         "driver_rss_mb": [[s["trials"], round(s["rss_mb"], 2)] for s in samples],
         "driver_open_fds": [[s["trials"], s["open_fds"]] for s in samples],
