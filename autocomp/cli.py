@@ -81,10 +81,12 @@ def _execution_overrides(args: argparse.Namespace) -> dict:
 def _print_result(result, log=print) -> None:
     log("")
     counts = {status: sum(t.status == status and not t.copied for t in result.trials)
-              for status in ("failed", "pruned", "infeasible")}
+              for status in ("failed", "pruned")}
+    skipped = sum(t.status == "infeasible" and not t.copied for t in result.trials)
     copies = sum(t.copied for t in result.trials)
-    log(f"Pareto front ({len(result.pareto)} of {len(result.trials) - copies} evaluated trials; "
+    log(f"Pareto front ({len(result.pareto)} of {sum(t.evaluated for t in result.trials)} evaluated trials; "
         + ", ".join(f"{n} {status}" for status, n in counts.items() if n or status == "failed")
+        + (f"; {skipped} skipped as infeasible before fine-tuning" if skipped else "")
         + (f"; {copies} repeated asks answered from the journal" if copies else "") + "):")
     log(result.table())
     log("")

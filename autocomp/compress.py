@@ -47,7 +47,9 @@ def compress(
     compressed = copy.deepcopy(model)
     context = Context(example=example, calibration=calibration, skeleton=skeleton)
     for stage in STAGES:
-        configs = {name: c for name, cs in policy.layers for c in cs if type(c) is stage and not c.is_identity()}
+        present = {name for name, _ in compressed.named_modules()}  # a skipped branch's layers are gone
+        configs = {name: c for name, cs in policy.layers for c in cs
+                   if type(c) is stage and not c.is_identity() and name in present}
         if not configs:
             continue
         if stage in MODEL_HANDLERS:

@@ -50,7 +50,8 @@ from autocomp.store import RunStore
 Data = tuple[torch.Tensor, torch.Tensor]
 REUSED = ("complete", "infeasible")  # outcomes an identical ask gets from the journal (a failure is retried)
 COPY = "journal:"  # the worker of a trial answered from the journal: not an evaluation, not counted
-PATIENCE = 50  # asks in a row answered from the journal before the optimizer is taken to have converged
+PATIENCE = 200  # asks in a row not evaluated (repeats, skips: each costs well under a second) before the
+# optimizer is taken to have converged or to be stuck outside the constraints
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,13 @@ class Trial:
     def copied(self) -> bool:
         """Answered from the journal: an ask equal to an earlier trial, not evaluated again."""
         return self.worker.startswith(COPY)
+
+    @property
+    def evaluated(self) -> bool:
+        """Fine-tuned and scored (or failed trying): what a search's `trials` budget counts. A repeat
+        answered from the journal and a candidate skipped before fine-tuning (infeasible) cost next to
+        nothing, so they are journaled and told but not counted."""
+        return not self.copied and self.status != "infeasible"
 
 
 @dataclass
@@ -141,11 +149,11 @@ class _Progress:
 
     def __init__(self, total: int, trials: Sequence[Trial], objectives: Sequence[Objective], enabled: bool):
         self.objectives = objectives
-        self.counts = {status: sum(t.status == status for t in trials) for status in self.COUNTED}
+        self.counts = {status: sum(t.status == status and not t.copied for t in trials) for status in self.COUNTED}
         self.best: list[float | None] = [None] * len(objectives)
         for t in trials:
             self._update_best(t)
-        self.bar = tqdm(total=total, initial=sum(not t.copied for t in trials), desc="search", unit="trial",
+        self.bar = tqdm(total=total, initial=sum(t.evaluated for t in trials), desc="search", unit="trial",
                         disable=not enabled,
                         dynamic_ncols=True, file=sys.stderr)
         self._postfix()
@@ -163,11 +171,11 @@ class _Progress:
         self.bar.set_postfix({**counts, **best}, refresh=False)
 
     def add(self, trial: Trial) -> None:
-        if trial.status in self.counts:
+        if trial.status in self.counts and not trial.copied:
             self.counts[trial.status] += 1
         self._update_best(trial)
         self._postfix()
-        self.bar.update(0 if trial.copied else 1)
+        self.bar.update(1 if trial.evaluated else 0)
 
     def close(self) -> None:
         self.bar.close()
@@ -203,16 +211,16 @@ def run_loop(
     progress: bool = True,
     bars: Callable[[Sequence[Trial]], dict[int, float]] | None = None,
 ) -> list[Trial]:
-    """Run (or continue) the search in `store` until it holds `total` evaluated trials.
+    """Run (or continue) the search in `store` until it holds `total` evaluated (fine-tuned) trials.
 
     Workers are kept busy: whenever one frees, its trial is journaled and told, and the optimizer is asked
     for the next candidate (an optimizer that waits for a whole generation asks for none until then).
     An ask equal to a finished complete or infeasible trial is answered from the journal at once (a new
-    trial with that one's metrics, worker `journal:ID`; the evaluation is deterministic): it costs nothing
-    and does not count towards `total`; after PATIENCE such asks in a row the search stops (converged).
-    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity). The
-    constraints go with every evaluation: the evaluator checks those on structural metrics before
-    fine-tuning (the trial is then `infeasible`, told to the optimizer with its violation and no values).
+    trial with that one's metrics, worker `journal:ID`; the evaluation is deterministic). The constraints
+    go with every evaluation: the evaluator checks those on structural metrics before fine-tuning (the
+    trial is then `infeasible`, told to the optimizer with its violation and no values). Neither a repeat
+    nor a skip counts towards `total` (`Trial.evaluated`); after PATIENCE of them in a row the search stops.
+    `bars(trials so far)` gives each new evaluation its early-stopping bars (multi-fidelity).
     """
     trials = {t.id: t for t in map(Trial.from_record, store.trials())}  # in journal (= tell) order
     checkpoint = store.load_checkpoint()
@@ -229,20 +237,18 @@ def run_loop(
     bar = _Progress(total, list(trials.values()), objectives, progress)
     policies: dict[int, Policy] = {}
     answers = {_params_key(t.params): t for t in trials.values() if t.status in REUSED and not t.copied}
-    evaluated = sum(not t.copied for t in trials.values())
-    copies_in_a_row = 0
+    evaluated = sum(t.evaluated for t in trials.values())
+    unevaluated_in_a_row = 0
 
     def record(trial: Trial) -> None:
-        nonlocal evaluated, copies_in_a_row
+        nonlocal evaluated, unevaluated_in_a_row
         in_flight.pop(trial.id)
         store.append(trial.to_record())  # journaled (and fsynced) before the optimizer hears of it
         trials[trial.id] = trial
-        if trial.copied:
-            copies_in_a_row += 1
-        else:
-            evaluated, copies_in_a_row = evaluated + 1, 0
-            if trial.status in REUSED:
-                answers.setdefault(_params_key(trial.params), trial)
+        evaluated += trial.evaluated
+        unevaluated_in_a_row = 0 if trial.evaluated else unevaluated_in_a_row + 1
+        if not trial.copied and trial.status in REUSED:
+            answers.setdefault(_params_key(trial.params), trial)
         bar.add(trial)
         optimizer.tell([Told(trial.params, trial.values if trial.status == "complete" else None, trial.violation)])
 
@@ -264,10 +270,10 @@ def run_loop(
             dispatch(item)
         while evaluated < total or in_flight:
             free = min(executor.workers - len(in_flight), total - evaluated - len(in_flight))
-            if copies_in_a_row >= PATIENCE:
+            if unevaluated_in_a_row >= PATIENCE:
                 if not in_flight:
-                    tqdm.write(f"optimizer '{optimizer.name}' asked only evaluated candidates {PATIENCE} times in a "
-                               f"row: stopping at {evaluated} evaluated trials")
+                    tqdm.write(f"optimizer '{optimizer.name}' asked only repeats or candidates outside the "
+                               f"constraints {PATIENCE} times in a row: stopping at {evaluated} evaluated trials")
                     break
                 free = 0
             if free > 0:

@@ -112,3 +112,34 @@ def test_an_ask_equal_to_a_finished_trial_is_answered_from_the_journal(tmp_path)
     assert len(first) == 2 and copies[-PATIENCE:] == list(range(len(trials) - PATIENCE, len(trials)))
     assert [r["id"] for r in RunStore(tmp_path / "r").trials()] == list(range(len(trials)))
     assert {t.id for t in front_of(trials, OBJECTIVES)} <= {t.id for t in first.values()}
+
+
+def test_candidates_skipped_before_fine_tuning_do_not_use_the_budget(tmp_path):
+    """`total` counts fine-tuned evaluations: infeasible skips are journaled and told, then asked past; a
+    space with nothing feasible stops after PATIENCE skips in a row instead of asking forever."""
+    from autocomp.errors import CandidateInfeasible
+    from autocomp.objective import Constraint
+
+    def skipped_when(feasible):
+        def evaluate(policy, *, limits=()):
+            if not feasible(policy):
+                raise CandidateInfeasible("before fine-tuning: flops 2 > max 1", {"flops": 2.0})
+            return {**hashed_metrics(policy), "flops": 1.0}
+        return evaluate
+
+    def loop(name, evaluate):
+        store = RunStore.create(tmp_path / name, space_yaml="", run_info={})
+        try:
+            opt = make_optimizer("random", SPACE, directions=["maximize", "minimize"], seed=0)
+            return run_loop(store, SPACE, opt, InProcessExecutor(evaluate), OBJECTIVES,
+                            (Constraint(metric="flops", max=1.0),), 8, progress=False)
+        finally:
+            store.close()
+
+    trials = loop("half", skipped_when(lambda p: int(p.fingerprint()[:8], 16) % 2))
+    skipped = [t for t in trials if t.status == "infeasible" and not t.copied]
+    assert sum(t.evaluated for t in trials) == 8 == sum(t.status == "complete" and not t.copied for t in trials)
+    assert skipped and all(t.violation == 1.0 and not t.evaluated for t in skipped)
+    assert len(RunStore(tmp_path / "half").trials()) == len(trials)  # the skips are journaled too
+    trials = loop("none", skipped_when(lambda p: False))
+    assert len(trials) == PATIENCE and not any(t.evaluated for t in trials)

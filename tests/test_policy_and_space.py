@@ -61,10 +61,15 @@ def test_selector_matching_nothing_names_file_line_key_value():
     assert "groups.head.layers" in str(err.value)
 
 
-def test_layer_in_two_groups_is_an_error():
-    text = SPACE.replace('["5"]', '["3"]')
-    with pytest.raises(SpaceError, match="selected by two groups"):
-        parse_run_spec(text).space.bind(tiny_mlp())
+def test_layer_in_two_groups_for_one_primitive_is_an_error():
+    text = SPACE.replace('["5"]', '["3"]')  # head: lowrank on layer 3, which hidden prunes and quantizes
+    bound = parse_run_spec(text).space.bind(tiny_mlp())
+    assert {p.name for p in bound.params if "3" in p.layers} == {
+        "3.prune.ratio", "3.quantize.bits", "head.lowrank.rank_ratio"}
+    assert bound.layers == ("1", "3")
+    with pytest.raises(SpaceError, match="selected by two groups .*'prune'"):
+        same = text.replace("lowrank: {rank_ratio: {choice: [0.5, 1.0]}}", "prune: {ratio: 0.5}")
+        parse_run_spec(same).space.bind(tiny_mlp())
 
 
 def test_python_built_space_is_checked_against_what_primitives_allow():

@@ -2,12 +2,13 @@
 
 Per runtime (PyTorch eager fp32, ONNX Runtime fp32):
 1. Prediction: the per-layer latency table (calibrated on the uncompressed model and 8 random policies)
-   predicts 50 other random candidates of search_spaces/latency_resnet20.yaml (channel removal, low rank),
-   each then measured whole: median absolute predicted-vs-measured error (target <= 10%).
+   predicts 50 other random candidates of search_spaces/latency_resnet20.yaml (channel removal, residual
+   blocks removed), each then measured whole: median absolute predicted-vs-measured error (target <= 10%).
 2. A latency-constrained search: TPE maximizing validation accuracy under latency_ms <= 0.5x the
    baseline's measured latency (predicted by the table; a candidate predicted over it is skipped before
-   fine-tuning), short fine-tuning per candidate, started from the least-compressed uniform policy (one
-   channel ratio everywhere) within the budget. At the end the search's 5 most accurate distinct
+   fine-tuning and not counted), short fine-tuning for each of 60 candidates, started from the
+   least-compressed uniform policy (one channel ratio everywhere, no block removed) within the budget.
+   At the end the search's 5 most accurate distinct
    candidates, the whole uniform ladder and the uncompressed model are timed interleaved; the budget is
    half the uncompressed median of those rounds, the search's answer its most accurate candidate within
    it, the uniform reference the least-compressed ladder policy within it.
@@ -191,7 +192,7 @@ def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log
     info = json.loads((result.run_dir / "run.json").read_text())
     return {
         "budget_ms": budget, "baseline_ms": timed["baseline"], "trials": len(result.trials),
-        "evaluated": sum(not t.copied for t in result.trials),
+        "evaluated": sum(t.evaluated for t in result.trials),
         "scored": sum(t.status == "complete" and not t.copied for t in result.trials),
         "skipped_infeasible": sum(t.status == "infeasible" and not t.copied for t in result.trials),
         "reused_search": getattr(result, "reused", False), "timed_interleaved_ms": timed,
@@ -212,7 +213,7 @@ def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log
 def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs") -> BenchResult:
     out = Path(runs_dir) / "bench-latency"
     spec = read_spec(space_file())
-    candidates, trials, workers = (6, 6, 2) if quick else (50, 80, 2)
+    candidates, trials, workers = (6, 6, 2) if quick else (50, 60, 2)  # trials: fine-tuned candidates
     if quick:  # every code path in a few minutes: a short baseline, tiny fine-tuning
         spec = replace(spec, train=replace(spec.train, epochs=1), finetune=replace(spec.finetune, steps=3),
                        latency=replace(spec.latency, repeats=5, warmup=1))

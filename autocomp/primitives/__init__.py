@@ -1,6 +1,6 @@
 """Compression primitives: frozen configs and the handlers that apply them."""
 
-from autocomp.primitives import channels, lowrank, prune, quantize, share, substitute  # noqa: F401  (handlers)
+from autocomp.primitives import channels, lowrank, prune, quantize, share, skip, substitute  # noqa: F401  (handlers)
 from autocomp.primitives.configs import (
     CONFIGS,
     STAGES,
@@ -10,9 +10,10 @@ from autocomp.primitives.configs import (
     Prune,
     Quantize,
     Share,
+    Skip,
     Substitute,
 )
 from autocomp.primitives.registry import HANDLERS, MODEL_HANDLERS, Context, apply_primitive
 
 __all__ = ["CONFIGS", "HANDLERS", "MODEL_HANDLERS", "STAGES", "Channels", "Context", "LowRank",
-           "PrimitiveConfig", "Prune", "Quantize", "Share", "Substitute", "apply_primitive"]
+           "PrimitiveConfig", "Prune", "Quantize", "Share", "Skip", "Substitute", "apply_primitive"]

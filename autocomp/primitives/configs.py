@@ -109,6 +109,22 @@ class LowRank(PrimitiveConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Skip(PrimitiveConfig):
+    """Residual-branch removal: with `drop` = 1, the branch this layer ends (its output, through single-use
+    ops such as its BatchNorm, reaches an addition with a shortcut) is removed from the network, and the
+    addition gives the shortcut alone: a ResNet block becomes its shortcut. Applied to the whole model at
+    once (its torch.fx graph), right after channel removal; later primitives skip the removed layers.
+    """
+
+    NAME: ClassVar[str] = "skip"
+    KNOBS: ClassVar[dict[str, KnobRange]] = {"drop": KnobRange(kind=int, low=0, high=1, compresses=1)}
+    drop: int = 0
+
+    def is_identity(self) -> bool:
+        return not self.drop
+
+
+@dataclass(frozen=True, kw_only=True)
 class Substitute(PrimitiveConfig):
     """An efficient block in place of one Conv2d: `dwsep` (MobileNet: depthwise kxk with `multiplier`
     filters per input channel, then 1x1), `fire` (SqueezeNet: 1x1 squeeze to ceil(squeeze * in) channels,
@@ -201,7 +217,9 @@ class Quantize(PrimitiveConfig):
         return self.bits >= 32 and self.act_bits >= 32
 
 
-# the order compress() applies them in: remove channels across the model first (shapes change everywhere),
-# then swap in efficient blocks and factorise (shapes change within a layer), zero, cluster, and finally round
-STAGES: tuple[type[PrimitiveConfig], ...] = (Channels, Substitute, LowRank, Prune, Share, Quantize)
+# the order compress() applies them in: remove channels across the model first (shapes change everywhere;
+# the dependency graph needs every block, removed ones included, to couple residual widths), then whole
+# branches, then swap in efficient blocks and factorise (shapes change within a layer), zero, cluster, and
+# finally round
+STAGES: tuple[type[PrimitiveConfig], ...] = (Channels, Skip, Substitute, LowRank, Prune, Share, Quantize)
 CONFIGS: dict[str, type[PrimitiveConfig]] = {cls.NAME: cls for cls in STAGES}

@@ -91,7 +91,7 @@ class SearchSpace:
     def bind(self, model: Any) -> BoundSpace:
         """Resolve selectors against `model` (an nn.Module) into named, typed per-layer params."""
         modules = [(n, m) for n, m in model.named_modules() if type(m).__name__ in COMPRESSIBLE]
-        owner: dict[str, str] = {}
+        owner: dict[tuple[str, str], str] = {}  # (layer, primitive) -> the one group that configures it
         params: list[Param] = []
         for group in self.groups:
             layers: list[str] = []
@@ -106,14 +106,15 @@ class SearchSpace:
                     )
                 layers += [n for n in hits if n not in layers]
             types = dict(modules)
-            for layer in layers:
-                if layer in owner and owner[layer] != group.name:
-                    raise SpaceError(
-                        f"layer '{layer}' is selected by two groups ('{owner[layer]}' and '{group.name}')",
-                        file=group.where.file, line=group.where.line, key=f"groups.{group.name}.layers",
-                        value=layer,
-                    )
-                owner[layer] = group.name
+            for layer in layers:  # two groups may select a layer for different primitives, never the same one
+                for primitive in dict.fromkeys(spec.primitive for spec in group.knobs):
+                    first = owner.setdefault((layer, primitive), group.name)
+                    if first != group.name:
+                        raise SpaceError(
+                            f"layer '{layer}' is selected by two groups ('{first}' and '{group.name}') for "
+                            f"primitive '{primitive}'", file=group.where.file, line=group.where.line,
+                            key=f"groups.{group.name}.layers", value=layer,
+                        )
             for spec in group.knobs:
                 key = f"groups.{group.name}.primitives.{spec.primitive}.{spec.knob}"
                 if spec.primitive not in CONFIGS or spec.knob not in CONFIGS[spec.primitive].KNOBS:
@@ -146,7 +147,7 @@ class SearchSpace:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SpaceError(f"parameter names collide: {duplicates} (give groups distinct names)")
-        return BoundSpace(params=tuple(params), layers=tuple(owner))
+        return BoundSpace(params=tuple(params), layers=tuple(dict.fromkeys(layer for layer, _ in owner)))
 
 
 @dataclass(frozen=True)
