@@ -8,10 +8,10 @@ Per runtime (PyTorch eager fp32, ONNX Runtime fp32):
    baseline's measured latency (predicted by the table; a candidate predicted over it is skipped before
    fine-tuning and not counted), short fine-tuning for each of 60 candidates, started from the
    least-compressed uniform policy (one channel ratio everywhere, no block removed) within the budget.
-   At the end the search's 5 most accurate distinct
-   candidates, the whole uniform ladder and the uncompressed model are timed interleaved; the budget is
-   half the uncompressed median of those rounds, the search's answer its most accurate candidate within
-   it, the uniform reference the least-compressed ladder policy within it.
+   At the end the search's 5 most accurate distinct candidates, the whole uniform ladder and the
+   uncompressed model are timed interleaved; the budget is half the uncompressed median of those rounds,
+   the search's answer its most accurate candidate within it, the uniform reference the least-compressed
+   ladder policy within it.
    Target: the answer is more accurate on the test split than the uniform reference.
 Latency is timed on a quiet machine: the 50 candidates one after another in this process.
 """
@@ -200,7 +200,7 @@ def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log
         "search_trial": best.id if best else None, "search_ms": timed[f"trial {best.id}"] if best else None,
         "search_predicted_ms": best.metrics["latency_ms"] if best else None,
         "search_val_acc": search_val, "search_test_acc": search_test, "search_policy": best.policy if best else None,
-        # the answer's channel ratio when it is one for every group (a uniform policy; its low rank may differ)
+        # the answer's channel ratio when it is one for every group (its other knobs, removed blocks, may differ)
         "search_uniform_ratio": next(iter(ratios)) if len(ratios) == 1 else None,
         "uniform_ratio": float(uniform.split()[1]) if uniform else None,
         "uniform_ms": timed[uniform] if uniform else None, "uniform_val_acc": uniform_val,

@@ -90,7 +90,8 @@ def skip_branches(model: nn.Module, configs: Mapping[str, Skip], context: Contex
     traced.graph.eliminate_dead_code()
     traced.delete_all_unused_submodules()
     traced.recompile()
-    return traced.train(model.training)
+    traced.training = model.training  # the modules it kept keep their own flags
+    return traced
 
 
 __all__ = ["skip_branches"]

@@ -106,8 +106,9 @@ class SearchSpace:
                     )
                 layers += [n for n in hits if n not in layers]
             types = dict(modules)
+            primitives = dict.fromkeys(spec.primitive for spec in group.knobs)
             for layer in layers:  # two groups may select a layer for different primitives, never the same one
-                for primitive in dict.fromkeys(spec.primitive for spec in group.knobs):
+                for primitive in primitives:
                     first = owner.setdefault((layer, primitive), group.name)
                     if first != group.name:
                         raise SpaceError(
