@@ -9,6 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 from autocomp.errors import AutocompError
+from autocomp.execution.registry import executor_names
+from autocomp.plugins import load_plugins
 
 DEFAULT_SPACE = "lenet300_mnist5k.yaml"
 
@@ -55,7 +57,7 @@ def _unit(text: str) -> float:
 
 def _add_execution_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution", "where candidates are evaluated (defaults: the file's execution: block)")
-    g.add_argument("--executor", choices=("inprocess", "ray"),
+    g.add_argument("--executor", choices=executor_names(),
                    help="inprocess (default) or ray; --workers or --address imply ray")
     g.add_argument("--workers", type=_positive, help="parallel evaluations (default: the cores allow)")
     g.add_argument("--threads", type=_positive, help="torch threads per worker (default: workers x threads <= cores)")
@@ -90,12 +92,22 @@ def _print_result(result, log=print) -> None:
         + (f"; {copies} repeated asks answered from the journal" if copies else "") + "):")
     log(result.table())
     log("")
+    log("every row (fp32 too) is compressed as its policy says, fine-tuned as the search fine-tunes, and scored on "
+        "the validation split; the test split is left to `autocomp finalize`, which measures it once for the "
+        "points it retrains, after choosing on validation")
     log("size_bytes = bytes of the packed artifact (`autocomp export --format packed`); ratio = fp32 bytes / "
         "size_bytes; flops = 2 x MACs at batch 1; latency = median forward pass")
     log(f"run directory: {result.run_dir}  (pareto.json, pareto.png, trials.jsonl)")
+    from autocomp.html_report import write_html_report
+
+    try:
+        log(f"report: {write_html_report(result.run_dir)}")
+    except Exception as err:  # the run is complete and saved; `autocomp report RUN --html` can redo the page
+        log(f"report: not written ({one_line(str(err))})")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    """`autocomp search`: run the search a space file describes, then print its Pareto front."""
     from autocomp.session import read_spec, run_spec_search
 
     space = Path(args.space) if args.space else default_space()
@@ -108,6 +120,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
+    """`autocomp check`: validate a space file, its model, data and optimizer, without searching."""
     from autocomp.session import check_search, read_spec
 
     space = Path(args.space) if args.space else default_space()
@@ -120,6 +133,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
+    """`autocomp resume`: continue a killed or finished run in its directory, then print its Pareto front."""
     from autocomp.session import resume_run
 
     result = resume_run(args.run_dir, trials=args.trials, data_dir=args.data_dir, progress=not args.quiet,
@@ -128,8 +142,8 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from autocomp.compress import compress
-    from autocomp.export import (
+    """`autocomp export`: rebuild a trial's compressed model and write it as a file, measured as loaded back."""
+    from autocomp.artifacts import (
         artifact_meta,
         export_int8,
         export_onnx,
@@ -138,6 +152,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         pack_model,
         write_bytes,
     )
+    from autocomp.compress import compress
     from autocomp.finetune import finetune_as_evaluated
     from autocomp.policy import Policy
     from autocomp.runner import trial_record
@@ -191,17 +206,21 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_finalize(args: argparse.Namespace) -> None:
+    """`autocomp finalize`: retrain chosen Pareto points longer and measure them on the test split."""
     from autocomp.finalize import finalize_run
 
     finalize_run(args.run_dir, top=args.top, trial_ids=args.trial, epochs=args.epochs, lr=args.lr,
                  kd_alpha=args.kd_alpha, iterations=args.iterations, schedule=args.schedule,
-                 optimizer=args.retrain_optimizer)
+                 optimizer=args.retrain_optimizer, tolerance=args.tolerance)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    """`autocomp report`: print a finished run's Pareto table (and final results), optionally plot or HTML."""
     from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
     from autocomp.store import RunStore
 
+    if not (Path(args.run_dir) / "run.json").is_file():
+        raise AutocompError(f"'{args.run_dir}' is not a run directory (no run.json)")
     store = RunStore(args.run_dir)
     pareto = store.read_json("pareto.json")
     if pareto is None:
@@ -223,9 +242,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {store.path / 'pareto.png'}")
     if args.json:
         print(json.dumps(pareto, indent=1))
+    if args.html or args.html_out:
+        from autocomp.html_report import write_html_report
+
+        print(f"wrote {write_html_report(store.path, args.html_out)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    """`autocomp bench`: run one of the named benchmarks."""
     import importlib
 
     from autocomp.bench import BENCHES
@@ -235,6 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `autocomp` argument parser: one subcommand per `cmd_*` function."""
     from autocomp.optimizers import OPTIMIZERS
 
     parser = argparse.ArgumentParser(prog="autocomp", description=__doc__)
@@ -282,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("finalize", help="retrain chosen Pareto points longer, test them once, export them")
+    p = sub.add_parser("finalize", help="retrain chosen Pareto points longer, select one on validation, test "
+                                        "them once, export them")
     p.add_argument("run_dir")
     p.add_argument("--top", type=_positive, default=3, help="how many points, spread along the front (default 3)")
     p.add_argument("--trial", type=int, action="append", help="a front trial to finalize (repeatable)")
@@ -295,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lr per retraining step: decays to 0 (cosine, default) or stays at --lr")
     p.add_argument("--retrain-optimizer", choices=("adam", "sgd"),
                    help="adam or sgd (momentum 0.9); default: the run's finetune.optimizer")
+    p.add_argument("--tolerance", type=_unit, default=0.001,
+                   help="select the smallest retrained point within this much validation accuracy of the "
+                        "baseline's (default 0.001 = 0.1 pt)")
     p.set_defaults(fn=cmd_finalize)
 
     from autocomp.bench import BENCHES
@@ -310,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--plot", action="store_true", help="redraw pareto.png")
     p.add_argument("--json", action="store_true", help="also print pareto.json")
+    p.add_argument("--html", action="store_true",
+                   help="write a self-contained HTML report (RUN/report.html; opens offline in a browser)")
+    p.add_argument("--html-out", metavar="PATH", help="write the HTML report here instead (implies --html)")
     p.set_defaults(fn=cmd_report)
     return parser
 
@@ -320,6 +352,12 @@ def one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 on an error, 130 when interrupted)."""
+    try:
+        load_plugins()  # before the parser: a plugin's optimizer or executor is a valid choice
+    except AutocompError as err:
+        print(f"autocomp: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

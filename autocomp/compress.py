@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.policy import Policy
-from autocomp.primitives import MODEL_HANDLERS, STAGES, Context, apply_primitive
+from autocomp.policy import Policy, PolicyLike
+from autocomp.primitives import MODEL_HANDLERS, STAGES, CompressContext, apply_primitive
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -21,7 +21,7 @@ def layer_targets(module: nn.Module) -> list[str]:
 
 def compress(
     model: nn.Module,
-    policy: Policy,
+    policy: PolicyLike,
     *,
     example: torch.Tensor | None = None,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -33,7 +33,9 @@ def compress(
     layer all of the replacement's parts, so e.g. pruning and quantization apply to each factor. Model-level
     primitives (channel removal, global pruning, activation calibration) get `example` / `calibration`.
     `skeleton` builds only the shapes a packed file is then loaded into (uncalibrated ranges allowed).
+    `policy` may be a Policy or its dict form (a search trial's `.policy`).
     """
+    policy = Policy.coerce(policy)
     names = [name for name, _ in policy.layers]
     for name in names:
         try:
@@ -45,7 +47,7 @@ def compress(
             raise AutocompError(f"policy names layer '{name}' and layers inside it ({', '.join(nested)}); "
                                 "name leaf layers only")
     compressed = copy.deepcopy(model)
-    context = Context(example=example, calibration=calibration, skeleton=skeleton)
+    context = CompressContext(example=example, calibration=calibration, skeleton=skeleton)
     for stage in STAGES:
         present = {name for name, _ in compressed.named_modules()}  # a skipped branch's layers are gone
         configs = {name: c for name, cs in policy.layers for c in cs

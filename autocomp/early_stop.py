@@ -15,13 +15,16 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Mapping
 
+RULES = ("none", "median", "halving")
+
 
 def curve_key(epoch: int) -> str:
+    """The metric name of the validation accuracy after `epoch` fine-tuning epochs."""
     return f"accuracy@{epoch}"
 
 
 def curve(metrics: Mapping[str, float]) -> dict[int, float]:
-    """epoch -> validation accuracy after that many fine-tuning epochs."""
+    """Epoch -> validation accuracy after that many fine-tuning epochs."""
     return {int(k.split("@", 1)[1]): v for k, v in metrics.items() if k.startswith("accuracy@")}
 
 
@@ -40,8 +43,10 @@ def rungs(rule: str, epochs: int, min_epochs: int = 1, eta: int = 3) -> list[int
 
 def bars(curves: Iterable[Mapping[int, float]], rule: str, epochs: int, *, min_epochs: int = 1, eta: int = 3,
          startup: int = 5) -> dict[int, float]:
-    """epoch -> the accuracy needed there to continue, from the curves of earlier trials; a rung gets a bar
-    once `startup` trials have reached it."""
+    """Epoch -> the accuracy needed there to continue, from the curves of earlier trials.
+
+    A rung gets a bar once `startup` trials have reached it.
+    """
     seen = list(curves)
     out: dict[int, float] = {}
     for epoch in rungs(rule, epochs, min_epochs, eta):

@@ -54,9 +54,12 @@ class CandidateStopped(Exception):  # noqa: N818 - not an error: a weak candidat
 
 
 class CandidateInfeasible(Exception):  # noqa: N818 - not an error: a candidate outside a hard bound
-    """Raised by an evaluator when a candidate breaks a constraint on a metric its structure fixes (latency,
-    FLOPs, stored parameters, peak activations): fine-tuning cannot change it, so the candidate is not
-    fine-tuned or scored and the trial is `infeasible`. `metrics` holds those structural metrics."""
+    """Raised by an evaluator when a candidate breaks a constraint on a metric its structure fixes.
+
+    Such metrics are latency, FLOPs, stored parameters and peak activations: fine-tuning cannot change
+    them, so the candidate is not fine-tuned or scored and the trial is `infeasible`. `metrics` holds those
+    structural metrics.
+    """
 
     def __init__(self, reason: str, metrics: dict[str, float]) -> None:
         super().__init__(reason)

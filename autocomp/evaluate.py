@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, pack_model
 from autocomp.compress import compress
 from autocomp.early_stop import curve_key
 from autocomp.errors import AutocompError, CandidateInfeasible, CandidateStopped
-from autocomp.export import artifact_meta, pack_model
-from autocomp.finetune import finetune_as_evaluated
+from autocomp.finetune import DEFAULT_FINETUNE, FineTuneSpec, finetune_as_evaluated
 from autocomp.latency_table import Conditions, LatencyTable, measure_model, model_key
 from autocomp.metrics import (
     accuracy,
@@ -25,14 +25,18 @@ from autocomp.metrics import (
     peak_activation_bytes,
 )
 from autocomp.policy import Policy
-from autocomp.space.spec import DEFAULT_FINETUNE, DEFAULT_LATENCY, FineTuneSpec, LatencySpec
+from autocomp.runtimes import DEFAULT_LATENCY, LatencySpec, get_runtime
 
 if TYPE_CHECKING:  # a sibling layer: constraints arrive as objects, used by their interface
     from autocomp.objective import Constraint
 
 
 class Evaluator(Protocol):
-    def __call__(self, policy: Policy) -> Mapping[str, float]: ...
+    """Anything that scores a policy: a callable from a policy to its metrics by name."""
+
+    def __call__(self, policy: Policy) -> Mapping[str, float]:
+        """The metrics of `policy` applied to the model."""
+        ...
 
 
 class CompressionEvaluator:
@@ -58,7 +62,9 @@ class CompressionEvaluator:
         train: tuple[torch.Tensor, torch.Tensor] | None = None,
         finetune: FineTuneSpec = DEFAULT_FINETUNE,
         latency_table: LatencyTable | None = None,
+        test: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        self.test = test
         if finetune.epochs > 0 and train is None:
             raise AutocompError("fine-tuning needs training data (train=...)")
         self.model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and everything else
@@ -81,6 +87,10 @@ class CompressionEvaluator:
     def compressed(self, policy: Policy) -> nn.Module:
         """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it)."""
         return self._finetuned(self._compress(policy), None)
+
+    def structure(self, policy: Policy) -> nn.Module:
+        """The compressed model before fine-tuning: the very layers and shapes that run (for timing)."""
+        return self._compress(policy)
 
     def _compress(self, policy: Policy) -> nn.Module:
         return compress(self.model, policy, example=self.example, calibration=self.calibration)
@@ -105,25 +115,36 @@ class CompressionEvaluator:
         return latency_stats(self.latency_times(compressed))
 
     def structure_metrics(self, compressed: nn.Module) -> dict[str, float]:
-        """The metrics the compressed structure fixes, whatever fine-tuning does to the weights (masks are held,
-        channels and ranks are not changed by it)."""
+        """The metrics the compressed structure fixes, whatever fine-tuning does to the weights.
+
+        Masks are held, and channels and ranks are not changed by fine-tuning.
+        """
         flops, _ = count_flops(compressed, self.example)
         if self.table is not None:
             timing = {"latency_ms": self.table.predict(compressed, self.example, self.model_key)}
         else:
             timing = self.measured_latency(compressed)
-        int8 = self.latency.runtime.endswith("int8")
+        int8 = get_runtime(self.latency.runtime).int8
         return {"params_stored": count_params(compressed)[0], "flops": flops, **timing,
                 "peak_activation_bytes": peak_activation_bytes(compressed, self.example, 1 if int8 else 4)}
 
     def __call__(self, policy: Policy, bars: Mapping[int, float] | None = None,
-                 limits: Sequence[Constraint] = ()) -> dict[str, float]:
+                 limits: Sequence[Constraint] = (), split: str = "val") -> dict[str, float]:
         """The metrics of `policy`.
+
+        `split="test"` measures only `test_accuracy` of the model exactly as evaluated (the same compression
+        and fine-tuning), on the `test` rows given at construction: the search's one use of them, for points
+        already chosen.
 
         With `bars` (epoch -> accuracy needed to go on), fine-tuning stops a candidate below a bar by raising
         CandidateStopped (the trial is then `pruned`). With `limits` (resolved constraints), a candidate whose
         structure already breaks one on a metric of `structure_metrics` raises CandidateInfeasible before
-        it is fine-tuned or scored (the trial is then `infeasible`): a hard budget costs no fine-tuning."""
+        it is fine-tuned or scored (the trial is then `infeasible`): a hard budget costs no fine-tuning.
+        """
+        if split == "test":
+            if self.test is None:
+                raise AutocompError("no test data to measure on (test=...)")
+            return {"test_accuracy": accuracy(self.compressed(policy), self.test)}
         compressed = self._compress(policy)
         structure = self.structure_metrics(compressed)
         broken = [c for c in limits if c.metric in structure and c.violation(structure) > 0]
@@ -152,7 +173,7 @@ class CompressionEvaluator:
             "params": count_params(compressed)[1],
             **structure,
             "flops_sparse": sparse_flops,
-            "energy_uj": energy_uj(compressed, self.example, size, int8=self.latency.runtime.endswith("int8")),
+            "energy_uj": energy_uj(compressed, self.example, size, int8=get_runtime(self.latency.runtime).int8),
             **learning,
         }
         for name, fn in self.extra_metrics.items():

@@ -1,9 +1,12 @@
-"""`autocomp finalize`: retrain chosen Pareto points longer, measure them once on the test split, export.
+"""`autocomp finalize`: retrain chosen Pareto points longer, select one on validation, test once, export.
 
 The search scores candidates after short fine-tuning; the points worth shipping then get what Deep
 Compression gave its models: longer retraining (distilled from the original when kd_alpha > 0), pruning
-reached in steps with retraining between them (`iterations`), and one measurement on the test split.
-Each finalized model is written as a packed artifact whose length is the size reported for it.
+reached in steps with retraining between them (`iterations`). Every choice is made on the validation split:
+which points to retrain (spread along the front, or the ones named), and which retrained point is
+`selected` (the smallest within `tolerance` of the uncompressed model's validation accuracy). Only then is
+the test split measured, once per retrained point, and reported as it falls. Each finalized model is
+written as a packed artifact whose length is the size reported for it.
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, pack_model, write_bytes
 from autocomp.compress import compress
 from autocomp.errors import RunError
-from autocomp.export import artifact_meta, pack_model, write_bytes
-from autocomp.finetune import finetune_as_evaluated
+from autocomp.finetune import FineTuneSpec, finetune_as_evaluated
 from autocomp.metrics import accuracy, count_params
 from autocomp.policy import Policy
 from autocomp.primitives import Prune
 from autocomp.report import pareto_table
 from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec
-from autocomp.space.spec import FineTuneSpec
 from autocomp.store import write_atomic
 
 FINAL = "final.json"
@@ -56,8 +58,11 @@ def choose(front: list[dict[str, Any]], top: int, ids: list[int] | None) -> list
 
 def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
             iterations: int, calibration: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
-    """Iterative prune and retrain: iterations-1 steps of pruning only (ratios i/iterations of the policy's),
-    each retrained for epochs/iterations, then the whole policy and retraining for the rest."""
+    """Iterative prune and retrain, ending with the whole policy applied and retrained.
+
+    Iterations-1 steps of pruning only (ratios i/iterations of the policy's), each retrained for
+    epochs/iterations, then the whole policy and retraining for the rest.
+    """
     current, step_epochs = model, max(1, spec.epochs // iterations)
     for i in range(1, iterations):
         current = compress(current, pruning_only(policy, i / iterations), example=calibration[0][:1],
@@ -68,11 +73,27 @@ def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.T
     return finetune_as_evaluated(final, train, replace(spec, epochs=remaining), teacher=model)
 
 
+def select(rows: list[dict[str, Any]], baseline_accuracy: float, tolerance: float) -> dict[str, Any]:
+    """The retrained point to ship, chosen on validation only.
+
+    The smallest whose validation accuracy is within `tolerance` of the uncompressed model's; if none is,
+    the most accurate.
+    """
+    within = [r for r in rows if r["accuracy"] >= baseline_accuracy - tolerance]
+    if within:
+        return min(within, key=lambda r: r["size_bytes"])
+    return max(rows, key=lambda r: r["accuracy"])
+
+
 def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[int] | None = None,
                  epochs: int = 10, lr: float | None = None, kd_alpha: float | None = None, iterations: int = 1,
-                 schedule: str = "cosine", optimizer: str | None = None, log=print) -> list[dict[str, Any]]:
-    """Retrain, test and export the chosen Pareto points of a finished CLI run; writes final.json.
+                 schedule: str = "cosine", optimizer: str | None = None, tolerance: float = 0.001,
+                 log=print) -> list[dict[str, Any]]:
+    """Retrain the chosen Pareto points of a finished CLI run, select one on validation, test, export.
 
+    Writes final.json: the retrained rows (validation accuracy, then test accuracy measured after the
+    selection), `selected` (the id `select` chose with `tolerance`, on validation) and the uncompressed
+    baseline measured the same way (validation and test accuracy of the model as trained).
     `schedule` "cosine" (default) lets each retraining step's lr decay to 0, so the weights settle at
     the end instead of stopping mid-stride at a constant lr; "constant" keeps the run's lr throughout.
     `optimizer` (adam | sgd, with momentum 0.9) defaults to the run's finetune.optimizer.
@@ -93,7 +114,7 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     fp32_bytes = 4 * count_params(model)[0]
     out_dir = run_dir / "final"
     out_dir.mkdir(exist_ok=True)
-    rows = []
+    rows, models = [], {}
     for trial in chosen:
         start = time.perf_counter()
         policy = Policy.from_dict(trial["policy"])
@@ -103,22 +124,40 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
         size = write_bytes(path, pack_model(final, meta, entropy=info["signature"].get("entropy", False)))
         row = {"id": trial["id"], "policy": trial["policy"], "size_bytes": size,
                "compression_ratio": fp32_bytes / size, "accuracy": accuracy(final, splits.val),
-               "test_accuracy": accuracy(final, splits.test), "search_accuracy": trial["metrics"]["accuracy"],
-               "search_test_accuracy": trial.get("test_accuracy"), "artifact": str(path),
+               "search_accuracy": trial["metrics"]["accuracy"], "artifact": str(path),
                "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
-        log(f"trial {trial['id']}: val {row['search_accuracy']:.4f} -> {row['accuracy']:.4f}, test "
-            f"{row['test_accuracy']:.4f}, {size:,} B ({row['compression_ratio']:.1f}x) -> {path}")
-    doc = {"settings": {"epochs": epochs, "iterations": iterations, "finetune": vars(tuning)},
-           "baseline": pareto["baseline"], "trials": rows}
+        models[row["id"]] = final
+        log(f"trial {trial['id']}: val {row['search_accuracy']:.4f} -> {row['accuracy']:.4f}, "
+            f"{size:,} B ({row['compression_ratio']:.1f}x) -> {path}")
+    baseline = {"accuracy": accuracy(model, splits.val), "size_bytes": fp32_bytes, "compression_ratio": 1.0}
+    selected = select(rows, baseline["accuracy"], tolerance)
+    # the choice is made: now, and only now, the test split (once per model, reported as it falls)
+    baseline["test_accuracy"] = accuracy(model, splits.test)
+    for row in rows:
+        row["test_accuracy"] = accuracy(models[row["id"]], splits.test)
+    log(f"selected on validation (smallest within {100 * tolerance:.2g} pt of the baseline's "
+        f"{100 * baseline['accuracy']:.2f}%): trial {selected['id']}, {selected['compression_ratio']:.1f}x, "
+        f"val {100 * selected['accuracy']:.2f}%, test {100 * selected['test_accuracy']:.2f}% (baseline test "
+        f"{100 * baseline['test_accuracy']:.2f}%)")
+    doc = {"settings": {"epochs": epochs, "iterations": iterations, "tolerance": tolerance,
+                        "finetune": vars(tuning)},
+           "baseline": baseline, "selected": selected["id"],
+           "selection": "on validation: the smallest retrained point within tolerance of the baseline's "
+                        "validation accuracy, else the most accurate; test measured after",
+           "trials": rows}
     write_atomic(run_dir / FINAL, json.dumps(doc, indent=1) + "\n")
     log(final_table(doc))
     return rows
 
 
 def final_table(doc: dict[str, Any]) -> str:
-    return ("finalized (retrained; test accuracy measured once):\n"
+    """The finalized rows after the uncompressed baseline (both measured as they are), and the selection."""
+    text = ("finalized (retrained; every row, the baseline too, measured on validation, then once on test):\n"
             + pareto_table(doc["trials"], baseline=doc["baseline"]))
+    if doc.get("selected") is not None:
+        text += f"\nselected on validation: trial {doc['selected']}"
+    return text
 
 
-__all__ = ["FINAL", "choose", "final_table", "finalize_run", "pruning_only", "retrain"]
+__all__ = ["FINAL", "choose", "final_table", "finalize_run", "pruning_only", "retrain", "select"]

@@ -17,15 +17,52 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocomp.early_stop import RULES as EARLY_STOP_RULES
 from autocomp.metrics import torch_threads
 from autocomp.packed import CodebookCoding, WeightCoding
-from autocomp.space.spec import FineTuneSpec
+from autocomp.schema import integer, non_negative, one_of, optional, positive, setting, unit
+from autocomp.schema.rules import MAX_SEED
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneSpec:
+    """Fine-tuning of each candidate after compression (0 epochs: none), on the training split: `finetune:`.
+
+    An epoch is one pass over the training data, or `steps` batches of it when set (short epochs for the
+    search; `autocomp finalize` retrains longer). `schedule: cosine` decays the lr to 0 over all
+    planned steps (for longer retraining). `kd_alpha` > 0 distils from the uncompressed model
+    at `temperature`. `l1` / `group_lasso` add penalties that push weights (or whole output channels) to zero,
+    so the next pruning step (finalize's iterations) removes what they made small. `early_stop` stops weak
+    candidates after an epoch (multi-fidelity; trials `pruned`; see autocomp.early_stop).
+    """
+
+    epochs: int = setting(0, integer(0, 10_000))
+    steps: int | None = setting(None, optional(integer(1)))
+    batch_size: int = setting(128, integer(1, 65_536))
+    lr: float = setting(1e-4, positive)
+    optimizer: str = setting("adam", one_of(OPTIMIZERS, "optimizer"))
+    schedule: str = setting("constant", one_of(SCHEDULES, "schedule"))
+    kd_alpha: float = setting(0.0, unit)
+    temperature: float = setting(4.0, positive)
+    seed: int = setting(0, integer(0, MAX_SEED))
+    l1: float = setting(0.0, non_negative)  # penalty weights on the compressible layers' weights
+    group_lasso: float = setting(0.0, non_negative)
+    early_stop: str = setting("none", one_of(EARLY_STOP_RULES, "rule"))
+    min_epochs: int = setting(1, integer(1, 10_000))
+    eta: int = setting(3, integer(2, 100))
+    startup: int = setting(5, integer(1))
+
+
+DEFAULT_FINETUNE = FineTuneSpec()
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -127,8 +164,11 @@ def _release(layers: list[nn.Module]) -> None:
 
 
 def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Tensor:
-    """Per layer: l1 x mean |w| + group_lasso x (sum over output channels of ||w_channel||_2) / sqrt(numel)
-    (group lasso as in Wen et al. 2016), normalised so that one setting suits layers of any size."""
+    """The sparsity regulariser: an l1 and a group-lasso term per layer, summed over `layers`.
+
+    Per layer: l1 x mean |w| + group_lasso x (sum over output channels of ||w_channel||_2) / sqrt(numel)
+    (group lasso as in Wen et al. 2016), normalised so that one setting suits layers of any size.
+    """
     total = torch.zeros(())
     for layer in layers:
         w = layer.weight
@@ -141,8 +181,10 @@ def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Ten
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, alpha: float,
                       temperature: float) -> torch.Tensor:
-    """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs
-    (Hinton et al. 2015: T^2 keeps the soft term's gradients on the scale of the hard one)."""
+    """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs.
+
+    As in Hinton et al. 2015: T^2 keeps the soft term's gradients on the scale of the hard one.
+    """
     hard = nn.functional.cross_entropy(student, labels)
     if alpha <= 0:
         return hard
@@ -222,9 +264,12 @@ def finetune(
 def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
                           teacher: nn.Module,
                           after_epoch: Callable[[int, nn.Module], bool] | None = None) -> nn.Module:
-    """What the evaluator does to each candidate, on one thread so that any machine (a Ray worker, the
-    export command) computes the very same weights; `teacher` is used only when spec.kd_alpha > 0.
-    `after_epoch` only looks (the weights do not depend on it), unless it stops the run."""
+    """Fine-tune a candidate exactly as the evaluator does, on one thread.
+
+    One thread, so that any machine (a Ray worker, the export command) computes the very same weights;
+    `teacher` is used only when spec.kd_alpha > 0. `after_epoch` only looks (the weights do not depend on
+    it), unless it stops the run.
+    """
     with torch_threads(1):
         finetune(model, data, spec, teacher=teacher if spec.kd_alpha > 0 else None, after_epoch=after_epoch)
     return model

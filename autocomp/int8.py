@@ -57,6 +57,7 @@ class Int8Model(nn.Module):
         self.engine = engine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the int8 module with its quantized engine set for the call."""
         with quantized_engine(self.engine):
             return self.module(x)
 

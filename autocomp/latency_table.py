@@ -37,8 +37,8 @@ from autocomp.compress import compress
 from autocomp.metrics import cpu_name, forward_times, torch_threads
 from autocomp.policy import Policy
 from autocomp.primitives.quantize import QuantizedInput
-from autocomp.runtimes import RUNTIMES, default_engine, prepare, runnable_graph
-from autocomp.space.space import BoundSpace
+from autocomp.runtimes import get_runtime, prepare
+from autocomp.space import BoundSpace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +53,12 @@ class Conditions:
 
     @staticmethod
     def here(runtime: str, batch_size: int, threads: int) -> Conditions:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+        """The conditions of measuring now, on this machine, with the runtime's current engine."""
         return Conditions(runtime=runtime, batch_size=batch_size, threads=threads,
-                          engine=default_engine() if runtime == "torch-int8" else "", machine=machine_key())
+                          engine=get_runtime(runtime).engine(), machine=machine_key())
 
     def key(self) -> str:
+        """A short hash of all the fields: equal conditions, equal key."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,7 +85,7 @@ def _is_unit(module: nn.Module) -> bool:
 
 def units(model: nn.Module, example: torch.Tensor, batch_size: int, runtime: str) -> list[Unit]:
     """The layers `runtime` executes for `model`, in call order, with their input shapes at `batch_size`."""
-    graph = runnable_graph(model, runtime).eval()
+    graph = get_runtime(runtime).graph(model).eval()
     inside_wrapper = {id(m) for w in graph.modules() if isinstance(w, QuantizedInput) for m in w.modules()
                       if m is not w}
     found: list[Unit] = []
@@ -145,10 +145,12 @@ class LatencyTable:
 
     # --- persistence -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Conditions, entries and calibrations as saved in the table's file (`scale` is not saved)."""
         return {"conditions": asdict(self.conditions), "entries": dict(sorted(self.entries.items())),
                 "calibrations": self.calibrations}
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the table as JSON at `path`, atomically (a temporary file, then a rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -167,6 +169,7 @@ class LatencyTable:
         return cls(conditions, **kwargs)
 
     def merge(self, other: LatencyTable) -> None:
+        """Add the entries and calibrations of `other` this table lacks, if it has the same conditions."""
         if other.conditions == self.conditions:
             self.entries.update({k: v for k, v in other.entries.items() if k not in self.entries})
             self.calibrations.update({k: v for k, v in other.calibrations.items() if k not in self.calibrations})
@@ -200,11 +203,25 @@ class LatencyTable:
 
     def anchor(self, models: Sequence[nn.Module], example: torch.Tensor, model_key: str,
                measured_ms: Sequence[float]) -> dict[str, Any]:
-        """Set `scale` to the median of measured / table latency over `models` timed whole now (the
-        calibration's models: the uncompressed one and compressed ones like the candidates)."""
+        """Set `scale` to the median of measured / table latency over `models` timed whole now.
+
+        The models are the calibration's: the uncompressed one and compressed ones like the candidates.
+        """
+        cached = set(self.entries)
         self.scale = 1.0
-        ratios = [ms / self.predict(m, example, model_key) for m, ms in zip(models, measured_ms)]
-        self.scale = statistics.median(ratios)
+        for model in models:  # layers the cached table lacks are timed now: in today's ms, not the table's unit
+            self.layer_sum(model, example)
+        today = {k: v for k, v in self.entries.items() if k not in cached}
+        scale, ratios = 1.0, [1.0]
+        for _ in range(50):  # the new layers' unit depends on the scale they help decide: a fixed point
+            self.entries.update({k: v / scale for k, v in today.items()})
+            self.scale = 1.0
+            ratios = [ms / self.predict(m, example, model_key) for m, ms in zip(models, measured_ms)]
+            settled, scale = scale, statistics.median(ratios)
+            if abs(scale - settled) <= 1e-12 * scale:
+                break
+        self.entries.update({k: v / scale for k, v in today.items()})
+        self.scale = scale
         return {"scale": self.scale, "models": len(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
     def calibrate(self, model_key: str, models: Sequence[nn.Module], measured_ms: Sequence[float],
@@ -222,9 +239,11 @@ class LatencyTable:
 
 
 def _fit(features: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares on relative error (every model counts alike, small or large); fewer points than
-    terms, or a fit that makes latency fall as layers get slower, falls back to a + b x layer sum, then
-    to a pure offset from the layer sum (b = 1)."""
+    """Least squares on relative error (every model counts alike, small or large).
+
+    Fewer points than terms, or a fit that makes latency fall as layers get slower, falls back to
+    a + b x layer sum, then to a pure offset from the layer sum (b = 1).
+    """
     weights = 1.0 / y
     for columns in ([0, 1, 2], [0, 1]):
         if len(y) > len(columns):
@@ -244,16 +263,21 @@ def model_key(model: nn.Module, example: torch.Tensor) -> str:
 
 def measure_model(model: nn.Module, batch: torch.Tensor, conditions: Conditions, *, calibration: torch.Tensor,
                   warmup: int, repeats: int) -> list[float]:
-    """Wall times (ms) of whole forward passes of `model` on `batch` in the conditions' runtime and threads
-    (`calibration` rows set int8 activation ranges)."""
+    """Wall times (ms) of whole forward passes of `model` on `batch` in the conditions' runtime and threads.
+
+    `calibration` rows set int8 activation ranges.
+    """
     run = prepare(model, conditions.runtime, calibration=calibration, threads=conditions.threads,
                   engine=conditions.engine or None)
     return time_runner(run, batch, threads=conditions.threads, warmup=warmup, repeats=repeats)
 
 
 def calibration_policies(bound: BoundSpace, seed: int, count: int = 8) -> list[Policy]:
-    """The random policies of the space a model's calibration is fit on (seeded: a run and the bench that
-    checks it draw the same ones, so candidates drawn with another seed are unseen by the fit)."""
+    """The random policies of the space a model's calibration is fit on.
+
+    Seeded: a run and the bench that checks it draw the same ones, so candidates drawn with another seed
+    are unseen by the fit.
+    """
     rng = np.random.default_rng(seed)
     return [Policy.from_params(bound, bound.sample(rng)) for _ in range(count)]
 
@@ -267,9 +291,12 @@ def calibrated_table(model: nn.Module, example: torch.Tensor, batch: torch.Tenso
                      policies: Sequence[Policy], *, calibration: tuple[torch.Tensor, torch.Tensor],
                      saved: Sequence[Path] = (), warmup: int, repeats: int,
                      log: Callable[[str], None] = print) -> LatencyTable:
-    """The table for `model` under `conditions`: the first of `saved` that holds a calibration for this
-    model (a run's own table on resume, else the machine's cache), every entry of all of them, and, if no
-    calibration exists yet, one fit now on the model and `policies` (compressed, timed whole once)."""
+    """The table for `model` under `conditions`, calibrated for it.
+
+    The first of `saved` that holds a calibration for this model (a run's own table on resume, else the
+    machine's cache), every entry of all of them, and, if no calibration exists yet, one fit now on the
+    model and `policies` (compressed, timed whole once).
+    """
     table = LatencyTable(conditions)
     for path in saved:
         table.merge(LatencyTable.load(path, conditions))

@@ -12,7 +12,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx import symbolic_trace
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
+
+from autocomp.primitives.quantize import QuantizedInput
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -56,8 +60,11 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 
 
 def layer_profiles(model: nn.Module, example: torch.Tensor) -> list[dict[str, int | str]]:
-    """Shape, parameter count and multiply-adds of every Linear and Conv2d, in the order the forward pass
-    runs them (one example row), as plain numbers for optimizers that reason about layers."""
+    """Shape, parameter count and multiply-adds of every Linear and Conv2d, in forward-pass order.
+
+    The order is the one the forward pass runs them in (one example row); plain numbers, for optimizers that
+    reason about layers.
+    """
     rows: list[dict[str, int | str]] = []
     hooks = []
 
@@ -96,6 +103,7 @@ def latency_batch(rows: torch.Tensor, size: int) -> torch.Tensor:
 
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with torch's intra-op pool at `threads` threads, restoring the previous count after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -157,9 +165,6 @@ def peak_activation_bytes(model: nn.Module, example: torch.Tensor, bytes_per_ele
     Activations take `bytes_per_element` each (4 for fp32, 1 for int8 runtimes). A model fx cannot trace
     falls back to the largest input + output of any one layer.
     """
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
-
     x = example[:1]
     try:
         graph = symbolic_trace(model.eval())
@@ -240,7 +245,9 @@ def mac_energy_pj(weight_bits: int, act_bits: int) -> float:
 
 @torch.no_grad()
 def energy_uj(model: nn.Module, example: torch.Tensor, weight_bytes: int, *, int8: bool = False) -> float:
-    """An energy proxy (microjoules) of one forward pass at batch 1, documented so it can be argued with:
+    """An energy proxy (microjoules) of one forward pass at batch 1.
+
+    Documented so it can be argued with:
 
         sum over Linear/Conv2d layers of  nonzero MACs x E_mac(weight bits, input bits)
                                           + (input + output activation bytes) x E_SRAM
@@ -250,8 +257,6 @@ def energy_uj(model: nn.Module, example: torch.Tensor, weight_bytes: int, *, int
     packed form, activations go through on-chip memory at their bit width. `int8`: the runtime computes
     every layer with 8-bit weights and activations (PyTorch or ONNX Runtime int8 kernels).
     """
-    from autocomp.primitives.quantize import QuantizedInput
-
     act_bits = {id(w.layer): w.bits for w in model.modules() if isinstance(w, QuantizedInput)}
     picojoules = [weight_bytes * PJ_DRAM_BYTE]
 

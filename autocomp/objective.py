@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Metrics = Mapping[str, float]
+
+# metrics an objective or constraint may name in a run file, with the direction that is better
+METRICS: dict[str, str] = {
+    "accuracy": "maximize",
+    "accuracy_drop": "minimize",
+    "size_bytes": "minimize",
+    "compression_ratio": "maximize",
+    "params": "minimize",
+    "flops": "minimize",
+    "flops_sparse": "minimize",
+    "params_stored": "minimize",
+    "latency_ms": "minimize",
+    "peak_activation_bytes": "minimize",
+    "energy_uj": "minimize",
+}
+DIRECTIONS = ("maximize", "minimize")
+# a bound relative to the uncompressed model: "0.5x" is half the baseline's value
+RELATIVE = re.compile(r"(\d+(\.\d*)?|\.\d+)(e-?\d+)?x")
+
+
+def parse_bound(bound: float | str) -> float:
+    """The number in a bound: 3.0 for 3.0, 0.5 for "0.5x"."""
+    return float(bound[:-1]) if isinstance(bound, str) else float(bound)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,10 +43,11 @@ class Objective:
     fn: Callable[[Metrics], float] | None = None
 
     def __post_init__(self) -> None:
-        if self.direction not in ("maximize", "minimize"):
+        if self.direction not in DIRECTIONS:
             raise ValueError(f"objective '{self.name}': direction must be maximize or minimize")
 
     def value(self, metrics: Metrics) -> float:
+        """This objective's value for a trial's metrics."""
         return float(self.fn(metrics) if self.fn else metrics[self.name])
 
 
@@ -46,13 +72,12 @@ class Constraint:
             if self.metric not in baseline:
                 raise ValueError(f"constraint on '{self.metric}': bound {bound} is relative to the baseline, "
                                  "which has no such metric")
-            from autocomp.space.spec import parse_bound  # the file schema's bound syntax
-
             return parse_bound(bound) * float(baseline[self.metric])
 
         return Constraint(metric=self.metric, min=absolute(self.min), max=absolute(self.max))
 
     def violation(self, metrics: Metrics) -> float:
+        """How far `metrics` lie outside the bounds, relative to the bound (0 inside)."""
         if isinstance(self.min, str) or isinstance(self.max, str):
             raise ValueError(f"constraint on '{self.metric}' has a relative bound: resolve it with the baseline")
         value = float(metrics[self.metric])
@@ -64,19 +89,17 @@ class Constraint:
         return excess
 
 
-def as_objectives(spec: object) -> tuple[Objective, ...]:
+def as_objectives(spec: Any) -> tuple[Objective, ...]:
     """Accept a callable (one maximized objective), a metric name, an Objective, or a sequence of these."""
     if callable(spec) and not isinstance(spec, Objective):
         return (Objective(name="objective", direction="maximize", fn=spec),)
     if isinstance(spec, (str, Objective)):
         spec = [spec]
     out = []
-    for item in spec:  # type: ignore[union-attr]
+    for item in spec:
         if isinstance(item, Objective):
             out.append(item)
         elif isinstance(item, str):
-            from autocomp.space.spec import METRICS  # metric directions live with the file schema
-
             out.append(Objective(name=item, direction=METRICS.get(item, "maximize")))
         elif callable(item):
             out.append(Objective(name=getattr(item, "__name__", "objective"), fn=item))

@@ -13,6 +13,7 @@ def _as_minimized(points: Sequence[Sequence[float]], directions: Sequence[str]) 
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """Whether `a` is at least as good as `b` in every objective and better in one."""
     pa, pb = _as_minimized([a, b], directions)
     return bool(np.all(pa <= pb) and np.any(pa < pb))
 

@@ -12,7 +12,7 @@ from autocomp.errors import AutocompError
 from autocomp.primitives.configs import CONFIGS, STAGES, PrimitiveConfig
 
 if TYPE_CHECKING:
-    from autocomp.space.space import BoundSpace
+    from autocomp.space import BoundSpace
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,17 @@ class Policy:
     layers: tuple[tuple[str, tuple[PrimitiveConfig, ...]], ...]
 
     @staticmethod
+    def coerce(policy: PolicyLike) -> Policy:
+        """`policy` itself, or the Policy its dict form (`Trial.policy`, `Policy.to_dict()`) describes."""
+        if isinstance(policy, Policy):
+            return policy
+        if isinstance(policy, Mapping):
+            return Policy.from_dict(policy)
+        raise AutocompError(f"expected a Policy or its dict form, got {type(policy).__name__}")
+
+    @staticmethod
     def of(mapping: Mapping[str, tuple[PrimitiveConfig, ...] | list[PrimitiveConfig]]) -> Policy:
+        """The policy giving each layer its configs (in any order; one of each primitive at most)."""
         order = {cls: i for i, cls in enumerate(STAGES)}
         items = []
         for layer in sorted(mapping):
@@ -45,10 +55,12 @@ class Policy:
         return Policy.from_dict(knobs)
 
     def to_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{layer: {primitive: {knob: value}}}: the JSON form trials journal and `from_dict` reads."""
         return {layer: {c.NAME: c.knobs() for c in configs} for layer, configs in self.layers}
 
     @staticmethod
     def from_dict(data: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Policy:
+        """The policy `to_dict` wrote."""
         mapping = {}
         for layer, primitives in data.items():
             configs = []
@@ -60,6 +72,7 @@ class Policy:
         return Policy.of(mapping)
 
     def for_layer(self, layer: str) -> tuple[PrimitiveConfig, ...]:
+        """The configs this policy gives `layer` (none when it does not name it)."""
         for name, configs in self.layers:
             if name == layer:
                 return configs
@@ -69,3 +82,7 @@ class Policy:
         """A stable hash of the policy, for caching and duplicate detection."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# what `compress` and `export` accept as a policy: a Policy, or its dict form (a trial's `.policy`)
+PolicyLike = Policy | Mapping[str, Mapping[str, Mapping[str, Any]]]

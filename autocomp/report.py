@@ -39,7 +39,6 @@ def _cell(value: Any, kind: str) -> str:
 COLUMNS = (
     ("trial", "id", None),
     ("val acc", "accuracy", "pct"),
-    ("test acc", "test_accuracy", "pct"),
     ("size_bytes", "size_bytes", "int"),
     ("ratio", "compression_ratio", "ratio"),
     ("flops", "flops", "int"),
@@ -47,12 +46,21 @@ COLUMNS = (
 )
 
 
+TEST_COLUMN = "test (measured once, not used for selection)"
+
+
 def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None) -> str:
-    """Rows are flat dicts (metrics + id + policy); the baseline, when given, comes first."""
+    """Rows are flat dicts (metrics + id + policy); the baseline, when given, comes first.
+
+    Validation metrics are what the front was chosen by; a test accuracy, where the rows carry one, gets a
+    column of its own labelled as measured after the choice (never a column to pick by).
+    """
     lines = []
     columns = COLUMNS
     if any(row.get("latency_measured_ms") is not None for row in rows):  # latency predicted, front measured
-        columns = (*COLUMNS, ("measured_ms", "latency_measured_ms", "ms"))
+        columns = (*columns, ("measured_ms", "latency_measured_ms", "ms"))
+    if any(row.get("test_accuracy") is not None for row in rows):
+        columns = (*columns, (TEST_COLUMN, "test_accuracy", "pct"))
     header = [c[0] for c in columns] + ["policy"]
     body = []
     for row in ([{"id": "fp32", **baseline}] if baseline else []) + list(rows):

@@ -20,36 +20,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
-import autocomp
 from autocomp import early_stop
 from autocomp.compress import compress
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
-from autocomp.execution import Executor, Outcome, Task, describe, make_executor
+from autocomp.execution import DEFAULT_EXECUTION, ExecutionSpec, Executor, Outcome, Task, describe, make_executor
+from autocomp.finetune import DEFAULT_FINETUNE, FineTuneSpec
 from autocomp.latency_table import Conditions, LatencyTable, cache_path, calibrated_table, calibration_policies
-from autocomp.metrics import accuracy, cpu_name, latency_batch, layer_profiles
+from autocomp.metrics import cpu_name, latency_batch, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
-from autocomp.optimizers import Context, LayerProfile, Optimizer, Told, make_optimizer
+from autocomp.optimizers import (
+    LayerProfile,
+    Optimizer,
+    OptimizerRef,
+    SearchContext,
+    Told,
+    make_optimizer,
+    optimizer_name,
+)
 from autocomp.pareto import pareto_front
 from autocomp.policy import Policy
 from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
-from autocomp.space.space import BoundSpace, SearchSpace
-from autocomp.space.spec import (
-    DEFAULT_EXECUTION,
-    DEFAULT_FINETUNE,
-    DEFAULT_LATENCY,
-    ExecutionSpec,
-    FineTuneSpec,
-    LatencySpec,
-)
+from autocomp.runtimes import DEFAULT_LATENCY, LatencySpec
+from autocomp.space import BoundSpace, SearchSpace
 from autocomp.store import RunStore
+from autocomp.version import __version__
 
 Data = tuple[torch.Tensor, torch.Tensor]
 REUSED = ("complete", "infeasible")  # outcomes an identical ask gets from the journal (a failure is retried)
-COPY = "journal:"  # the worker of a trial answered from the journal: not an evaluation, not counted
+JOURNAL_COPY = "journal:"  # worker prefix of a trial answered from the journal: not an evaluation, not counted
 PATIENCE = 200  # asks in a row not evaluated (repeats, skips: each costs well under a second) before the
 # optimizer is taken to have converged or to be stuck outside the constraints
 
@@ -71,6 +74,7 @@ class Trial:
 
     @staticmethod
     def from_record(record: Mapping[str, Any]) -> Trial:
+        """The trial a journal line (a `to_record` dict) holds; fields missing from older lines take defaults."""
         values = record.get("values")
         return Trial(
             id=record["id"], params=record["params"], policy=record["policy"], status=record["status"],
@@ -80,6 +84,7 @@ class Trial:
         )
 
     def to_record(self) -> dict[str, Any]:
+        """The trial as a JSON-ready dict: one line of trials.jsonl."""
         return {
             "id": self.id, "params": self.params, "policy": self.policy, "metrics": self.metrics,
             "values": list(self.values) if self.values is not None else None, "violation": self.violation,
@@ -88,18 +93,21 @@ class Trial:
 
     @property
     def feasible(self) -> bool:
+        """Completed and within every constraint (no violation)."""
         return self.status == "complete" and self.violation <= 0.0
 
     @property
     def copied(self) -> bool:
         """Answered from the journal: an ask equal to an earlier trial, not evaluated again."""
-        return self.worker.startswith(COPY)
+        return self.worker.startswith(JOURNAL_COPY)
 
     @property
     def evaluated(self) -> bool:
-        """Fine-tuned and scored (or failed trying): what a search's `trials` budget counts. A repeat
-        answered from the journal and a candidate skipped before fine-tuning (infeasible) cost next to
-        nothing, so they are journaled and told but not counted."""
+        """Fine-tuned and scored (or failed trying): what a search's `trials` budget counts.
+
+        A repeat answered from the journal and a candidate skipped before fine-tuning (infeasible) cost next to
+        nothing, so they are journaled and told but not counted.
+        """
         return not self.copied and self.status != "infeasible"
 
 
@@ -117,6 +125,7 @@ class SearchResult:
     latency_prediction: dict[str, float] | None = None  # predicted-vs-measured error over the front
 
     def table(self) -> str:
+        """The Pareto front as a text table against the baseline, with the latency prediction error if any."""
         rows = [{"id": t.id, **t.metrics, "test_accuracy": self.test_accuracy.get(t.id), "policy": t.policy,
                  **({"latency_measured_ms": self.latency_measured[t.id]} if t.id in self.latency_measured else {})}
                 for t in self.pareto]
@@ -127,18 +136,21 @@ class SearchResult:
 
 
 def front_of(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
-    """Feasible, complete trials that no other feasible trial dominates, sorted by the first objective
-    (a trial answered from the journal is its original's point, and only the original is on it)."""
+    """Feasible, complete trials that no other feasible trial dominates, sorted by the first objective.
+
+    A trial answered from the journal is its original's point, and only the original is on it.
+    """
     feasible = [t for t in trials if t.feasible and t.values is not None and not t.copied]  # a copy: same point
-    directions = [o.direction for o in objectives]
-    front = [feasible[i] for i in pareto_front([t.values for t in feasible], directions)]
-    return sorted(front, key=lambda t: t.values[0] * (-1 if directions[0] == "maximize" else 1))
+    values = [t.values for t in feasible if t.values is not None]
+    sign = -1 if objectives[0].direction == "maximize" else 1
+    front = [(feasible[i], values[i]) for i in pareto_front(values, [o.direction for o in objectives])]
+    return [t for t, v in sorted(front, key=lambda tv: tv[1][0] * sign)]
 
 
 def machine_info() -> dict[str, Any]:
     return {
         "cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-        "torch": torch.__version__, "autocomp": autocomp.__version__, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "autocomp": __version__, "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -162,8 +174,8 @@ class _Progress:
         if not trial.feasible or trial.values is None:
             return
         for i, (o, v) in enumerate(zip(self.objectives, trial.values)):
-            better = max if o.direction == "maximize" else min
-            self.best[i] = v if self.best[i] is None else better(self.best[i], v)
+            best = self.best[i]
+            self.best[i] = v if best is None else (max if o.direction == "maximize" else min)(best, v)
 
     def _postfix(self) -> None:
         best = {o.name: f"{b:.4g}" for o, b in zip(self.objectives, self.best) if b is not None}
@@ -255,7 +267,7 @@ def run_loop(
     def dispatch(item: dict[str, Any]) -> None:
         earlier = answers.get(_params_key(item["params"]))
         if earlier is not None:  # asked again (TPE does, in a discrete space): evaluation is deterministic
-            record(replace(earlier, id=item["id"], seconds=0.0, worker=f"{COPY}{earlier.id}"))
+            record(replace(earlier, id=item["id"], seconds=0.0, worker=f"{JOURNAL_COPY}{earlier.id}"))
             return
         policies[item["id"]] = Policy.from_params(space, item["params"])
         now = bars(list(trials.values())) if bars else {}
@@ -277,7 +289,8 @@ def run_loop(
                     break
                 free = 0
             if free > 0:
-                asked = [{"id": next_id + i, "params": p} for i, p in enumerate(optimizer.ask(free))]
+                asked: list[dict[str, Any]] = [{"id": next_id + i, "params": p}
+                                               for i, p in enumerate(optimizer.ask(free))]
                 next_id += len(asked)
                 in_flight.update((item["id"], item) for item in asked)
                 save()  # the asks are on disk before they run, so a resumed run evaluates the same ones
@@ -297,30 +310,30 @@ def run_loop(
     return sorted(trials.values(), key=lambda t: t.id)
 
 
-def finalize(
+def write_front(
     store: RunStore,
     trials: Sequence[Trial],
     objectives: Sequence[Objective],
     baseline: dict[str, float],
     *,
     evaluator: CompressionEvaluator | None = None,
-    test_data: Data | None = None,
+    test_accuracy: Mapping[int, float] | None = None,
     title: str = "",
 ) -> SearchResult:
-    """Pareto front, test accuracy of its points (the test split's one use), pareto.json and pareto.png."""
+    """Pareto front, pareto.json and pareto.png; where the search predicted latency, the front timed whole.
+
+    `test_accuracy` (trial id -> accuracy, -1 for the baseline; see `measure_test`) is recorded beside the
+    front it was measured for, after the front was chosen; no choice here looks at it.
+    """
     front = front_of(trials, objectives)
-    test_accuracy: dict[int, float] = {}
+    test_accuracy = dict(test_accuracy or {})
+    if -1 in test_accuracy:
+        baseline = {**baseline, "test_accuracy": test_accuracy.pop(-1)}
     measured: dict[int, float] = {}  # latency of the front timed whole, where the search predicted it
-    predicting = evaluator is not None and evaluator.table is not None
-    if evaluator is not None and (test_data is not None or predicting):
-        if test_data is not None:
-            baseline = {**baseline, "test_accuracy": accuracy(evaluator.model, test_data)}
-        for t in front:
-            compressed = evaluator.compressed(Policy.from_dict(t.policy))
-            if test_data is not None:
-                test_accuracy[t.id] = accuracy(compressed, test_data)
-            if predicting:
-                measured[t.id] = evaluator.measured_latency(compressed)["latency_ms"]
+    if evaluator is not None and evaluator.table is not None:
+        for t in front:  # fine-tuning changes weights, not what runs: time the compressed structure
+            structure = evaluator.structure(Policy.from_dict(t.policy))
+            measured[t.id] = evaluator.measured_latency(structure)["latency_ms"]
     doc: dict[str, Any] = {
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "baseline": baseline,
@@ -339,6 +352,22 @@ def finalize(
                         measured, doc.get("latency_prediction"))
 
 
+def measure_test(executor: Executor, front: Sequence[Trial]) -> dict[int, float]:
+    """Test accuracy of the front's points and of the baseline (id -1), measured once, in parallel.
+
+    Each is measured exactly as evaluated (the same compression and fine-tuning) on the executor's workers.
+    """
+    tasks = {-1: Policy.of({}), **{t.id: Policy.from_dict(t.policy) for t in front}}
+    for trial_id, policy in tasks.items():
+        executor.submit(Task(trial_id, policy, split="test"))
+    out: dict[int, float] = {}
+    for _ in tasks:
+        outcome = executor.next_outcome()
+        if outcome.status == "complete":  # a point whose measurement failed shows no test accuracy
+            out[outcome.trial_id] = outcome.metrics["test_accuracy"]
+    return out
+
+
 def _as_data(data: Any, what: str) -> Data:
     """Accept (inputs, labels) tensors or any iterable of such batches (e.g. a DataLoader)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
@@ -350,14 +379,65 @@ def _as_data(data: Any, what: str) -> Data:
     return torch.cat(xs), torch.cat(ys)
 
 
-def check_optimizer(optimizer: str, settings: Mapping[str, Any], bound: BoundSpace, model: nn.Module,
+def _profiles(model: nn.Module, inputs: torch.Tensor, bound: BoundSpace) -> tuple[LayerProfile, ...]:
+    """What an optimizer may know of each searched layer (numbers only, never the module)."""
+    return tuple(LayerProfile(**row) for row in layer_profiles(model, inputs)  # type: ignore[arg-type]
+                 if row["name"] in bound.layers)
+
+
+def _space_yaml(space: SearchSpace) -> str:
+    """A Python run's space.yaml: its groups, which `SearchSpace.from_yaml` reads back."""
+    return "# space given in Python\n" + yaml.safe_dump({"groups": space.to_dict()}, sort_keys=False)
+
+
+def _check_instance(optimizer: Optimizer, bound: BoundSpace, settings: Mapping[str, Any]) -> None:
+    """A user's optimizer object must search this very space, and takes no settings from us."""
+    if settings:
+        raise AutocompError("optimizer_settings are for an optimizer name or class; an Optimizer instance "
+                            "already has its own")
+    mine, theirs = [p.name for p in bound.params], [p.name for p in optimizer.space.params]
+    if mine != theirs:
+        raise AutocompError(f"the optimizer instance was built on another space (params {theirs[:3]}..., the "
+                            f"model's bound space has {mine[:3]}...): build it on space.bind(model)")
+
+
+def check_optimizer(optimizer: OptimizerRef, settings: Mapping[str, Any], bound: BoundSpace, model: nn.Module,
                     inputs: torch.Tensor, *, directions: Sequence[str], seed: int) -> tuple[LayerProfile, ...]:
-    """Build the optimizer once on the bound space, so bad settings fail before anything is written;
-    returns the layer profiles it was given (the run's own optimizer is built later with its workdir)."""
-    profiles = tuple(LayerProfile(**row) for row in layer_profiles(model, inputs) if row["name"] in bound.layers)
-    make_optimizer(optimizer, bound, directions=list(directions), seed=seed, context=Context(layers=profiles),
+    """Build the optimizer once on the bound space, so bad settings fail before anything is written.
+
+    Returns the layer profiles it was given (the run's own optimizer is built later with its workdir).
+    """
+    profiles = _profiles(model, inputs, bound)
+    make_optimizer(optimizer, bound, directions=list(directions), seed=seed, context=SearchContext(layers=profiles),
                    **dict(settings))
     return profiles
+
+
+def _code_fingerprint(fn: Callable[..., Any]) -> str:
+    """Qualified name and a hash of what `fn` computes.
+
+    The hash covers its bytecode, constants (nested functions too), names, defaults and closed-over values;
+    the same function moved or re-defined keeps its fingerprint.
+    """
+    import hashlib
+    import types
+
+    target = getattr(fn, "__func__", fn)
+    if not hasattr(target, "__code__"):  # a callable object: its class's __call__, and its state
+        target = type(fn).__call__
+    code = getattr(target, "__code__", None)
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__qualname__)}"
+
+    def parts(c: types.CodeType) -> list[Any]:
+        consts = [parts(k) if isinstance(k, types.CodeType) else repr(k) for k in c.co_consts]
+        return [c.co_code.hex(), consts, list(c.co_names), c.co_argcount]
+
+    closure = [repr(cell.cell_contents) for cell in getattr(target, "__closure__", None) or ()
+               if isinstance(cell.cell_contents, (int, float, str, bytes, bool, tuple, type(None)))]
+    state = repr(sorted(vars(fn).items())) if not hasattr(fn, "__code__") and hasattr(fn, "__dict__") else ""
+    text = json.dumps([parts(code) if code else repr(fn), repr(getattr(target, "__defaults__", None)), closure,
+                       state], default=repr)
+    return f"{name} sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def search(
@@ -367,7 +447,7 @@ def search(
     space: SearchSpace,
     objectives: Any = ("accuracy", "size_bytes"),
     constraints: Sequence[Constraint] = (),
-    optimizer: str = "random",
+    optimizer: OptimizerRef | Optimizer = "random",
     optimizer_settings: Mapping[str, Any] | None = None,
     trials: int = 50,
     seed: int = 0,
@@ -395,17 +475,28 @@ def search(
         space: which layers get which primitives and knob ranges.
         objectives: metric names, `Objective`s, or a callable `f(metrics) -> float` to maximize.
         constraints: bounds on metrics; violating trials are kept but never on the Pareto front.
-        optimizer: an optimizer name (see `autocomp.optimizers.OPTIMIZERS`).
+        optimizer: an optimizer name (see `autocomp.optimizers.OPTIMIZERS`), an `Optimizer` subclass (built
+            here on the bound space with `optimizer_settings`), or an `Optimizer` instance already built on
+            `space.bind(model)` (its params must be the bound space's; resume restores its state).
+        optimizer_settings: keyword settings for the optimizer named by `optimizer`.
         trials: how many finished trials the run should hold.
+        seed: seeds the optimizer (and the latency calibration's random policies).
         test_data: optional held-out data, used once at the end for the Pareto points.
-        train_data, finetune: fine-tune each candidate on train_data before it is scored (see FineTuneSpec).
+        train_data: fine-tune each candidate on train_data before it is scored.
+        finetune: how candidates are fine-tuned on train_data (see FineTuneSpec).
         calibration_data: a few hundred training rows for activation ranges and Taylor scores
             (default: the first 256 rows of val_data).
         entropy: Huffman-code the packed artifact (its size is what size_bytes measures).
-        execution: where candidates are evaluated (in process, or Ray workers locally or on a cluster).
         extra_metrics: user callables `f(compressed_model) -> float`, available to objectives by name.
-        runs_dir, name: the run directory is `runs_dir/name` (a timestamped name by default).
+        latency: how latency is measured, or predicted from a per-layer table (see LatencySpec).
+        execution: where candidates are evaluated (in process, or Ray workers locally or on a cluster).
+        runs_dir: the run directory is `runs_dir/name`.
+        name: the run directory's name (a timestamped name by default).
         resume: continue the run in that directory instead of refusing to reuse it.
+        progress: show a progress bar while trials run.
+        model_ref: how to rebuild the architecture (zoo name + kwargs), recorded in artifacts' headers.
+        space_yaml: the space's YAML text, saved in the run directory (a placeholder when given as objects).
+        run_info: extra entries for run.json (the CLI records its run file, model and data here).
     """
     objectives = as_objectives(objectives)
     val = _as_data(val_data, "val_data")
@@ -417,13 +508,22 @@ def search(
     bound = space.bind(model)
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
     directions, settings = [o.direction for o in objectives], dict(optimizer_settings or {})
-    profiles = check_optimizer(optimizer, settings, bound, model, val[0], directions=directions, seed=seed)
+    given = optimizer if isinstance(optimizer, Optimizer) else None
+    ref: OptimizerRef = type(given) if given is not None else optimizer  # type: ignore[assignment]
+    if given is not None:
+        _check_instance(given, bound, settings)
+        profiles = _profiles(model, val[0], bound)
+    else:
+        profiles = check_optimizer(ref, settings, bound, model, val[0], directions=directions, seed=seed)
+    optimizer_label = optimizer_name(ref)
     # what must not change between a run and its resumption, or the journal would mix two searches
     signature = {
-        "optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
+        "optimizer": optimizer_label, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
         "objectives": [[o.name, o.direction] for o in objectives], "constraints": [vars(c) for c in constraints],
         "params": [[p.name, repr(p.domain)] for p in bound.params], "entropy": entropy,
         "finetune": vars(finetune),
+        # a user objective is its code: a resumed run must score its trials with the same function
+        "objective_code": {o.name: _code_fingerprint(o.fn) for o in objectives if o.fn is not None},
     }
     signature = json.loads(json.dumps(signature))  # tuples -> lists, as run.json reads back
     store = None
@@ -435,6 +535,13 @@ def search(
         saved = info.get("signature", {})
         # a key the run predates (e.g. finetune) is not a difference
         changed = sorted(k for k in signature if k in saved and saved[k] != signature[k])
+        if "objective_code" in changed:
+            store.close()
+            now, then = signature["objective_code"], saved["objective_code"]
+            names = sorted(n for n in {*now, *then} if now.get(n) != then.get(n))
+            raise RunError(f"{run_dir}: resume with the run's own objectives; objective "
+                           + ", ".join(f"'{n}' is {now.get(n, 'absent')}, the run was scored by {then.get(n, 'none')}"
+                                       for n in names))
         if changed:
             store.close()
             was = "; ".join(f"{k}={saved.get(k)}" for k in changed)
@@ -447,7 +554,8 @@ def search(
             table = _latency_table(model, bound, val, calibration, latency, seed, run_dir, Path(runs_dir))
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
                                          extra_metrics=extra_metrics, calibration=calibration,
-                                         entropy=entropy, train=train, finetune=finetune, latency_table=table)
+                                         entropy=entropy, train=train, finetune=finetune, latency_table=table,
+                                         test=test)
         baseline = evaluator(Policy.of({}))
         anchor = None
         if table is not None:  # budgets relative to the baseline are relative to its measured latency
@@ -469,7 +577,7 @@ def search(
         if store is None:
             info = {
                 **(run_info or {}),
-                "settings": {"optimizer": optimizer, "optimizer_settings": dict(optimizer_settings or {}),
+                "settings": {"optimizer": optimizer_label, "optimizer_settings": dict(optimizer_settings or {}),
                              "trials": trials, "seed": seed},
                 "signature": signature,
                 "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
@@ -480,7 +588,7 @@ def search(
                 "machine": machine_info(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            store = RunStore.create(run_dir, space_yaml=space_yaml or "# space given as Python objects\n",
+            store = RunStore.create(run_dir, space_yaml=space_yaml or _space_yaml(space),
                                     run_info=info)
         info["baseline"] = baseline
         info["constraints_resolved"] = [vars(c) for c in resolved]
@@ -490,17 +598,19 @@ def search(
             table.save(store.path / LatencyTable.FILE)
         info["executor"] = describe(executor)  # the latest; a run may be resumed elsewhere
         store.write_json("run.json", info)
-        opt = make_optimizer(optimizer, bound, directions=directions, seed=seed,
-                             context=Context(layers=profiles, workdir=str(store.path)), **settings)
+        opt = given or make_optimizer(ref, bound, directions=directions, seed=seed,
+                                      context=SearchContext(layers=profiles, workdir=str(store.path)), **settings)
         done = run_loop(store, bound, opt, executor, objectives, resolved, trials, progress=progress,
                         bars=_bars_rule(finetune))
+        tested = measure_test(executor, front_of(done, objectives)) if test is not None else None
         executor.close()
         executor = None
         if table is not None:  # what in-process evaluations added (Ray workers keep their own misses)
             table.save(store.path / LatencyTable.FILE)
             _save_to_cache(table, Path(runs_dir))
-        title = f"{run_dir.name}: {optimizer}, {len(done)} trials"
-        return finalize(store, done, objectives, baseline, evaluator=evaluator, test_data=test, title=title)
+        title = f"{run_dir.name}: {optimizer_label}, {len(done)} trials"
+        return write_front(store, done, objectives, baseline, evaluator=evaluator, test_accuracy=tested,
+                           title=title)
     finally:
         if executor is not None:  # Ctrl-C or an error: workers are stopped before we return
             executor.close()
@@ -518,8 +628,11 @@ def _save_to_cache(table: LatencyTable, runs_dir: Path) -> None:
 
 def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: Data | None, latency: LatencySpec,
                    seed: int, run_dir: Path, runs_dir: Path) -> LatencyTable:
-    """The run's layer table (on resume its own), else the machine's cached one, calibrated for `model` on
-    the uncompressed model and 8 random policies of the space when it is not yet."""
+    """The run's layer table (on resume its own), else the machine's cached one, calibrated for `model`.
+
+    When not yet calibrated for `model`, it is calibrated on the uncompressed model and 8 random policies of
+    the space.
+    """
     conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
     rows = calibration if calibration is not None else (val[0][:256], val[1][:256])
     table = calibrated_table(model, val[0][:1], latency_batch(val[0], latency.batch_size), conditions,
@@ -571,4 +684,4 @@ def trial_record(run_dir: str | os.PathLike, trial_id: int) -> dict[str, Any]:
     raise RunError(f"{run_dir}: no trial with id {trial_id}")
 
 
-__all__ = ["SearchResult", "Trial", "check_optimizer", "finalize", "front_of", "run_loop", "search"]
+__all__ = ["SearchResult", "Trial", "check_optimizer", "front_of", "run_loop", "search", "write_front"]

@@ -22,13 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocomp.config import RunSpec, dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.errors import AutocompError, RunError, SpaceError
+from autocomp.execution import ExecutionSpec
 from autocomp.metrics import accuracy
-from autocomp.objective import Constraint, Objective
 from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
 from autocomp.runner import SearchResult, check_optimizer, search
-from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
-from autocomp.space.spec import ExecutionSpec, RunSpec
 from autocomp.store import write_atomic
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
 
@@ -48,14 +47,18 @@ def calibration_rows(splits: Splits, run_dir: Path) -> tuple[torch.Tensor, torch
 
 
 def save_tensors(path: Path, tensors: Any) -> None:
-    """torch.save into memory, then one atomic write: a full disk gives a clear RunError, not torch's
-    "unexpected pos" from a half-written zip, and never a truncated file under the real name."""
+    """torch.save into memory, then one atomic write.
+
+    A full disk gives a clear RunError, not torch's "unexpected pos" from a half-written zip, and never a
+    truncated file under the real name.
+    """
     buffer = io.BytesIO()
     torch.save(tensors, buffer)
     write_atomic(path, buffer.getvalue())
 
 
 def read_spec(path: str | os.PathLike) -> RunSpec:
+    """Load a run file (search-space YAML), resolving model and data names against the built-in zoo."""
     return load_run_spec(path, models=MODELS, datasets=DATASETS)
 
 
@@ -96,7 +99,9 @@ def _baseline_key(spec: RunSpec, splits: Splits) -> str:
 def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Path, log=print, *,
                      trust_code: bool = False) -> nn.Module:
     """The model to compress: the run's saved baseline, its given weights, a cached one, or trained now.
-    Whichever it is, the run keeps it as baseline.pt (a state_dict), the one file later commands load."""
+
+    Whichever it is, the run keeps it as baseline.pt (a state_dict), the one file later commands load.
+    """
     model = build_model(spec.model.name, spec.model.kwargs)
     saved = run_dir / BASELINE
     if saved.is_file():
@@ -139,12 +144,6 @@ def check_model(spec: RunSpec, splits: Splits, *, trust_code: bool = False) -> n
         raise AutocompError(f"model '{spec.model.name}' gives outputs of shape {tuple(logits.shape[1:])}, "
                             f"but {spec.data.name} has {int(y.max()) + 1} classes")
     return model
-
-
-def _objectives(spec: RunSpec) -> tuple[list[Objective], list[Constraint]]:
-    objectives = [Objective(name=o.metric, direction=o.direction) for o in spec.objectives]
-    constraints = [Constraint(metric=c.metric, min=c.min, max=c.max) for c in spec.constraints]
-    return objectives, constraints
 
 
 def check_optimizer_spec(spec: RunSpec) -> None:
@@ -203,8 +202,10 @@ class CheckedSearch:
 def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_settings: dict[str, Any] | None = None,
                  seed_from: str | None = None, execution: dict[str, Any] | None = None,
                  data_dir: str | None = None, seed: int = 0, trust_code: bool = False) -> CheckedSearch:
-    """Every check `search` makes before it writes anything (`autocomp check` runs exactly these):
-    optimizer name and settings, execution, data, the model on its inputs, layer selectors."""
+    """Every check `search` makes before it writes anything (`autocomp check` runs exactly these).
+
+    Optimizer name and settings, execution, data, the model on its inputs, layer selectors.
+    """
     check_optimizer_spec(spec)
     executing = execution_spec(spec, execution)
     optimizer = optimizer or spec.optimizer.name or "random"
@@ -278,11 +279,11 @@ def run_spec_search(
         raise RunError(f"--runs-dir '{runs_dir}' is not a directory")
     log(f"data: {splits.description}: train {len(splits.train[1])}, val {len(splits.val[1])}, "
         f"test {len(splits.test[1])}")
-    objectives, constraints = _objectives(spec)
+    objectives, constraints = list(spec.objectives), list(spec.constraints)
     with _removed_unless_started(run_dir):
         model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log, trust_code=trust_code)
-        log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}, test accuracy "
-            f"{accuracy(model, splits.test):.4f}")
+        # the test split is not looked at here: `autocomp finalize` measures it once, for chosen points
+        log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}")
         model_ref = {"name": spec.model.name, "kwargs": dict(spec.model.kwargs)}
         run_info = {
             "origin": "cli",
@@ -298,7 +299,7 @@ def run_spec_search(
             model, splits.val, space=spec.space, calibration_data=calibration_rows(splits, run_dir),
             objectives=objectives, constraints=constraints,
             optimizer=optimizer, optimizer_settings=optimizer_settings, trials=trials, seed=seed,
-            test_data=splits.test, latency=spec.latency, execution=checked.execution,
+            latency=spec.latency, execution=checked.execution,
             train_data=splits.train if spec.finetune.epochs > 0 else None, finetune=spec.finetune,
             runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
             model_ref=model_ref,
@@ -307,6 +308,7 @@ def run_spec_search(
 
 
 def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's run.json; a RunError if `run_dir` is not a run directory or the file is not valid JSON."""
     path = Path(run_dir) / "run.json"
     try:
         return json.loads(path.read_text())
@@ -351,6 +353,7 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
 
 
 def load_run_calibration(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibration rows (inputs, labels) the run saved, the same ones its evaluations used."""
     path = Path(run_dir) / CALIBRATION
     if not path.is_file():
         raise RunError(f"{run_dir}: missing {CALIBRATION}")

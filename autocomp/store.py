@@ -59,6 +59,7 @@ class RunStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunStore:
+        """An existing run directory, locked; a directory without run.json is refused."""
         path = Path(path)
         if not (path / "run.json").is_file():
             raise RunError(f"'{path}' is not a run directory (no run.json)")
@@ -67,6 +68,7 @@ class RunStore:
         return store
 
     def lock(self) -> None:
+        """Take the directory's exclusive lock, or fail at once if another process holds it."""
         self._lock = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the store's lifetime
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,6 +78,7 @@ class RunStore:
             raise RunError(f"run directory '{self.path}' is in use by another autocomp process") from None
 
     def close(self) -> None:
+        """Close the journal and release the lock."""
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -85,6 +88,7 @@ class RunStore:
 
     # --- files -----------------------------------------------------------------------------------
     def read_json(self, name: str) -> Any:
+        """The JSON file `name` of the run directory, None if it does not exist."""
         try:
             return json.loads((self.path / name).read_text())
         except FileNotFoundError:
@@ -93,12 +97,16 @@ class RunStore:
             raise RunError(f"{self.path / name}: not valid JSON ({err})") from err
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write `obj` as the JSON file `name` of the run directory, atomically."""
         write_atomic(self.path / name, json.dumps(obj, indent=1, default=_jsonable) + "\n")
 
     # --- journal ---------------------------------------------------------------------------------
     def trials(self) -> list[dict[str, Any]]:
-        """Every finished trial. A last line cut mid-write (a killed driver) is ignored, and cut from the file
-        when this store holds the run's lock (so the next append starts on a clean line)."""
+        """Every finished trial.
+
+        A last line cut mid-write (a killed driver) is ignored, and cut from the file when this store holds
+        the run's lock (so the next append starts on a clean line).
+        """
         path = self.path / JOURNAL
         if not path.exists():
             return []
@@ -116,6 +124,7 @@ class RunStore:
         return records
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append one trial record to the journal and fsync it; on a failed write the journal keeps whole lines."""
         if self._journal is None:
             self._journal = open(self.path / JOURNAL, "ab")  # noqa: SIM115 - kept open for appends
         end = self._journal.seek(0, os.SEEK_END)
@@ -132,9 +141,11 @@ class RunStore:
                            f"before this one is kept: free space, then `autocomp resume {self.path}`") from err
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Save the optimizer's state, replacing the previous checkpoint."""
         self.write_json(CHECKPOINT, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last saved checkpoint, None if there is none."""
         return self.read_json(CHECKPOINT)
 
 

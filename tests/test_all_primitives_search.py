@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 import autocomp
-from autocomp.export import load_packed
+from autocomp.artifacts import load_packed
 from autocomp.policy import Policy
 from autocomp.zoo import ResNet20
 

@@ -10,7 +10,7 @@ import autocomp.primitives.channels  # noqa: F401  (registers the Channels model
 from autocomp.compress import compress
 from autocomp.errors import AutocompError
 from autocomp.policy import Policy
-from autocomp.primitives import Channels, Context
+from autocomp.primitives import Channels, CompressContext
 from autocomp.primitives.channels import prune_channels
 from autocomp.testing.conformance import deepcopy_equal, outputs
 
@@ -222,7 +222,7 @@ def test_zero_ratio_and_empty_configs_leave_the_model_exactly(kind):
     x = example(kind)
     first = all_layers(model)[0]
     for configs in ({}, {first: Channels(ratio=0.0)}, {first: Channels(ratio=0.01)}):  # 0.01 rounds to none
-        result = prune_channels(model, configs, Context(example=x))
+        result = prune_channels(model, configs, CompressContext(example=x))
         assert result is model
         assert model.training and all(m.training for m in model.modules())
         assert deepcopy_equal(model, before)

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
+from autocomp.artifacts import load_packed
 from autocomp.cli import main
-from autocomp.export import load_packed
 from autocomp.testing.tiny import write_fake_mnist
 
 SPACE = """\
@@ -51,7 +51,9 @@ def test_search_writes_the_run_directory_contract(finished_run, capsys):
     assert info["latency"]["batch_size"] == 1 and info["latency"]["threads"] == 1
     assert info["baseline"]["accuracy"] > 0.5 and info["data"]["val"] == 80
     pareto = json.loads((finished_run / "pareto.json").read_text())
-    assert pareto["trials"] and all(t["test_accuracy"] is not None for t in pareto["trials"])
+    # the search never looks at the test split: that is finalize's, once, after choosing on validation
+    assert pareto["trials"] and all(t["test_accuracy"] is None for t in pareto["trials"])
+    assert "test_accuracy" not in pareto["baseline"]
 
 
 def test_export_packed_size_equals_reported_and_reloads_exactly(finished_run, tmp_path, capsys):
@@ -275,6 +277,12 @@ def test_finalize_retrains_tests_and_exports_chosen_front_points(finished_run, c
         assert accuracy(loaded, splits.val) == row["accuracy"]  # the artifact is the model that was measured
         searched = compress(model, Policy.from_dict(row["policy"]))
         assert not torch.equal(loaded(splits.val[0][:32]), searched(splits.val[0][:32]))  # it was retrained
+    # every row measured the same way: the baseline is the trained model on the same splits
+    assert final["baseline"]["accuracy"] == accuracy(model, splits.val)
+    assert final["baseline"]["test_accuracy"] == accuracy(model, splits.test)
+    within = [r for r in rows if r["accuracy"] >= final["baseline"]["accuracy"] - 0.001]
+    expected = min(within, key=lambda r: r["size_bytes"]) if within else max(rows, key=lambda r: r["accuracy"])
+    assert final["selected"] == expected["id"]  # chosen on validation by the stated rule
     assert main(["report", str(finished_run)]) == 0
     assert "finalized" in capsys.readouterr().out
     assert main(["finalize", str(finished_run), "--trial", "999"]) == 2
@@ -290,3 +298,38 @@ def test_finalize_retrains_with_the_optimizer_asked_for(finished_run):
         assert final["settings"]["finetune"]["optimizer"] == optimizer  # adam: the run's own
         artifacts[optimizer] = (finished_run / "final" / f"trial-{final['trials'][0]['id']}.acz").read_bytes()
     assert artifacts["sgd"] != artifacts["adam"]
+
+
+def test_finalize_chooses_before_it_looks_at_the_test_split(finished_run, monkeypatch):
+    """Every test-split measurement comes after the selection: none can have informed it."""
+    import autocomp.finalize as finalize
+    from autocomp.session import load_run_splits
+
+    test_inputs = load_run_splits(finished_run).test[0]
+    events, real_accuracy, real_select = [], finalize.accuracy, finalize.select
+
+    def accuracy(model, data):
+        events.append("test" if torch.equal(data[0], test_inputs) else "val")
+        return real_accuracy(model, data)
+
+    def select(rows, baseline_accuracy, tolerance):
+        assert all("test_accuracy" not in r for r in rows)
+        events.append("select")
+        return real_select(rows, baseline_accuracy, tolerance)
+
+    monkeypatch.setattr(finalize, "accuracy", accuracy)
+    monkeypatch.setattr(finalize, "select", select)
+    assert main(["finalize", str(finished_run), "--top", "2", "--epochs", "1"]) == 0
+    assert "select" in events and "test" in events
+    assert "test" not in events[: events.index("select")] and "val" not in events[events.index("select"):]
+
+
+def test_select_takes_the_smallest_point_within_tolerance_on_validation():
+    from autocomp.finalize import select
+
+    rows = [{"id": 1, "size_bytes": 300, "accuracy": 0.981}, {"id": 2, "size_bytes": 200, "accuracy": 0.9795},
+            {"id": 3, "size_bytes": 100, "accuracy": 0.970}]
+    assert select(rows, 0.980, 0.001)["id"] == 2
+    assert select(rows, 0.980, 0.0)["id"] == 1
+    assert select(rows, 0.990, 0.001)["id"] == 1  # none within: the most accurate
+    assert select(rows, 0.980, 0.02)["id"] == 3

@@ -4,7 +4,7 @@ import json
 
 import autocomp
 from autocomp.early_stop import bars, curve, rungs
-from autocomp.space.spec import FineTuneSpec
+from autocomp.finetune import FineTuneSpec
 from autocomp.testing.tiny import fast_latency, tiny_data, tiny_space
 
 

@@ -6,10 +6,9 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.finetune import finetune
+from autocomp.finetune import FineTuneSpec, finetune
 from autocomp.metrics import count_flops, count_params
 from autocomp.primitives.substitute import ChannelShuffle
-from autocomp.space.spec import FineTuneSpec
 from autocomp.zoo import build_model
 from autocomp.zoo.efficient import DepthwiseSeparable, FireModule, ShuffleUnit
 

@@ -4,14 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, pack_model
 from autocomp.compress import compress
-from autocomp.export import artifact_meta, pack_model
-from autocomp.finetune import distillation_loss, finetune
+from autocomp.finetune import FineTuneSpec, distillation_loss, finetune
 from autocomp.metrics import accuracy
 from autocomp.policy import Policy
 from autocomp.primitives import LowRank, Prune, Quantize
 from autocomp.primitives.configs import Share
-from autocomp.space.spec import FineTuneSpec
 from autocomp.testing.tiny import fit, tiny_data, tiny_mlp
 
 LAYERS = ("1", "3", "5")

@@ -7,12 +7,12 @@ import pytest
 
 import autocomp
 import autocomp.evaluate
+from autocomp.config import parse_run_spec
 from autocomp.errors import CandidateInfeasible
 from autocomp.evaluate import CompressionEvaluator
+from autocomp.finetune import FineTuneSpec
 from autocomp.objective import Constraint
 from autocomp.policy import Policy
-from autocomp.space.loader import parse_run_spec
-from autocomp.space.spec import FineTuneSpec
 from autocomp.testing.tiny import fast_latency
 
 SPACE_YAML = """

@@ -13,6 +13,7 @@ from torch import nn
 
 import autocomp
 from autocomp.compress import compress
+from autocomp.config import parse_run_spec
 from autocomp.errors import SpaceError
 from autocomp.latency_table import (
     Conditions,
@@ -27,7 +28,6 @@ from autocomp.objective import Constraint
 from autocomp.policy import Policy
 from autocomp.primitives import Channels, Prune, Quantize
 from autocomp.runtimes import prepare
-from autocomp.space.loader import parse_run_spec
 from autocomp.testing.tiny import fast_latency, tiny_space
 
 FAST = fast_latency()
@@ -142,6 +142,113 @@ def test_calibrated_table_is_fit_once_then_reused(tmp_path):
     assert second.measured == 0 and second.calibrations == first.calibrations
 
 
+def _unit_ms(unit) -> float:
+    """A made-up but deterministic cost of one layer at its shape."""
+    weights = sum(p.numel() for p in unit.module.parameters())
+    return 0.002 + 1e-6 * weights * unit.shape[0] + 3e-7 * unit.out_elements
+
+
+class FakeClock:
+    """Every timing the table and the search take, made deterministic: a layer timed alone costs `_unit_ms`; a
+    whole model costs A + B x (sum of its layers) + C x (elements they output) (the form the table fits), all
+    times `slow` (a machine running slower on another day). Whole-model times are recorded per structure."""
+
+    A, B, C = 0.05, 1.5, 2e-7
+
+    def __init__(self, slow: float = 1.0) -> None:
+        self.slow, self.whole = slow, {}
+
+    def __call__(self, run, x, *, threads, warmup, repeats):
+        found = units(run, x[:1], x.shape[0], "torch")
+        layers = sum(_unit_ms(u) for u in found)
+        if len(found) == 1:  # one layer timed alone (LatencyTable._time_unit)
+            return [self.slow * layers] * repeats
+        ms = self.slow * (self.A + self.B * layers + self.C * sum(u.out_elements for u in found))
+        self.whole[tuple(u.key for u in found)] = ms
+        return [ms] * repeats
+
+
+CHANNELS_SPACE = """
+version: 1
+model: {name: tiny}
+data: {name: tiny}
+latency: {batch_size: 4, table: true, repeats: 3, warmup: 1}
+objectives: [accuracy, latency_ms]
+groups:
+  - name: hidden
+    layers: ["1", "3"]
+    primitives:
+      channels: {ratio: {float: [0.0, 0.75], step: 0.125}}
+"""
+
+
+@pytest.mark.parametrize("day2_seed", [
+    0,  # day 2 anchors on the calibration's own models: every layer is in the cached table
+    1,  # day 2 anchors on other models: layers the cached table lacks are timed during the anchor
+])
+def test_held_out_candidates_are_predicted_by_the_fit_not_by_their_own_timing(tmp_path, tiny, monkeypatch, day2_seed):
+    """The table is fit on the baseline and 8 calibration policies; the search's front is other candidates,
+    timed whole only at the end. With deterministic times the prediction for those held-out candidates must be
+    their true time (the fit generalises), also on a later day when the machine runs 2x slower and the cached
+    table is reused through its anchor (a run with another seed anchors on other models than the fit's)."""
+    import autocomp.latency_table as latency_table
+
+    model, data = tiny
+    spec = parse_run_spec(CHANNELS_SPACE)
+    args = dict(space=spec.space, runs_dir=tmp_path, progress=False, latency=spec.latency,
+                objectives=["accuracy", "latency_ms"])
+    key = model_key(model, data[0][:1])
+    fitted = {tuple(u.key for u in units(compress(model, p, example=data[0][:1], calibration=data), data[0][:1],
+                                         4, "torch"))
+              for p in latency_table.calibration_policies(spec.space.bind(model), 0)}  # day 1's calibration
+    for name, slow, seed in (("day1", 1.0, 0), ("day2", 2.0, day2_seed)):
+        clock = FakeClock(slow)
+        monkeypatch.setattr(latency_table, "time_runner", clock)
+        result = autocomp.search(model, data, trials=8, seed=seed, name=name, **args)
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        front = [t for t in result.pareto if t.id in result.latency_measured]
+        held_out = [t for t in front if tuple(u.key for u in units(
+            compress(model, Policy.from_dict(t.policy), example=data[0][:1]), data[0][:1], 4, "torch")) not in fitted]
+        assert held_out, "the front should hold candidates the fit never saw"
+        for t in front:  # predicted during the search, measured whole at its end: the same number
+            assert t.metrics["latency_ms"] == pytest.approx(result.latency_measured[t.id], rel=1e-6)
+        assert result.latency_prediction["max_abs_error"] < 1e-6
+        assert run["latency_calibration"]["coef"] == pytest.approx([FakeClock.A, FakeClock.B, FakeClock.C], rel=1e-6)
+        assert run["latency_anchor"]["scale"] == pytest.approx(slow, rel=1e-9)
+        # every trial's prediction is the fit of its layer sum in today's unit, whatever it was timed at
+        table = LatencyTable.load(tmp_path / name / "latency_table.json", Conditions.here("torch", 4, 1))
+        table.scale = slow
+        for t in result.trials:
+            candidate = compress(model, Policy.from_dict(t.policy), example=data[0][:1], calibration=data)
+            layer_ms, elements = table.layer_sum(candidate, data[0][:1])
+            assert t.metrics["latency_ms"] == pytest.approx(
+                slow * (FakeClock.A + FakeClock.B * layer_ms + FakeClock.C * elements), rel=1e-6)
+            assert table.predict(candidate, data[0][:1], key) == pytest.approx(t.metrics["latency_ms"], rel=1e-9)
+        assert table.measured == 0
+    assert run["latency_calibration"] == json.loads((tmp_path / "day1" / "run.json").read_text())["latency_calibration"]
+
+
+def test_a_held_out_model_of_known_layers_is_predicted_as_their_sum_without_timing():
+    net, x = conv_bn_net(), torch.randn(1, 1, 8, 8)
+    table = LatencyTable(Conditions.here("torch", 4, 1), warmup=1, repeats=3)
+    table.layer_sum(net, x)
+    table.entries = {k: 0.1 * (i + 1) for i, k in enumerate(table.entries)}  # known, distinct times
+    table.measured = 0
+    # a model the table never saw, made of the same layers at the same shapes, the middle block repeated
+    head, block, tail = list(net.children())[:3], [nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()], list(net.children())[3:]
+    held_out = nn.Sequential(*head, *block, *block, *tail).eval()
+    keys = [u.key for u in units(held_out, x, 4, "torch")]
+    assert set(keys) - set(table.entries) == {keys[3]}  # only the padded 8->8 conv is new: one timing
+    known = dict(table.entries)
+    layer_ms, _ = table.layer_sum(held_out, x)
+    assert table.measured == 1 and {k: table.entries[k] for k in known} == known  # known entries untouched
+    assert layer_ms == pytest.approx(sum(table.entries[k] for k in keys))
+    assert keys.count(keys[4]) == 3  # the ReLU at 8x8x8 counted each time it runs (the original + the block twice)
+    table.calibrations["m"] = {"coef": [0.5, 2.0, 0.0]}
+    assert table.predict(held_out, x, "m") == pytest.approx(0.5 + 2.0 * layer_ms)
+    assert table.predict(held_out, x) == pytest.approx(layer_ms)  # another model's key: no fit applied
+
+
 def test_peak_activation_bytes_keeps_a_residual_branch_alive():
     class Residual(nn.Module):
         def __init__(self) -> None:
@@ -222,9 +329,21 @@ def test_search_predicts_latency_and_measures_its_front(tmp_path, tiny):
     assert run["latency"]["runtime"] == "torch" and run["latency_calibration"]["points"] == 9
     pareto = json.loads((tmp_path / "r" / "pareto.json").read_text())
     assert pareto["latency_prediction"]["points"] == len(pareto["trials"]) > 0
+    # each front point's journaled latency is the saved table's prediction (fit and anchor applied) for that
+    # very candidate, reproduced here without timing anything; its measured time is a separate whole timing
+    saved_table = LatencyTable.load(tmp_path / "r" / "latency_table.json", Conditions.here("torch", 4, 1))
+    saved_table.scale = run["latency_anchor"]["scale"]
+    key = model_key(model, data[0][:1])
+    assert saved_table.calibrations[key] == run["latency_calibration"]
+    errors = []
     for t in pareto["trials"]:
-        error = abs(t["metrics"]["latency_ms"] - t["latency_measured_ms"]) / t["latency_measured_ms"]
-        assert error <= pareto["latency_prediction"]["max_abs_error"] + 1e-12
+        candidate = compress(model, Policy.from_dict(t["policy"]), example=data[0][:1], calibration=data)
+        assert saved_table.predict(candidate, data[0][:1], key) == pytest.approx(t["metrics"]["latency_ms"], rel=1e-9)
+        errors.append(abs(t["metrics"]["latency_ms"] - t["latency_measured_ms"]) / t["latency_measured_ms"])
+    assert saved_table.measured == 0  # every layer of the front was in the run's table
+    errors.sort()
+    assert pareto["latency_prediction"]["median_abs_error"] == errors[len(errors) // 2]
+    assert pareto["latency_prediction"]["max_abs_error"] == errors[-1]
     assert all({"peak_activation_bytes", "energy_uj"} <= set(t.metrics) for t in result.trials)
     assert "measured_ms" in result.table() and "front points: median error" in result.table()
     saved = json.loads((tmp_path / "r" / "latency_table.json").read_text())
@@ -235,10 +354,17 @@ def test_search_predicts_latency_and_measures_its_front(tmp_path, tiny):
     run2 = json.loads((tmp_path / "r2" / "run.json").read_text())
     assert run2["latency_calibration"] == run["latency_calibration"]
     assert again.latency_prediction is not None
-    # each run anchors the table to the calibration's 9 models timed whole at its start
-    for doc in (run, run2):
+    # each run anchors the table to the calibration's 9 models timed whole at its start, and its predictions
+    # are the table's fit in that unit: the baseline's prediction is the anchor's scale x the fitted sum
+    for name, doc in (("r", run), ("r2", run2)):
         anchor = doc["latency_anchor"]
-        assert anchor["models"] == 9 and anchor["ratio_min"] <= anchor["scale"] <= anchor["ratio_max"]
+        assert anchor["models"] == 9 and anchor["ratio_min"] > 0
+        own = LatencyTable.load(tmp_path / name / "latency_table.json", Conditions.here("torch", 4, 1))
+        layer_ms, elements = own.layer_sum(model, data[0][:1])
+        a, b, c = doc["latency_calibration"]["coef"]
+        assert own.measured == 0 and b > 0
+        assert doc["baseline"]["latency_predicted_ms"] == pytest.approx(
+            anchor["scale"] * (a + b * layer_ms + c * elements), rel=1e-9)
 
 
 def test_resume_judges_trials_by_the_bounds_the_run_started_with(tmp_path, tiny):

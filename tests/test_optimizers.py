@@ -59,8 +59,8 @@ def test_unknown_optimizer_is_a_clear_error():
 
 
 def _two_ratio_space():
+    from autocomp.space import BoundSpace
     from autocomp.space.params import FloatRange, Param
-    from autocomp.space.space import BoundSpace
 
     return BoundSpace(params=tuple(Param(name=f"{layer}.prune.ratio", domain=FloatRange(low=0.0, high=0.95, step=0.05),
                                          primitive="prune", knob="prune.ratio", layers=(layer,), compresses=1)

@@ -16,6 +16,8 @@ from autocomp.errors import PackedFormatError
 from autocomp.packed import (
     CodebookCoding,
     WeightCoding,
+    cost,
+    decode,
     dequantize,
     load_into,
     pack,
@@ -151,7 +153,7 @@ def test_chosen_position_coding_is_cheapest(density: float, bits: int, expected:
     else:
         _prune(layer, density)
     nonzero = (layer.weight.detach() != 0).reshape(-1).numpy()
-    costs = packed._position_costs(nonzero, bits, 4)
+    costs = cost._position_costs(nonzero, bits, 4)
     assert set(costs) == {"dense", "bitmask", "relative"}
 
     data = pack(layer)
@@ -192,10 +194,10 @@ def test_best_relative_width_beats_fixed_k5() -> None:
     layer = nn.Linear(784, 300, bias=False)
     _prune(layer, 0.08)
     nonzero = (layer.weight.detach() != 0).reshape(-1).numpy()
-    runs = packed._zero_runs(nonzero)
-    best, k = packed._position_costs(nonzero)["relative"]
+    runs = cost.zero_runs(nonzero)
+    best, k = cost._position_costs(nonzero)["relative"]
     assert k != 5
-    assert best < packed._relative_cost(runs, 5)
+    assert best < cost._relative_cost(runs, 5)
     report = _weight_report(pack(layer), "weight")
     assert report["position"] == "relative" and report["k"] == k and report["bytes"] == best
     fillers = int((runs >> k).sum())
@@ -309,9 +311,9 @@ def test_bit_packing_roundtrip() -> None:
     rng = np.random.default_rng(0)
     for width in (1, 3, 8, 11, 16):
         values = rng.integers(0, 2**width, size=1001)
-        buf = packed._pack_uint(values, width)
+        buf = cost.pack_uint(values, width)
         assert len(buf) == (1001 * width + 7) // 8
-        assert np.array_equal(packed._unpack_uint(buf, width, 1001), values)
+        assert np.array_equal(cost.unpack_uint(buf, width, 1001), values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +371,7 @@ def test_codebook_cost_is_exact() -> None:
     layer = nn.Linear(784, 300, bias=False)
     _share(layer, 5, density=0.3)
     nonzero = (layer.weight.detach() != 0).reshape(-1).numpy()
-    costs = packed._position_costs(nonzero, 5, 4, zero_code=False)
+    costs = cost._position_costs(nonzero, 5, 4, zero_code=False)
     assert set(costs) == {"bitmask", "relative"}
     report = _weight_report(pack(layer), "weight")
     assert report["bytes"] == min(c for c, _ in costs.values()) + 4 * 32
@@ -383,7 +385,7 @@ def test_codebook_with_a_zero_centroid_stores_zeros() -> None:
         layer = nn.Linear(100, 10, bias=False)
         coding = _share(layer, 2, density=0.9, book=book)
         nonzero = (layer.weight.detach() != 0).reshape(-1).numpy()
-        assert "dense" in packed._position_costs(nonzero, 2, 4, zero_code=True)
+        assert "dense" in cost._position_costs(nonzero, 2, 4, zero_code=True)
         data = pack(layer)
         assert _weight_report(data, "weight")["position"] == "dense"
         _, tensors, codings = unpack(data)
@@ -649,7 +651,7 @@ def _huffman_section(rows: list, name: str, key: str) -> tuple[list, int, int]:
     """(row, start offset in the body, length) of a tensor's Huffman-coded section."""
     offset = 0
     for row in rows:
-        parsed = packed._check_row(row, 2)
+        parsed = decode._check_row(row, 2)
         head, index, _ = parsed.sections()
         if row[0] == name:
             start = offset + head + (index if key == "hv" else 0)

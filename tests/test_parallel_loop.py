@@ -81,8 +81,8 @@ def test_run_all_streams_every_outcome():
 
 
 def test_an_ask_equal_to_a_finished_trial_is_answered_from_the_journal(tmp_path):
+    from autocomp.space import BoundSpace
     from autocomp.space.params import Choice, Param
-    from autocomp.space.space import BoundSpace
 
     # two possible candidates: random search asks each again and again
     space = BoundSpace(params=(Param(name="fc1.quantize.bits", domain=Choice(values=(4, 8)), primitive="quantize",

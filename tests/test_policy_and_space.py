@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from autocomp.config import parse_run_spec
 from autocomp.errors import SpaceError
 from autocomp.policy import Policy
 from autocomp.primitives import LowRank, Prune, Quantize
-from autocomp.space.loader import parse_run_spec
 from autocomp.testing.tiny import tiny_mlp
 
 SPACE = """

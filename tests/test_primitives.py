@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, pack_model
 from autocomp.compress import compress
-from autocomp.export import artifact_meta, pack_model
 from autocomp.policy import Policy
 from autocomp.primitives import Channels, LowRank, Prune, Quantize, Share
 from autocomp.primitives.lowrank import factorize_linear

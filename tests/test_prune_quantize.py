@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, load_packed, pack_model, write_bytes
 from autocomp.compress import compress
-from autocomp.export import artifact_meta, load_packed, pack_model, write_bytes
 from autocomp.policy import Policy
 from autocomp.primitives import Prune, Quantize
 from autocomp.primitives.prune import lamp_scores
@@ -155,7 +155,7 @@ def test_fake_quantized_models_export_to_torch_export_and_onnx(tmp_path):
     import numpy as np
     import onnxruntime
 
-    from autocomp.export import export_onnx, export_program
+    from autocomp.artifacts import export_onnx, export_program
 
     data = tiny_data(64)
     model = fit(tiny_cnn(), data, steps=30)

@@ -13,8 +13,8 @@ import ray
 
 import autocomp
 from autocomp.evaluate import CompressionEvaluator
+from autocomp.execution import ExecutionSpec
 from autocomp.execution.ray_executor import RayExecutor
-from autocomp.space.spec import ExecutionSpec
 from autocomp.testing.executors import FaultyEvaluator, check_faults, check_same_metrics, sample_policies
 from autocomp.testing.processes import MNIST_SPACE, cli, journal
 from autocomp.testing.tiny import fast_latency, tiny_space, write_fake_mnist

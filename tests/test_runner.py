@@ -1,11 +1,12 @@
 import json
 import math
+import re
 
 import pytest
 
 import autocomp
+from autocomp.artifacts import load_packed
 from autocomp.errors import RunError
-from autocomp.export import load_packed
 from autocomp.policy import Policy
 from autocomp.testing.conformance import outputs
 from autocomp.testing.tiny import fast_latency, tiny_space
@@ -20,9 +21,15 @@ def run(tmp_path, tiny, **kw):
     return autocomp.search(model, data, **{**args, **kw})
 
 
+def score(m):
+    return m["accuracy"] - 0.01 * math.log(m["size_bytes"]) + 1e-6 * m["zeros"]
+
+
+ZEROS = {"zeros": lambda model: float(sum((p == 0).sum() for p in model.parameters()))}
+
+
 def test_python_api_search_with_a_user_objective(tmp_path, tiny):
-    result = run(tmp_path, tiny, objectives=lambda m: m["accuracy"] - 0.01 * math.log(m["size_bytes"]),
-                 extra_metrics={"zeros": lambda model: float(sum((p == 0).sum() for p in model.parameters()))})
+    result = run(tmp_path, tiny, objectives=score, extra_metrics=ZEROS)
     assert len(result.trials) == 6 and all(t.status == "complete" for t in result.trials)
     best = max(result.trials, key=lambda t: t.values[0])
     assert [t.id for t in result.pareto] == [best.id]
@@ -30,8 +37,30 @@ def test_python_api_search_with_a_user_objective(tmp_path, tiny):
     journal = [json.loads(line) for line in (tmp_path / "r" / "trials.jsonl").read_text().splitlines()]
     assert [r["id"] for r in journal] == list(range(6))
     assert {"id", "params", "policy", "metrics", "status", "error", "seconds", "worker"} <= set(journal[0])
+    # every journaled value is the user's function of that trial's journaled metrics, and they differ
+    assert [r["values"] for r in journal] == [[score(r["metrics"])] for r in journal]
+    assert len({r["values"][0] for r in journal}) > 1 and {r["metrics"]["zeros"] for r in journal} != {0.0}
     for name in ("run.json", "space.yaml", "pareto.json", "checkpoint.json"):
         assert (tmp_path / "r" / name).is_file()
+
+
+def test_resume_refuses_a_changed_objective_function_and_names_it(tmp_path, tiny):
+    run(tmp_path, tiny, trials=2, objectives=score, extra_metrics=ZEROS)
+    saved = json.loads((tmp_path / "r" / "run.json").read_text())["signature"]["objective_code"]
+    # a callable given alone is the objective named "objective"; its code is fingerprinted by qualified name + hash
+    assert list(saved) == ["objective"] and saved["objective"].startswith("test_runner.score sha256:")
+
+    def edited(m):  # the same function after an edit: same qualified name, another coefficient
+        return m["accuracy"] - 0.02 * math.log(m["size_bytes"]) + 1e-6 * m["zeros"]
+
+    edited.__qualname__ = score.__qualname__
+    for other, named in ((edited, r"score sha256:\w+"), (lambda m: m["accuracy"], r".*\.<lambda> sha256:\w+")):
+        with pytest.raises(RunError, match=rf"objective 'objective' is test_runner\.{named}, the run was scored by "
+                                           + re.escape(saved["objective"])):
+            run(tmp_path, tiny, trials=3, resume=True, objectives=other, extra_metrics=ZEROS)
+    assert len((tmp_path / "r" / "trials.jsonl").read_text().splitlines()) == 2  # nothing was evaluated
+    resumed = run(tmp_path, tiny, trials=3, resume=True, objectives=score, extra_metrics=ZEROS)
+    assert len(resumed.trials) == 3 and all(t.values == (score(t.metrics),) for t in resumed.trials)
 
 
 def test_pareto_front_is_non_dominated_and_sizes_are_real(tmp_path, tiny):
@@ -46,8 +75,8 @@ def test_pareto_front_is_non_dominated_and_sizes_are_real(tmp_path, tiny):
     assert (tmp_path / "r" / "pareto.png").stat().st_size > 1000
     # the reported size is the packed artifact's, and that artifact reproduces the model exactly
     model, (x, _) = tiny
+    from autocomp.artifacts import artifact_meta, pack_model, write_bytes
     from autocomp.compress import compress
-    from autocomp.export import artifact_meta, pack_model, write_bytes
 
     t = result.pareto[-1]
     compressed = compress(model, Policy.from_dict(t.policy))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import autocomp
+from autocomp.config import parse_run_spec
 from autocomp.errors import AutocompError
-from autocomp.optimizers import Context, LayerProfile, Told, make_optimizer
-from autocomp.space.loader import parse_run_spec
+from autocomp.optimizers import LayerProfile, SearchContext, Told, make_optimizer
 from autocomp.testing.conformance import check_beats_random, reference_space, run_steps
 from autocomp.testing.fake import fake_metrics
 from autocomp.testing.tiny import fast_latency, tiny_space
@@ -30,7 +30,7 @@ def test_beats_random_on_the_fake_evaluator(name):
 def test_tpe_study_lives_in_the_run_directory_with_constraints(tmp_path):
     import optuna
 
-    opt = make("tpe", context=Context(workdir=str(tmp_path)), n_startup_trials=2)
+    opt = make("tpe", context=SearchContext(workdir=str(tmp_path)), n_startup_trials=2)
     for step in range(3):
         asked = opt.ask(2)
         opt.tell([Told(c, (0.5 + 0.1 * step, 10.0), violation=0.3 if i else 0.0) for i, c in enumerate(asked)])
@@ -147,7 +147,7 @@ def test_budget_range_gives_each_episode_its_own_budget():
 
 def test_rl_rolls_out_a_batch_of_episodes_and_learns_from_them():
     space = reference_space()
-    opt = make("rl", context=Context(layers=profiles()), warmup=4, batch_size=8)
+    opt = make("rl", context=SearchContext(layers=profiles()), warmup=4, batch_size=8)
     first = opt.ask(4)
     assert len(first) == 4 and len({tuple(sorted(c.items())) for c in first}) == 4
     opt.tell([Told(c, tuple(fake_metrics(space, c).values())) for c in first])
@@ -202,9 +202,9 @@ groups:
 
 
 def test_optimizer_section_is_read_written_and_checked_with_its_line():
+    from autocomp.config import dump_run_spec
     from autocomp.errors import SpaceError
     from autocomp.session import check_optimizer_spec
-    from autocomp.space.loader import dump_run_spec
 
     spec = parse_run_spec(YAML_WITH_OPTIMIZER, file="s.yaml")
     assert spec.optimizer.name == "nsga2" and spec.optimizer.settings["nsga2"] == {"population": 8, "seed_uniform": 2}

@@ -156,8 +156,8 @@ def test_eight_bit_sharing_is_accurate() -> None:
 
 
 def test_cross_layer_tying_stores_one_tensor_and_reloads_tied(tmp_path):
+    from autocomp.artifacts import artifact_meta, load_packed, pack_model, write_bytes
     from autocomp.compress import compress
-    from autocomp.export import artifact_meta, load_packed, pack_model, write_bytes
     from autocomp.policy import Policy
     from autocomp.primitives import Share
 
@@ -186,8 +186,8 @@ def test_cross_layer_tying_stores_one_tensor_and_reloads_tied(tmp_path):
 
 
 def test_tied_layers_with_different_settings_keep_one_valid_coding(tmp_path):
+    from autocomp.artifacts import artifact_meta, load_packed, pack_model, write_bytes
     from autocomp.compress import compress
-    from autocomp.export import artifact_meta, load_packed, pack_model, write_bytes
     from autocomp.policy import Policy
     from autocomp.primitives import Quantize, Share
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, load_packed, pack_model
 from autocomp.compress import compress
+from autocomp.config import parse_run_spec
 from autocomp.errors import AutocompError, SpaceError
-from autocomp.export import artifact_meta, load_packed, pack_model
 from autocomp.metrics import count_flops, count_params
 from autocomp.policy import Policy
 from autocomp.primitives import Channels, Quantize, Skip
-from autocomp.space.loader import parse_run_spec
 from autocomp.zoo import build_model
 
 

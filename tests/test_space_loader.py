@@ -8,20 +8,14 @@ from typing import Any
 
 import pytest
 
+from autocomp.config import DataSpec, ModelSpec, RunSpec, dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.errors import SpaceError
-from autocomp.space.loader import dump_run_spec, load_run_spec, parse_run_spec
+from autocomp.execution import ExecutionSpec
+from autocomp.finetune import FineTuneSpec
+from autocomp.objective import Constraint, Objective
+from autocomp.space import Where
 from autocomp.space.params import Choice, FloatRange, IntRange
-from autocomp.space.space import Where
-from autocomp.space.spec import (
-    ConstraintSpec,
-    DataSpec,
-    ExecutionSpec,
-    FineTuneSpec,
-    ModelSpec,
-    ObjectiveSpec,
-    RunSpec,
-    TrainSpec,
-)
+from autocomp.zoo.train import TrainSpec
 
 FULL = """\
 version: 1
@@ -104,9 +98,9 @@ def test_full_file_parses(tmp_path: Path) -> None:
     assert spec.data == DataSpec(name="mnist", dir=str(tmp_path / "data"), val_fraction=0.2)
     assert spec.train == TrainSpec(epochs=2, lr=1e-3)
     assert spec.latency.threads == 2 and spec.latency.repeats == 50
-    assert spec.objectives == (ObjectiveSpec(metric="accuracy", direction="maximize"),
-                               ObjectiveSpec(metric="latency_ms", direction="minimize"))
-    assert spec.constraints == (ConstraintSpec(metric="accuracy_drop", max=0.02),)
+    assert spec.objectives == (Objective(name="accuracy", direction="maximize"),
+                               Objective(name="latency_ms", direction="minimize"))
+    assert spec.constraints == (Constraint(metric="accuracy_drop", max=0.02),)
     assert spec.execution == ExecutionSpec(executor="ray", workers=2, timeout=60.0)
     assert spec.finetune == FineTuneSpec(epochs=2, steps=50, kd_alpha=0.5, optimizer="sgd", early_stop="halving",
                                          eta=2)

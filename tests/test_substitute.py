@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from autocomp.artifacts import artifact_meta, load_packed, pack_model
 from autocomp.compress import compress
+from autocomp.config import parse_run_spec
 from autocomp.errors import SpaceError
-from autocomp.export import artifact_meta, load_packed, pack_model
 from autocomp.policy import Policy
 from autocomp.primitives import Prune, Quantize, Substitute
 from autocomp.primitives.substitute import (
@@ -19,7 +20,6 @@ from autocomp.primitives.substitute import (
     shuffled_group_conv,
     substitute_conv,
 )
-from autocomp.space.loader import parse_run_spec
 from autocomp.testing.conformance import check_monotone
 from autocomp.zoo import build_model
 

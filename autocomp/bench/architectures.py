@@ -28,10 +28,10 @@ from typing import Any
 
 from autocomp.bench.common import BenchResult, finished_run, publish
 from autocomp.bench.search import SPACE_FILE
+from autocomp.config import RunSpec
 from autocomp.pareto import pareto_front
 from autocomp.runner import Trial
 from autocomp.session import read_spec, run_spec_search
-from autocomp.space.spec import RunSpec
 from autocomp.store import RunStore, write_atomic
 
 COLUMNS = ("model", "arm", "trials", "complete", "front_size", "front_latency", "union_size_points",
@@ -51,8 +51,11 @@ def without_substitution(spec: RunSpec) -> RunSpec:
 
 
 def _share_cached_baselines(out: Path, runs_dir: Path) -> None:
-    """Baselines other benches trained (runs/*/.cache/baseline-<key>.pt, named by what trained them) are
-    copied into this bench's cache, so the same model and training are not trained twice."""
+    """Copy baselines other benches trained into this bench's cache, so none is trained twice.
+
+    Those are runs/*/.cache/baseline-<key>.pt, named by what trained them, so the same model and training
+    are not trained twice.
+    """
     cache = out / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
     for found in runs_dir.glob("*/.cache/baseline-*.pt"):
@@ -68,8 +71,10 @@ def union_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float
 
 def _search(spec: RunSpec, arm: str, model: str, out: Path, data_dir: str | None, trials: int,
             workers: int) -> dict[str, Any]:
-    """One arm's search; a finished run of the same space and budget is read back instead (its journal and
-    baseline), so the comparison can be redone without repeating the searches."""
+    """One arm's search; a finished run of the same space and budget is read back instead.
+
+    Its journal and baseline are read back, so the comparison can be redone without repeating the searches.
+    """
     start = time.perf_counter()
     run_dir = out / f"{model}-{arm.replace('+', '-')}"
     if finished_run(run_dir, spec, trials):
@@ -93,10 +98,13 @@ def _plain(trial: Any) -> bool:
 
 
 def latency_checks(runs: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Latency compared where it is comparable. Within the substitution run: the median latency of the
+    """Latency compared where it is comparable.
+
+    Within the substitution run: the median latency of the
     candidates with a substituted block over that of the ones without (same run, same machine state).
     Across the runs: the same median over the structurally unchanged candidates of each (prune and
-    quantize leave a dense runtime's work as it is), i.e. how far the machine drifted between them."""
+    quantize leave a dense runtime's work as it is), i.e. how far the machine drifted between them.
+    """
     def median(values: list[float]) -> float | None:
         return statistics.median(values) if values else None
 
@@ -169,6 +177,7 @@ def plot(path: Path, model: str, rows: list[dict[str, Any]], baseline: dict[str,
 
 
 def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs") -> BenchResult:
+    """Run both arms' searches per model (`quick`: small budgets) and publish the comparison."""
     out = Path(runs_dir) / "bench-architectures"
     _share_cached_baselines(out, Path(runs_dir))
     budgets = {"lenet5": 6, "resnet20": 4} if quick else {"lenet5": 60, "resnet20": 30}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,16 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocomp.config import RunSpec, dump_run_spec
 from autocomp.metrics import accuracy
 from autocomp.runner import machine_info
-from autocomp.space.loader import dump_run_spec
-from autocomp.space.spec import RunSpec, TrainSpec
 from autocomp.store import write_atomic
 from autocomp.zoo import Splits, build_model, load_dataset, train_baseline
+from autocomp.zoo.train import TrainSpec
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
 }
+MIN_REPEATS = 3  # independent repetitions a timing target is judged on (their median)
 
 
 @dataclass
@@ -38,9 +41,22 @@ class BenchResult:
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def target(self, name: str, value: float, op: str, bound: float) -> None:
+        """Record a target: met when `value op bound` holds (op one of >=, <=, >, <, ==)."""
         self.targets[name] = {"value": value, "target": f"{op} {bound}", "met": bool(OPS[op](value, bound))}
 
+    def timed_target(self, name: str, samples: Sequence[float], op: str, bound: float) -> None:
+        """A timing target, judged on the median of independent repetitions.
+
+        At least 3 repetitions (one timing flips between runs), with their spread (min, max) and count beside it.
+        """
+        if len(samples) < MIN_REPEATS:
+            raise ValueError(f"timing target '{name}': {len(samples)} repetitions, at least {MIN_REPEATS} needed")
+        self.target(name, statistics.median(samples), op, bound)
+        self.targets[name].update(spread=[min(samples), max(samples)], repeats=len(samples),
+                                  samples=list(samples))
+
     def write(self, runs_dir: str | os.PathLike) -> Path:
+        """Write results.json (with the machine's description) to `runs_dir/bench-NAME`; returns that folder."""
         out = Path(runs_dir) / f"bench-{self.name}"
         out.mkdir(parents=True, exist_ok=True)
         doc = {"name": self.name, "machine": machine_info(), "settings": self.settings, "rows": self.rows,
@@ -50,6 +66,7 @@ class BenchResult:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """The rows as a plain-text table of `columns` (floats to 4 significant digits, ints with separators)."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
@@ -65,7 +82,11 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
 
 
 def format_targets(targets: Mapping[str, Mapping[str, Any]]) -> str:
-    return "\n".join(f"  {'MET ' if t['met'] else 'MISS'}  {name}: {t['value']:.4g} (target {t['target']})"
+    """One line per target: MET or MISS, its value (with the spread of timed ones) and the target."""
+    def spread(t: Mapping[str, Any]) -> str:
+        return f" [{t['spread'][0]:.4g}-{t['spread'][1]:.4g}, median of {t['repeats']}]" if "spread" in t else ""
+
+    return "\n".join(f"  {'MET ' if t['met'] else 'MISS'}  {name}: {t['value']:.4g}{spread(t)} (target {t['target']})"
                      for name, t in targets.items())
 
 
@@ -108,8 +129,10 @@ def cached_baseline(model_name: str, dataset: str, data_dir: str | None, train: 
 
 
 def finished_run(run_dir: Path, spec: RunSpec, trials: int) -> bool:
-    """Whether `run_dir` holds a finished search of this very space file and trial budget (a bench reads
-    it back instead of searching again, so a comparison can be redone alone)."""
+    """Whether `run_dir` holds a finished search of this very space file and trial budget.
+
+    A bench reads it back instead of searching again, so a comparison can be redone alone.
+    """
     try:
         info = json.loads((run_dir / "run.json").read_text())
         same_space = (run_dir / "space.yaml").read_text() == dump_run_spec(spec)

@@ -33,6 +33,7 @@ import torch
 from autocomp.bench.common import BenchResult, finished_run, publish
 from autocomp.bench.search import SPACE_FILE
 from autocomp.compress import compress
+from autocomp.config import RunSpec
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.latency_table import (
     Conditions,
@@ -46,7 +47,6 @@ from autocomp.metrics import accuracy, latency_batch
 from autocomp.policy import Policy
 from autocomp.runner import Trial
 from autocomp.session import prepare_baseline, read_spec, run_spec_search, spec_splits
-from autocomp.space.spec import RunSpec
 from autocomp.store import RunStore
 
 RUNTIMES = ("torch", "onnx")
@@ -65,9 +65,11 @@ def _rows(splits) -> tuple[torch.Tensor, torch.Tensor]:
 
 def prediction_error(model, spec: RunSpec, splits, runtime: str, *, candidates: int, runs_dir: Path,
                      scale: float = 1.0, log=print) -> dict[str, Any]:
-    """Median |predicted - measured| / measured over random candidates the table was not calibrated on
-    (the table and its calibration are the ones the search under `runs_dir` made and cached, `scale` the
-    anchor that search set from the uncompressed model timed then)."""
+    """Median |predicted - measured| / measured over random candidates the table was not calibrated on.
+
+    The table and its calibration are the ones the search under `runs_dir` made and cached, `scale` the
+    anchor that search set from the uncompressed model timed then.
+    """
     lat = spec.latency
     conditions = Conditions.here(runtime, lat.batch_size, lat.threads)
     bound = spec.space.bind(model)
@@ -113,13 +115,15 @@ LADDER = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)  # the uniform policies' channel
 
 
 def uniform_ladder(bound) -> dict[str, dict[str, Any]]:
-    """name -> the parameters of each uniform policy, least compressed first."""
+    """Name -> the parameters of each uniform policy, least compressed first."""
     return {f"uniform {r:.3f}": uniform_params(bound, r) for r in LADDER}
 
 
 def uniform_seed(model, spec: RunSpec, splits, log=print) -> dict[str, Any] | None:
-    """The search's first candidate: the least-compressed uniform policy within half the uncompressed
-    model's latency, the ladder and the uncompressed model timed interleaved."""
+    """The search's first candidate: the least-compressed uniform policy within half the uncompressed latency.
+
+    The ladder and the uncompressed model are timed interleaved.
+    """
     evaluator = measuring_evaluator(model, spec, splits)
     bound = spec.space.bind(model)
     ladder = uniform_ladder(bound)
@@ -135,9 +139,11 @@ def _compressed(model, bound, params: dict[str, dict[str, Any]], evaluator: Comp
 
 
 def interleaved_latency(evaluator: CompressionEvaluator, models: dict[str, Any], rounds: int = 5) -> dict[str, float]:
-    """Median latency (ms) of each model over `rounds` rounds that time every model once in turn, so that
-    a change in the machine's load reaches all of them alike (the same model timed minutes apart drifts by
-    several percent here, the size of the margins compared)."""
+    """Median latency (ms) of each model over `rounds` rounds that time every model once in turn.
+
+    So a change in the machine's load reaches all of them alike (the same model timed minutes apart drifts
+    by several percent here, the size of the margins compared).
+    """
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, compressed in models.items():
@@ -147,9 +153,11 @@ def interleaved_latency(evaluator: CompressionEvaluator, models: dict[str, Any],
 
 def constrained_search(spec: RunSpec, runtime: str, *, trials: int, workers: int, data_dir: str | None,
                        out: Path, initial: list[dict[str, Any]]) -> Any:
-    """TPE maximizing accuracy under latency_ms <= 0.5x (AMC's resource-constrained setting), started from
-    the uniform policy; candidates predicted over the budget are skipped before fine-tuning. A finished
-    search of the same file and budget is read back instead, so the comparison can be redone alone."""
+    """TPE maximizing accuracy under latency_ms <= 0.5x (AMC's resource-constrained setting).
+
+    Started from the uniform policy; candidates predicted over the budget are skipped before fine-tuning. A
+    finished search of the same file and budget is read back instead, so the comparison can be redone alone.
+    """
     run_dir = out / f"search-{runtime}"
     if finished_run(run_dir, spec, trials):
         pareto = json.loads((run_dir / "pareto.json").read_text())
@@ -163,10 +171,13 @@ def constrained_search(spec: RunSpec, runtime: str, *, trials: int, workers: int
 
 
 def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log=print) -> dict[str, Any]:
-    """The search's `top` distinct feasible trials by validation accuracy, the uniform ladder and the
-    uncompressed model timed interleaved. The budget is half the uncompressed model's median in these
+    """The search's answer against the uniform reference at half the uncompressed latency, on the test split.
+
+    The search's `top` distinct feasible trials by validation accuracy, the uniform ladder and the
+    uncompressed model are timed interleaved. The budget is half the uncompressed model's median in these
     rounds; the search's answer is its most accurate (validation) candidate within it, the uniform
-    reference the least-compressed ladder policy within it; both are measured on the test split."""
+    reference the least-compressed ladder policy within it; both are measured on the test split.
+    """
     evaluator = measuring_evaluator(model, spec, splits)
     scored = sorted((t for t in result.trials if t.feasible and not t.copied),
                     key=lambda t: -t.metrics["accuracy"])[:top]
@@ -211,6 +222,7 @@ def compare_at_budget(model, spec: RunSpec, splits, result, *, top: int = 5, log
 
 
 def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs") -> BenchResult:
+    """Run the latency bench (`quick`: every code path in a few minutes) and publish its results."""
     out = Path(runs_dir) / "bench-latency"
     spec = read_spec(space_file())
     candidates, trials, workers = (6, 6, 2) if quick else (50, 60, 2)  # trials: fine-tuned candidates

@@ -22,20 +22,23 @@ from typing import Any
 
 import autocomp
 from autocomp.bench.common import BenchResult, cached_baseline, publish
+from autocomp.config import load_run_spec
 from autocomp.metrics import accuracy
 from autocomp.pareto import hypervolume
-from autocomp.space.loader import load_run_spec
-from autocomp.space.spec import LatencySpec, TrainSpec
+from autocomp.runtimes import LatencySpec
 from autocomp.zoo import DATASETS, MODELS
+from autocomp.zoo.train import TrainSpec
 
 STRATEGIES = ("random", "uniform", "greedy", "tpe", "nsga2", "rl")
 SEARCHED = ("tpe", "nsga2", "rl")
 SPACE_FILE = Path(__file__).resolve().parents[2] / "search_spaces" / "lenet300_mnist.yaml"
 REFERENCE_ACCURACY = 0.90
+QUICK_BUDGETS = (30, 60)  # --quick: evaluations per strategy (the smaller read off the same run's first trials)
 COLUMNS = ("strategy", "budget", "hv_median", "hv_min", "hv_max", "best_ratio_0.5pt", "evals", "wall_s")
 
 
 def space():
+    """The bench's search space, from search_spaces/lenet300_mnist.yaml (needs a repository checkout)."""
     if not SPACE_FILE.is_file():  # an installed package without the repository's search_spaces/
         raise FileNotFoundError(f"{SPACE_FILE} not found: run the bench from a checkout")
     return load_run_spec(SPACE_FILE, models=MODELS, datasets=DATASETS).space
@@ -60,6 +63,7 @@ def best_ratio(trials: list[Any], base_accuracy: float, drop: float = 0.005) -> 
 
 
 def plot(median: dict[str, list[float]], checkpoints: list[int], path: Path) -> None:
+    """Plot each strategy's median hypervolume against evaluations and save it as a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +83,8 @@ def plot(median: dict[str, list[float]], checkpoints: list[int], path: Path) -> 
 
 
 def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None] = print) -> BenchResult:
-    budgets = (30, 60) if quick else (100, 300)
+    """Run every strategy for each seed and budget (`quick`: fewer, smaller) and collect hypervolumes."""
+    budgets = QUICK_BUDGETS if quick else (100, 300)
     seeds = (0,) if quick else (0, 1, 2)
     train = TrainSpec(epochs=1, lr=1e-3) if quick else TrainSpec(epochs=10, lr=1e-3)
     model, splits = cached_baseline("lenet300", "mnist", data_dir, train, runs_dir,
@@ -146,5 +151,6 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str]
 
 
 def main(*, quick: bool, data_dir: str | None, runs_dir: str) -> BenchResult:
+    """Run the bench and publish its table, targets, results.json and hypervolume.png."""
     return publish(run(quick=quick, data_dir=data_dir, runs_dir=runs_dir), COLUMNS, runs_dir,
                    also=("hypervolume.png",))

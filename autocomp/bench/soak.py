@@ -30,7 +30,7 @@ from autocomp.bench.common import BenchResult, publish
 from autocomp.execution import InProcessExecutor
 from autocomp.objective import as_objectives
 from autocomp.optimizers import make_optimizer
-from autocomp.runner import COPY, finalize, run_loop
+from autocomp.runner import JOURNAL_COPY, run_loop, write_front
 from autocomp.store import RunStore
 from autocomp.testing.conformance import reference_space
 from autocomp.testing.fake import AnalyticEvaluator, full_size, process_usage
@@ -40,6 +40,7 @@ COLUMNS = ("executor", "trials", "seconds", "trials_per_s", "driver_mb_per_1k", 
 OBJECTIVES = as_objectives(("accuracy", "size_bytes"))
 MB_PER_1K_BOUND = 1.0  # "flat": under 1 MB per 1,000 trials, i.e. < 1 kB kept per trial
 HEAP_LEFT_KB_BOUND = 256.0  # what 10,000 trials may leave in the driver's heap after the run: < 26 B each
+QUICK = (400, 20)  # --quick: trials per executor, sampled every
 
 
 class _SampledStore(RunStore):
@@ -82,6 +83,7 @@ def sweep_front(records: list[dict[str, Any]]) -> set[int]:
 
 
 def soak(executor_name: str, run_dir: Path, trials: int, every: int, workers: int) -> dict[str, Any]:
+    """Run `trials` random-search trials on one executor; returns its row: rate, memory and fd growth, checks."""
     space = reference_space()
     evaluator = AnalyticEvaluator(space.layers)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -101,7 +103,7 @@ def soak(executor_name: str, run_dir: Path, trials: int, every: int, workers: in
     try:
         done = run_loop(store, space, optimizer, executor, OBJECTIVES, (), trials, progress=False)
         seconds = time.perf_counter() - start
-        finalize(store, done, OBJECTIVES, {"accuracy": 0.99, "size_bytes": full_size(space)}, title="soak")
+        write_front(store, done, OBJECTIVES, {"accuracy": 0.99, "size_bytes": full_size(space)}, title="soak")
         del done
         gc.collect()
         heap_left_kb = (tracemalloc.get_traced_memory()[0] - heap_before) / 1024
@@ -126,10 +128,10 @@ def soak(executor_name: str, run_dir: Path, trials: int, every: int, workers: in
         "worker_mb_per_1k": max(worker_slopes), "worker_fd_growth": max(worker_fds), "workers": len(by_worker),
         # every id once; `trials` evaluated (an ask repeating an earlier one is answered from the journal)
         "journal_ok": sorted(r["id"] for r in records) == list(range(len(records)))
-        and sum(not r["worker"].startswith(COPY) for r in records) == trials
+        and sum(not r["worker"].startswith(JOURNAL_COPY) for r in records) == trials
         and all(r["status"] == "complete" for r in records),
         "pareto_ok": {t["id"] for t in pareto["trials"]}
-        == sweep_front([r for r in records if not r["worker"].startswith(COPY)]),
+        == sweep_front([r for r in records if not r["worker"].startswith(JOURNAL_COPY)]),
         "front": len(pareto["trials"]),
         "driver_rss_mb": [[s["trials"], round(s["rss_mb"], 2)] for s in samples],
         "driver_open_fds": [[s["trials"], s["open_fds"]] for s in samples],
@@ -137,7 +139,8 @@ def soak(executor_name: str, run_dir: Path, trials: int, every: int, workers: in
 
 
 def main(quick: bool = False, data_dir: str | None = None, runs_dir: str = "runs") -> BenchResult:
-    trials, every = (400, 20) if quick else (10_000, 100)
+    """Run the soak on each executor (`quick`: fewer trials) and publish its results."""
+    trials, every = QUICK if quick else (10_000, 100)
     out = Path(runs_dir) / "bench-soak"
     result = BenchResult("soak", {"trials": trials, "sample_every": every, "optimizer": "random",
                                   "evaluator": "analytic fake (autocomp.testing.fake)", "quick": quick})

@@ -20,20 +20,27 @@ EvaluateFn = Callable[[Policy], Mapping[str, float]]
 
 @dataclass(frozen=True)
 class Task:
-    """One evaluation; `bars` (epoch -> accuracy needed to go on) lets the evaluator stop it early, and
-    `limits` (the run's resolved constraints) let it skip a candidate whose structure already breaks one."""
+    """One evaluation: a trial id and its policy, with what lets the evaluator cut it short.
+
+    `bars` (epoch -> accuracy needed to go on) lets the evaluator stop it early, and `limits` (the run's
+    resolved constraints) let it skip a candidate whose structure already breaks one.
+    """
 
     trial_id: int
     policy: Policy
     bars: Mapping[int, float] = field(default_factory=dict)
     limits: tuple[Constraint, ...] = ()
+    split: str = "val"  # "test": measure a chosen point once on the held-out split
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one task: `complete` with metrics, `failed` with the reason, `pruned` (stopped early
-    on purpose, with what was measured until then), or `infeasible` (outside a constraint before any
-    fine-tuning, with the structural metrics that show it)."""
+    """What became of one task: `complete`, `failed`, `pruned` or `infeasible`.
+
+    `complete` with metrics, `failed` with the reason, `pruned` (stopped early on purpose, with what was
+    measured until then), or `infeasible` (outside a constraint before any fine-tuning, with the structural
+    metrics that show it).
+    """
 
     trial_id: int
     status: str
@@ -78,6 +85,7 @@ class EvaluationTimeout(Exception):
 
 
 def timeout_outcome(task: Task, limit: float, elapsed: float, worker: str) -> Outcome:
+    """The failed outcome of a task that ran past its per-trial time `limit`."""
     return Outcome(task.trial_id, "failed", error=str(EvaluationTimeout(limit)), seconds=elapsed, worker=worker)
 
 
@@ -87,6 +95,8 @@ def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
     try:
         # only what a task carries is passed, so an evaluator without early stopping needs no such arguments
         extras = {k: v for k, v in (("bars", task.bars), ("limits", task.limits)) if v}
+        if task.split != "val":
+            extras["split"] = task.split
         result = evaluate(task.policy, **extras)  # type: ignore[call-arg]
         metrics = {k: float(v) for k, v in result.items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))

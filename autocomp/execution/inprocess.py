@@ -34,8 +34,11 @@ def _alarm(seconds: float | None) -> Iterator[None]:
 
 
 class InProcessExecutor:
-    """One worker: the calling process. A per-trial `timeout` interrupts an evaluation with SIGALRM,
-    so it needs the main thread (Ray workers are the way to bound evaluations that ignore signals)."""
+    """One worker: the calling process.
+
+    A per-trial `timeout` interrupts an evaluation with SIGALRM, so it needs the main thread (Ray workers
+    are the way to bound evaluations that ignore signals).
+    """
 
     workers = 1
 
@@ -48,9 +51,11 @@ class InProcessExecutor:
         self.queue: deque[Task] = deque()
 
     def submit(self, task: Task) -> None:
+        """Queue the task; it runs when its outcome is asked for."""
         self.queue.append(task)
 
     def next_outcome(self) -> Outcome:
+        """Evaluate the oldest queued task here and now, under the per-trial timeout if set."""
         task = self.queue.popleft()
         start = time.perf_counter()
         try:
@@ -60,7 +65,9 @@ class InProcessExecutor:
             return timeout_outcome(task, err.limit, time.perf_counter() - start, self.worker)
 
     def describe(self) -> dict[str, Any]:
+        """What run.json records: in process, one worker, and the timeout."""
         return {"executor": "inprocess", "workers": 1, "timeout": self.timeout}
 
     def close(self) -> None:
+        """Drop the tasks not yet run."""
         self.queue.clear()

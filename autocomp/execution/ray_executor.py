@@ -81,8 +81,10 @@ def usable_cores() -> int:
 
 
 def cpus_per_worker(node_cpus: list[float], workers: int) -> float:
-    """The most whole CPUs each of `workers` can hold with every worker placed on some node; a fraction
-    when there are more workers than CPUs (they then share)."""
+    """The most whole CPUs each of `workers` can hold with every worker placed on some node.
+
+    A fraction when there are more workers than CPUs (they then share).
+    """
     for cpus in range(int(max(node_cpus)), 0, -1):
         if sum(int(c // cpus) for c in node_cpus) >= workers:
             return float(cpus)
@@ -228,6 +230,7 @@ class RayExecutor:
                         ignore_dangling_symlinks=True, dirs_exist_ok=True)
 
     def describe(self) -> dict[str, Any]:
+        """What run.json records: workers, their resources, the cluster address, timeout, retries, Ray version."""
         return {"executor": "ray", "workers": self.workers, "threads": self.threads, "num_cpus": self.num_cpus,
                 "num_gpus": self.num_gpus, "address": self.address or "local", "timeout": self.timeout,
                 "retries": self.retries, "ray": ray.__version__}
@@ -238,6 +241,7 @@ class RayExecutor:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def submit(self, task: Task) -> None:
+        """Queue the task (first attempt) and hand queued tasks to idle workers."""
         self.queue.append((task, 0))
         self._dispatch()
 
@@ -261,6 +265,7 @@ class RayExecutor:
         self.idle.append(actor)
 
     def next_outcome(self) -> Outcome:
+        """Wait for the first finished evaluation on any worker, handling deaths, timeouts and retries meanwhile."""
         while not self.finished:
             if not self.running and not self.queue:
                 raise RuntimeError("next_outcome() with no evaluation submitted")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autocomp.space.space import BoundSpace
+from autocomp.space import BoundSpace
 
 Params = dict[str, Any]
 
@@ -36,7 +36,7 @@ class LayerProfile:
 
 
 @dataclass(frozen=True)
-class Context:
+class SearchContext:
     """What the runner tells an optimizer about the search beyond the space.
 
     `layers`: profiles of the compressible layers, in forward order (RL observations, cost estimates).
@@ -57,11 +57,11 @@ class Optimizer(ABC):
     SETTINGS: dict[str, type | tuple[type, ...]] = {}
 
     def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int = 0,
-                 context: Context | None = None) -> None:
+                 context: SearchContext | None = None) -> None:
         self.space = space
         self.directions = tuple(directions)
         self.seed = seed
-        self.context = context or Context()
+        self.context = context or SearchContext()
 
     @abstractmethod
     def ask(self, n: int) -> list[Params]:
@@ -75,4 +75,5 @@ class Optimizer(ABC):
         """JSON-serialisable state from which `load_state_dict` continues identically."""
 
     @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`, after which the optimizer continues as the saved one would have."""

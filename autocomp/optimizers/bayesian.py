@@ -1,5 +1,6 @@
-"""Bayesian optimization through Optuna: TPE (single- and multi-objective), Gaussian process, and Optuna's
-NSGA-II sampler, all driven by `study.ask(fixed_distributions)` / `study.tell`.
+"""Bayesian optimization through Optuna: TPE (single- and multi-objective), Gaussian process, NSGA-II.
+
+All of Optuna's samplers here are driven by `study.ask(fixed_distributions)` / `study.tell`.
 
 The study is the optimizer's state: in a run it lives in `<run dir>/optuna.db` (SQLite), so
 `optuna-dashboard sqlite:///runs/NAME/optuna.db` opens it. `state_dict` carries the study's trials as JSON
@@ -36,8 +37,11 @@ def distribution(param: Param) -> BaseDistribution:
 
 
 def _unscored_state(told: Told) -> TrialState:
-    """A trial without objective values: failed, or (violation > 0) skipped as infeasible, which Optuna's
-    samplers read as a PRUNED trial with that constraint violation (TPE ranks it among the infeasible)."""
+    """The Optuna state of a trial without objective values: FAIL if it failed, else PRUNED.
+
+    A trial with violation > 0 was skipped as infeasible, which Optuna's samplers read as a PRUNED trial with
+    that constraint violation (TPE ranks it among the infeasible).
+    """
     return TrialState.PRUNED if told.violation > 0 else TrialState.FAIL
 
 
@@ -100,6 +104,7 @@ class OptunaSearch(Optimizer):
 
     # -- ask / tell ----------------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Params]:
+        """Ask the study `n` trials (queued initial points first), each with a sampler seeded by its number."""
         out = []
         for _ in range(n):
             self.study.sampler = self._sampler(self._next_number())
@@ -116,6 +121,7 @@ class OptunaSearch(Optimizer):
                 for p in self.space.params}
 
     def tell(self, results: list[Told]) -> None:
+        """Tell the study each result with its violation; one it never asked for is added as a finished trial."""
         for told in results:
             number = next((k for k, t in self.live.items() if self._params(t.params) == told.params), None)
             if number is None:  # a result this study never asked for (e.g. a seed evaluated elsewhere)
@@ -138,7 +144,9 @@ class OptunaSearch(Optimizer):
 
     def report(self, params: Params, step: int, value: float) -> bool:
         """Multi-fidelity hook: an intermediate value of a running trial; True when the pruner stops it.
-        Optuna prunes single-objective studies only; with several objectives this never stops a trial."""
+
+        Optuna prunes single-objective studies only; with several objectives this never stops a trial.
+        """
         if len(self.directions) > 1:
             return False
         trial = next((t for t in self.live.values() if self._params(t.params) == params), None)
@@ -149,6 +157,7 @@ class OptunaSearch(Optimizer):
 
     # -- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The study's trials and the queued initial points, as JSON."""
         trials = []
         for t in self.study.get_trials(deepcopy=False):
             trials.append({"number": t.number, "state": t.state.name, "params": t.params, "values": t.values,
@@ -156,6 +165,7 @@ class OptunaSearch(Optimizer):
         return json.loads(json.dumps({"trials": trials, "queue": self.queue}))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the study from saved trials; trials running at the checkpoint are asked again, same params."""
         self.study = self._new_study()
         self.live = {}
         self.queue = [dict(p) for p in state["queue"]]

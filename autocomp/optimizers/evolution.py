@@ -33,6 +33,7 @@ class ConstrainedFitness(base.Fitness):
     scored: bool = True  # False: failed or infeasible, its values are placeholders (the worst seen)
 
     def dominates(self, other: ConstrainedFitness, obj: slice = slice(None)) -> bool:
+        """Lower violation dominates; at equal violation, DEAP's Pareto dominance on the objectives."""
         if self.violation != other.violation:
             return self.violation < other.violation
         return super().dominates(other, obj)
@@ -54,6 +55,8 @@ class ConstrainedFitness(base.Fitness):
 
 
 class Individual(list):
+    """A DEAP individual: one gene per parameter, with its fitness."""
+
     fitness: ConstrainedFitness
 
 
@@ -167,6 +170,7 @@ class EvolutionSearch(Optimizer):
 
     # -- ask / tell ------------------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Params]:
+        """The next `n` of this generation, breeding the next one once every asked individual is told."""
         if not self.queue and not self.asked:
             self._breed()
         picks, self.queue = self.queue[:n], self.queue[n:]
@@ -174,6 +178,7 @@ class EvolutionSearch(Optimizer):
         return [self._params(ind) for ind in picks]
 
     def tell(self, results: list[Told]) -> None:
+        """Set the fitness of asked individuals; failed or unscored ones get the worst values seen."""
         for told in results:
             i = next((k for k, ind in enumerate(self.asked) if self._params(ind) == told.params), None)
             if i is None:
@@ -288,12 +293,14 @@ class EvolutionSearch(Optimizer):
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """Generation, random state and every individual (parents, queued, asked, evaluated) as JSON."""
         state = {"generation": self.generation, "random": self.random_state, "parents": self._dump(self.parents),
                  "queue": self._dump(self.queue), "asked": self._dump(self.asked),
                  "evaluated": self._dump(self.evaluated)}
         return json.loads(json.dumps(state))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the generation, random state and individuals saved by `state_dict`."""
         version, internal, gauss = state["random"]
         self.random_state = (version, tuple(internal), gauss)
         self.generation = state["generation"]
@@ -302,8 +309,10 @@ class EvolutionSearch(Optimizer):
 
 
 class GeneticSearch(EvolutionSearch):
-    """A GA for one objective: the best survive, tournaments of 3 pick parents, the same mixed-gene
-    operators. Given several objectives it compares them in order (lexicographic); nsga2 finds a front."""
+    """A GA for one objective: the best survive, tournaments of 3 pick parents, the same mixed-gene operators.
+
+    Given several objectives it compares them in order (lexicographic); nsga2 finds a front.
+    """
 
     name = "ga"
 

@@ -15,6 +15,8 @@ from autocomp.optimizers.base import Optimizer, Params
 
 
 class UniformSweep(Optimizer):
+    """The grid of uniform settings (one value per knob, every layer), asked in a seeded random order."""
+
     name = "uniform"
     SETTINGS = {"levels": int}
 
@@ -29,6 +31,7 @@ class UniformSweep(Optimizer):
         self.position = 0
 
     def ask(self, n: int) -> list[Params]:
+        """The next `n` grid points, each knob's value snapped to every layer's own domain."""
         picks = self.order[self.position : self.position + n]
         self.position += len(picks)
         return [self._expand(self.grid[i]) for i in picks]
@@ -38,7 +41,9 @@ class UniformSweep(Optimizer):
         return {p.name: p.domain.nearest(chosen[p.knob]) for p in self.space.params}
 
     def state_dict(self) -> dict[str, Any]:
+        """How far through the grid's order the sweep is."""
         return {"position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the sweep from the saved position."""
         self.position = int(state["position"])

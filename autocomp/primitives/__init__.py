@@ -5,6 +5,7 @@ from autocomp.primitives.configs import (
     CONFIGS,
     STAGES,
     Channels,
+    KnobRange,
     LowRank,
     PrimitiveConfig,
     Prune,
@@ -13,7 +14,16 @@ from autocomp.primitives.configs import (
     Skip,
     Substitute,
 )
-from autocomp.primitives.registry import HANDLERS, MODEL_HANDLERS, Context, apply_primitive
+from autocomp.primitives.registry import (
+    HANDLERS,
+    MODEL_HANDLERS,
+    CompressContext,
+    LayerHandler,
+    ModelHandler,
+    apply_primitive,
+    register_primitive,
+)
 
-__all__ = ["CONFIGS", "HANDLERS", "MODEL_HANDLERS", "STAGES", "Channels", "Context", "LowRank",
-           "PrimitiveConfig", "Prune", "Quantize", "Share", "Skip", "Substitute", "apply_primitive"]
+__all__ = ["CONFIGS", "HANDLERS", "MODEL_HANDLERS", "STAGES", "Channels", "CompressContext", "KnobRange",
+           "LayerHandler", "LowRank", "ModelHandler", "PrimitiveConfig", "Prune", "Quantize", "Share", "Skip",
+           "Substitute", "apply_primitive", "register_primitive"]

@@ -45,15 +45,17 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.primitives.configs import Channels
-from autocomp.primitives.registry import Context, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 CALIBRATION_CHUNK = 256  # rows per forward/backward in the taylor pass
 
 
 def kept_channels(n: int, ratio: float, round_to: int = 1) -> int:
-    """How many of `n` channels stay: n - round(ratio * n), rounded down to a multiple of round_to (>= round_to),
-    unrounded where round_to > n, and never below 1."""
+    """How many of `n` channels stay: n - round(ratio * n), rounded down to a multiple of round_to.
+
+    At least round_to, unrounded where round_to > n, and never below 1.
+    """
     kept = n - int(round(ratio * n))
     if 1 < round_to <= n:
         kept = max(round_to, kept // round_to * round_to)
@@ -124,8 +126,11 @@ def _scores(part: _Part, criterion: str, grads: dict[nn.Module, torch.Tensor] | 
 def _group_parts(
     graph: tp.DependencyGraph, group, names: dict[nn.Module, str], out_width: int
 ) -> tuple[list[_Part], list[_Part], bool, list[str]]:
-    """The group's Conv2d/Linear output-channel members, its affine BatchNorms, whether it reaches the
-    model output, and the members nothing traced consumes although they cannot be the output layer."""
+    """What a channel group holds: its layers, its BatchNorms, and whether it reaches the output.
+
+    The group's Conv2d/Linear output-channel members, its affine BatchNorms, whether it reaches the model
+    output, and the members nothing traced consumes although they cannot be the output layer.
+    """
     reaches_output = False
     untraced: list[str] = []
     members: list[_Part] = []
@@ -180,7 +185,7 @@ def _plan(graph, group, layer_configs, names, grads, out_width) -> tuple[nn.Modu
 
 
 @model_handler(Channels)
-def prune_channels(model: nn.Module, configs: Mapping[str, Channels], context: Context) -> nn.Module:
+def prune_channels(model: nn.Module, configs: Mapping[str, Channels], context: CompressContext) -> nn.Module:
     """Remove output channels of the named layers (see the module docstring); returns `model`, changed in place."""
     layer_configs = _layer_configs(model, configs)
     if not layer_configs:

@@ -24,6 +24,7 @@ class KnobRange:
     compresses: int = 0
 
     def allows(self, value: Any) -> bool:
+        """Whether `value` is of this knob's kind and inside its range (or one of `extra`)."""
         if self.kind is str:
             return isinstance(value, str) and value in self.extra
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -37,6 +38,7 @@ class KnobRange:
         return above and below
 
     def describe(self) -> str:
+        """The allowed values in words, e.g. "float in [0, 1)", for error messages."""
         if self.kind is str:
             return f"one of {list(self.extra)}"
         lo = "(" if self.low_open else "["
@@ -54,9 +56,11 @@ class PrimitiveConfig:
     APPLIES_TO: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")  # module class names
 
     def is_identity(self) -> bool:
+        """Whether applying this config leaves the layer as it is (compress then skips it)."""
         raise NotImplementedError
 
     def knobs(self) -> dict[str, Any]:
+        """The config's knob values by name (what a policy's dict form holds)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -81,13 +85,16 @@ class Channels(PrimitiveConfig):
     round_to: int = 1
 
     def is_identity(self) -> bool:
+        """Identity at ratio 0: no channel is removed."""
         return self.ratio <= 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class LowRank(PrimitiveConfig):
-    """Low-rank factorisation: truncated SVD of a Linear (or 1x1 conv) layer; for a kxk Conv2d, Tucker-2
-    (1x1 -> kxk core -> 1x1) or spatial SVD (kx1 then 1xk).
+    """Low-rank factorisation of a Linear or Conv2d layer into two or three smaller ones.
+
+    Truncated SVD of a Linear (or 1x1 conv) layer; for a kxk Conv2d, Tucker-2 (1x1 -> kxk core -> 1x1) or
+    spatial SVD (kx1 then 1xk).
 
     Rank = the smaller of ceil(rank_ratio * full rank) and the rank keeping `energy` of the sum of squared
     singular values. `method` auto picks SVD for Linear/1x1 and Tucker-2 for kxk. Skipped (the layer is
@@ -105,15 +112,18 @@ class LowRank(PrimitiveConfig):
     method: str = "auto"
 
     def is_identity(self) -> bool:
+        """Identity when neither rank_ratio nor energy truncates (both 1)."""
         return self.rank_ratio >= 1.0 and self.energy >= 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Skip(PrimitiveConfig):
-    """Residual-branch removal: with `drop` = 1, the branch this layer ends (its output, through single-use
-    ops such as its BatchNorm, reaches an addition with a shortcut) is removed from the network, and the
-    addition gives the shortcut alone: a ResNet block becomes its shortcut. Applied to the whole model at
-    once (its torch.fx graph), right after channel removal; later primitives skip the removed layers.
+    """Residual-branch removal: a ResNet block becomes its shortcut.
+
+    With `drop` = 1, the branch this layer ends (its output, through single-use ops such as its BatchNorm,
+    reaches an addition with a shortcut) is removed from the network, and the addition gives the shortcut
+    alone. Applied to the whole model at once (its torch.fx graph), right after channel removal; later
+    primitives skip the removed layers.
     """
 
     NAME: ClassVar[str] = "skip"
@@ -121,15 +131,18 @@ class Skip(PrimitiveConfig):
     drop: int = 0
 
     def is_identity(self) -> bool:
+        """Identity unless `drop` is set."""
         return not self.drop
 
 
 @dataclass(frozen=True, kw_only=True)
 class Substitute(PrimitiveConfig):
-    """An efficient block in place of one Conv2d: `dwsep` (MobileNet: depthwise kxk with `multiplier`
-    filters per input channel, then 1x1), `fire` (SqueezeNet: 1x1 squeeze to ceil(squeeze * in) channels,
-    then 1x1 and kxk expands, `expand3` of the outputs on the kxk one), `shuffle` (ShuffleNet: a 1x1 conv
-    as a grouped 1x1 conv of `groups` groups and a channel shuffle). "none" keeps the layer.
+    """An efficient block in place of one Conv2d.
+
+    `dwsep` (MobileNet: depthwise kxk with `multiplier` filters per input channel, then 1x1), `fire`
+    (SqueezeNet: 1x1 squeeze to ceil(squeeze * in) channels, then 1x1 and kxk expands, `expand3` of the
+    outputs on the kxk one), `shuffle` (ShuffleNet: a 1x1 conv as a grouped 1x1 conv of `groups` groups and
+    a channel shuffle). "none" keeps the layer.
     """
 
     NAME: ClassVar[str] = "substitute"
@@ -148,6 +161,7 @@ class Substitute(PrimitiveConfig):
     groups: int = 2
 
     def is_identity(self) -> bool:
+        """Identity when `block` is "none"."""
         return self.block == "none"
 
 
@@ -172,15 +186,18 @@ class Prune(PrimitiveConfig):
     scope: str = "layer"
 
     def is_identity(self) -> bool:
+        """Identity at ratio 0: no weight is zeroed."""
         return self.ratio <= 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Share(PrimitiveConfig):
-    """Weight sharing (Deep Compression): k-means of a layer's nonzero weights into 2^bits centroids,
-    linearly initialised; weights become codebook indices. 32 = off. With `tie` = 1, layers whose weights
-    have the same shape and that also say tie = 1 share one weight tensor (cross-layer tying: the mean of
-    their weights, stored once in the packed file); a fine-tune then trains it as one.
+    """Weight sharing (Deep Compression): weights become indices into a codebook of 2^bits centroids.
+
+    K-means of a layer's nonzero weights into 2^bits centroids, linearly initialised. 32 = off. With
+    `tie` = 1, layers whose weights have the same shape and that also say tie = 1 share one weight tensor
+    (cross-layer tying: the mean of their weights, stored once in the packed file); a fine-tune then trains
+    it as one.
     """
 
     NAME: ClassVar[str] = "share"
@@ -192,15 +209,18 @@ class Share(PrimitiveConfig):
     tie: int = 0
 
     def is_identity(self) -> bool:
+        """Identity at 32 bits without tying."""
         return self.bits >= 32 and not self.tie
 
 
 @dataclass(frozen=True, kw_only=True)
 class Quantize(PrimitiveConfig):
-    """Symmetric weight quantization to `bits` (1 = sign x scale; 2 = ternary {-s, 0, s}; 32 keeps fp32),
-    per output channel or per tensor; `act_bits` < 32 fake-quantizes the layer's input with a range
-    calibrated on sample data. On a layer whose weights are shared (a k-means codebook) the codebook
-    indices already are the weight code: `bits` is then ignored and `act_bits` still applies.
+    """Symmetric weight quantization to `bits`, with optional fake-quantized activations.
+
+    Bits: 1 = sign x scale; 2 = ternary {-s, 0, s}; 32 keeps fp32. Per output channel or per tensor;
+    `act_bits` < 32 fake-quantizes the layer's input with a range calibrated on sample data. On a layer
+    whose weights are shared (a k-means codebook) the codebook indices already are the weight code: `bits`
+    is then ignored and `act_bits` still applies.
     """
 
     NAME: ClassVar[str] = "quantize"
@@ -214,6 +234,7 @@ class Quantize(PrimitiveConfig):
     act_bits: int = 32
 
     def is_identity(self) -> bool:
+        """Identity when both weights and activations stay at 32 bits."""
         return self.bits >= 32 and self.act_bits >= 32
 
 
@@ -221,5 +242,6 @@ class Quantize(PrimitiveConfig):
 # the dependency graph needs every block, removed ones included, to couple residual widths), then whole
 # branches, then swap in efficient blocks and factorise (shapes change within a layer), zero, cluster, and
 # finally round
-STAGES: tuple[type[PrimitiveConfig], ...] = (Channels, Skip, Substitute, LowRank, Prune, Share, Quantize)
+# (a list: autocomp.primitives.register_primitive inserts new primitives)
+STAGES: list[type[PrimitiveConfig]] = [Channels, Skip, Substitute, LowRank, Prune, Share, Quantize]
 CONFIGS: dict[str, type[PrimitiveConfig]] = {cls.NAME: cls for cls in STAGES}

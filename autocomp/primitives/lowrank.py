@@ -65,20 +65,24 @@ def choose_rank(singular_values: torch.Tensor, rank_ratio: float, energy: float)
 
 
 def svd_weights(n_in: int, n_out: int, rank: int) -> int:
+    """Weights of a rank-`rank` SVD factorisation of an n_in -> n_out layer."""
     return rank * (n_in + n_out)
 
 
 def tucker2_weights(layer: nn.Conv2d, r_out: int, r_in: int) -> int:
+    """Weights of the Tucker-2 factorisation of `layer` at ranks (r_out, r_in): two 1x1 convs and the core."""
     kh, kw = layer.kernel_size
     return layer.in_channels * r_in + r_in * r_out * kh * kw + r_out * layer.out_channels
 
 
 def spatial_weights(layer: nn.Conv2d, rank: int) -> int:
+    """Weights of the spatial SVD of `layer` at `rank`: a (kh x 1) and a (1 x kw) conv."""
     kh, kw = layer.kernel_size
     return layer.in_channels * kh * rank + rank * kw * layer.out_channels
 
 
 def layer_weights(layer: nn.Linear | nn.Conv2d) -> int:
+    """Weights of the layer as it is, to compare a factorisation against."""
     return layer.weight.numel()
 
 
@@ -106,8 +110,10 @@ def _fill(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = N
 
 
 def _balanced(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U sqrt(S), sqrt(S) V^T) truncated to `rank`: the singular values split evenly between the two factors,
-    so neither has a much wider range than the other (which keeps both quantization-friendly)."""
+    """(U sqrt(S), sqrt(S) V^T) truncated to `rank`: the singular values split evenly between the two factors.
+
+    So neither has a much wider range than the other (which keeps both quantization-friendly).
+    """
     root = s[:rank].sqrt()
     return u[:, :rank] * root[None, :], root[:, None] * vh[:rank]
 
@@ -163,8 +169,10 @@ def _tucker2_build(layer: nn.Conv2d, weight: torch.Tensor, u_out: torch.Tensor, 
 
 
 def tucker2_conv(layer: nn.Conv2d, r_out: int, r_in: int) -> nn.Sequential:
-    """Tucker-2 of a Conv2d kernel (groups 1): 1x1 (in -> r_in) -> core (r_in -> r_out, the layer's kernel
-    size, stride, padding and dilation) -> 1x1 (r_out -> out, the layer's bias).
+    """Tucker-2 of a Conv2d kernel (groups 1): a 1x1 conv, a kxk core, a 1x1 conv.
+
+    1x1 (in -> r_in) -> core (r_in -> r_out, the layer's kernel size, stride, padding and dilation) -> 1x1
+    (r_out -> out, the layer's bias).
 
     Each rank is capped at its unfolding's rank bound (min(out, in*kh*kw) and min(in, out*kh*kw)).
     """
@@ -203,8 +211,10 @@ def _spatial_build(layer: nn.Conv2d, svd: tuple, rank: int) -> nn.Sequential:
 
 
 def spatial_svd_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
-    """Spatial SVD of a Conv2d kernel (groups 1): (kh x 1) conv in -> rank (height stride/padding/dilation),
-    then (1 x kw) conv rank -> out (width stride/padding/dilation, the layer's bias).
+    """Spatial SVD of a Conv2d kernel (groups 1): a (kh x 1) conv, then a (1 x kw) conv.
+
+    (kh x 1) conv in -> rank (height stride/padding/dilation), then (1 x kw) conv rank -> out (width
+    stride/padding/dilation, the layer's bias).
 
     `rank` is capped at min(in*kh, out*kw).
     """
@@ -244,6 +254,7 @@ def _lowrank_spatial(layer: nn.Conv2d, config: LowRank) -> nn.Module:
 
 @handler(LowRank)
 def lowrank_layer(layer: nn.Module, config: LowRank) -> nn.Module:
+    """Factorise a Linear or groups-1 Conv2d by `config` (SVD for Linear/1x1, else spatial or Tucker-2)."""
     if isinstance(layer, nn.Linear):
         return _lowrank_svd(layer, config)
     if not isinstance(layer, nn.Conv2d) or layer.groups != 1:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autocomp.primitives.configs import Prune
-from autocomp.primitives.registry import Context, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -55,7 +55,8 @@ def _parts(model: nn.Module, name: str) -> list[nn.Module]:
 
 
 @model_handler(Prune)
-def prune_model(model: nn.Module, configs: Mapping[str, Prune], context: Context) -> nn.Module:
+def prune_model(model: nn.Module, configs: Mapping[str, Prune], context: CompressContext) -> nn.Module:
+    """Zero each configured layer's lowest-scored weights: per layer, or by one threshold per global pool."""
     pools: dict[tuple[float, str], list[nn.Module]] = {}
     for name, config in configs.items():
         for layer in _parts(model, name):

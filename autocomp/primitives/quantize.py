@@ -17,7 +17,7 @@ from torch import nn
 from autocomp.errors import AutocompError
 from autocomp.packed import WeightCoding, dequantize
 from autocomp.primitives.configs import Quantize
-from autocomp.primitives.registry import Context, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -47,6 +47,7 @@ def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True) -
 
 
 def quantize_layer(layer: nn.Module, bits: int, per_channel: bool = True) -> None:
+    """Round the layer's weights to `bits` in place and record the coding (skipped for shared weights)."""
     coding = getattr(layer, "weight_coding", None)
     if coding is not None and not isinstance(coding, WeightCoding):
         return  # shared weights: the codebook indices are already the weight's code
@@ -67,6 +68,7 @@ class QuantizedInput(nn.Module):
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
 
     def calibrate(self, low: float, high: float) -> None:
+        """Set scale and zero point from an observed input range, widened to hold 0 exactly."""
         low, high = min(low, 0.0), max(high, 0.0)  # the grid must hold 0 exactly (padding, ReLU zeros)
         levels = 2**self.bits - 1
         scale = (high - low) / levels if high > low else 1.0
@@ -74,6 +76,7 @@ class QuantizedInput(nn.Module):
         self.zero_point.fill_(int(min(max(round(-low / scale), 0), levels)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize the input (straight-through gradients when training), then run the layer."""
         if self.bits < 32:  # 32 while calibrating: observe what the layer gets unquantized
             # plain ops rather than torch.fake_quantize_*: torch.export and every ONNX opset take these
             q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, 2**self.bits - 1)
@@ -115,7 +118,8 @@ def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.T
 
 
 @model_handler(Quantize)
-def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: Context) -> nn.Module:
+def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: CompressContext) -> nn.Module:
+    """Quantize the configured layers' weights and wrap those with `act_bits` < 32, calibrating their ranges."""
     wrappers = []
     done: dict[int, nn.Module] = {}  # a weight tied across layers is quantized once (first config wins)
     for name, config in configs.items():

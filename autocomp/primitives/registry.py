@@ -1,4 +1,4 @@
-"""Handlers for primitive configs, registered by config type.
+"""Handlers for primitive configs, registered by config type; `register_primitive` adds a new primitive.
 
 A layer handler takes one Linear/Conv2d layer and its config and returns the layer to put in its place.
 A model handler sees every layer's config of its type at once, for primitives that cannot act on one
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from autocomp.primitives.configs import PrimitiveConfig
+from autocomp.primitives.configs import CONFIGS, STAGES, PrimitiveConfig
 
 
 @dataclass(frozen=True)
-class Context:
+class CompressContext:
     """What model handlers may need besides the model: an example input and calibration batches."""
 
     example: torch.Tensor | None = None
@@ -28,7 +28,7 @@ class Context:
 
 LayerHandler = Callable[[nn.Module, PrimitiveConfig], nn.Module]
 # (model, {layer name: config}, context) -> model (the same object, changed in place, or a new one)
-ModelHandler = Callable[[nn.Module, Mapping[str, PrimitiveConfig], Context], nn.Module]
+ModelHandler = Callable[[nn.Module, Mapping[str, PrimitiveConfig], CompressContext], nn.Module]
 HANDLERS: dict[type[PrimitiveConfig], LayerHandler] = {}
 MODEL_HANDLERS: dict[type[PrimitiveConfig], ModelHandler] = {}
 
@@ -53,7 +53,36 @@ def model_handler(config_type: type[PrimitiveConfig]) -> Callable[[ModelHandler]
     return register
 
 
+def register_primitive(
+    config_type: type[PrimitiveConfig],
+    *,
+    layer: LayerHandler | None = None,
+    model: ModelHandler | None = None,
+    before: str | None = None,
+) -> type[PrimitiveConfig]:
+    """Add a primitive: its config class (NAME, KNOBS, fields, is_identity) and one handler.
+
+    `layer(module, config)` returns the layer to put in the module's place; `model(model, configs,
+    context)` sees every layer's config at once. `before` names the primitive it is applied before
+    (default: last, after quantize). Search-space files, policies and `compress` then know it by NAME.
+    """
+    if (layer is None) == (model is None):
+        raise ValueError("register_primitive takes exactly one of layer= and model=")
+    if not config_type.NAME or config_type.NAME in CONFIGS and CONFIGS[config_type.NAME] is not config_type:
+        raise ValueError(f"primitive name '{config_type.NAME}' is empty or already taken")
+    if config_type not in STAGES:
+        at = len(STAGES) if before is None else STAGES.index(CONFIGS[before])
+        STAGES.insert(at, config_type)
+    CONFIGS[config_type.NAME] = config_type
+    if layer is not None:
+        HANDLERS[config_type] = layer
+    else:
+        MODEL_HANDLERS[config_type] = model  # type: ignore[assignment]
+    return config_type
+
+
 def apply_primitive(layer: nn.Module, config: PrimitiveConfig) -> nn.Module:
+    """The layer handler of `config`'s type applied to `layer`."""
     try:
         fn = HANDLERS[type(config)]
     except KeyError:

@@ -17,7 +17,7 @@ from torch import nn
 
 from autocomp.packed import CodebookCoding
 from autocomp.primitives.configs import Share
-from autocomp.primitives.registry import Context, handler, model_handler
+from autocomp.primitives.registry import CompressContext, handler, model_handler
 
 __all__ = ["kmeans_1d", "share_layer", "share_model", "share_weight", "tie_layers"]
 
@@ -139,7 +139,7 @@ def tie_layers(layers: list[nn.Module]) -> None:
 
 
 @model_handler(Share)
-def share_model(model: nn.Module, configs: Mapping[str, Share], context: Context) -> nn.Module:
+def share_model(model: nn.Module, configs: Mapping[str, Share], context: CompressContext) -> nn.Module:
     """Ties the layers that ask for it (grouped by weight shape), then clusters each weight once."""
     groups: dict[tuple, list[nn.Module]] = {}
     for name, config in configs.items():

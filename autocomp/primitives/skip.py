@@ -1,5 +1,6 @@
-"""Residual-branch removal: a named layer's branch is taken out of the network and its addition becomes the
-shortcut alone (a ResNet block turned into its shortcut).
+"""Residual-branch removal: a ResNet block turned into its shortcut.
+
+A named layer's branch is taken out of the network and its addition becomes the shortcut alone.
 
 Residual networks tolerate losing a block (Veit et al. 2016), and depth is the knob channel removal lacks:
 on this machine ResNet-20's first stage runs at 32x32 and takes about half the forward pass, but cutting
@@ -25,7 +26,7 @@ from torch import fx, nn
 
 from autocomp.errors import AutocompError
 from autocomp.primitives.configs import Skip
-from autocomp.primitives.registry import Context, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler
 
 ADDITIONS = {operator.add, operator.iadd, torch.add}
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -79,7 +80,7 @@ def _remove_branch(traced: fx.GraphModule, layer: str) -> None:
 
 
 @model_handler(Skip)
-def skip_branches(model: nn.Module, configs: Mapping[str, Skip], context: Context) -> nn.Module:
+def skip_branches(model: nn.Module, configs: Mapping[str, Skip], context: CompressContext) -> nn.Module:
     """Remove the residual branch of each named layer (see the module docstring); returns a GraphModule."""
     try:
         traced = fx.symbolic_trace(model)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from autocomp.primitives.configs import Substitute
-from autocomp.primitives.registry import Context, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler
 
 FIT_IMAGES = 64  # calibration rows whose layer inputs are kept for the least-squares refit
 FIT_POSITIONS = 16_384  # output positions (rows of the least-squares problem) sampled from them
@@ -47,10 +47,12 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Interleave the channels of the groups."""
         n, c, h, w = x.shape
         return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
     def extra_repr(self) -> str:
+        """Show the group count when the module is printed."""
         return f"groups={self.groups}"
 
 
@@ -64,6 +66,7 @@ class Fire(nn.Module):
         self.register_buffer("order", order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Squeeze, then the expands concatenated and put back in the replaced layer's channel order."""
         s = self.squeeze(x)
         parts = [branch(s) for branch in (self.expand1, self.expand3) if branch is not None]
         return torch.cat(parts, dim=1).index_select(1, self.order)
@@ -84,6 +87,7 @@ def _conv(src: nn.Conv2d, cin: int, cout: int, kernel: tuple[int, int], *, strid
 
 
 def depthwise_separable(conv: nn.Conv2d, multiplier: int) -> nn.Module:
+    """A depthwise kxk conv (`multiplier` filters per input channel) then a 1x1, initialised by per-channel SVD."""
     out, cin, kh, kw = conv.weight.shape
     m = multiplier
     depthwise = _conv(conv, cin, cin * m, (kh, kw), stride=conv.stride, padding=conv.padding, groups=cin)
@@ -104,6 +108,7 @@ def depthwise_separable(conv: nn.Conv2d, multiplier: int) -> nn.Module:
 
 
 def fire(conv: nn.Conv2d, squeeze: float, expand3: float) -> nn.Module:
+    """A fire block (1x1 squeeze, 1x1 and kxk expands) for a kxk conv, initialised from the kernel's input-mode SVD."""
     out, cin, k, _ = conv.weight.shape
     s = max(1, math.ceil(squeeze * cin - 1e-9))
     w = conv.weight.detach().to(torch.float64)
@@ -134,6 +139,7 @@ def fire(conv: nn.Conv2d, squeeze: float, expand3: float) -> nn.Module:
 
 
 def shuffled_group_conv(conv: nn.Conv2d, groups: int) -> nn.Module:
+    """A grouped 1x1 conv then a channel shuffle for a 1x1 conv, holding the layer's weights within each group."""
     out, cin = conv.weight.shape[:2]
     grouped = _conv(conv, cin, out, (1, 1), stride=conv.stride, groups=groups, bias=conv.bias is not None)
     sources = _shuffle_sources(out, groups)
@@ -231,7 +237,7 @@ def _layer_inputs(model: nn.Module, names: list[str], rows: torch.Tensor) -> dic
 
 
 @model_handler(Substitute)
-def substitute_model(model: nn.Module, configs: Mapping[str, Substitute], context: Context) -> nn.Module:
+def substitute_model(model: nn.Module, configs: Mapping[str, Substitute], context: CompressContext) -> nn.Module:
     targets = {name: config for name, config in configs.items() if isinstance(model.get_submodule(name), nn.Conv2d)}
     fitting = context.calibration is not None and not context.skeleton
     inputs = _layer_inputs(model, list(targets), context.calibration[0][:FIT_IMAGES]) if fitting else {}

@@ -1,0 +1,8 @@
+"""The search space: groups of layers with primitives' knob domains, and its binding to a model."""
+
+from autocomp.space.groups import COMPRESSIBLE, Group, KnobSpec, Selector, Where
+from autocomp.space.params import Choice, Domain, FloatRange, IntRange, Param
+from autocomp.space.space import BoundSpace, SearchSpace
+
+__all__ = ["COMPRESSIBLE", "BoundSpace", "Choice", "Domain", "FloatRange", "Group", "IntRange", "KnobSpec", "Param",
+           "SearchSpace", "Selector", "Where"]

@@ -2,84 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import yaml
 
 from autocomp.errors import SpaceError
-from autocomp.primitives.configs import CONFIGS, KnobRange
-from autocomp.space.params import Choice, Domain, FloatRange, Param
-
-COMPRESSIBLE = ("Linear", "Conv2d")
-
-
-def domain_problem(domain: Domain, allowed: KnobRange) -> tuple[str, Any] | None:
-    """Why a knob's domain reaches values its primitive rejects (message, value), or None if it does not."""
-    if isinstance(domain, Choice):
-        for value in domain.values:
-            if not allowed.allows(value) or (allowed.kind is int and not isinstance(value, int)):
-                return f"value not allowed: {allowed.describe()}", value
-        return None
-    if allowed.kind is str:
-        return f"this knob takes names ({allowed.describe()}): use a Choice", domain
-    if isinstance(domain, FloatRange) and allowed.kind is int:
-        return f"this knob takes integers ({allowed.describe()})", domain
-    inside = KnobRange(kind=allowed.kind, low=allowed.low, high=allowed.high, low_open=allowed.low_open,
-                       high_open=allowed.high_open)  # a range may not span the gap up to an extra value
-    for end in (domain.low, domain.high):
-        if not inside.allows(end):
-            return f"range end not allowed: {allowed.describe()}", end
-    return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Where:
-    """Where a piece of a search space was written (for error messages)."""
-
-    file: str | None = None
-    line: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Selector:
-    """Picks layers: an exact module name, `re:<regex>` (full match) or `type:<ModuleClass>`."""
-
-    text: str
-    where: Where = field(default_factory=Where)
-
-    def matches(self, name: str, module: Any) -> bool:
-        if self.text.startswith("re:"):
-            return re.fullmatch(self.text[3:], name) is not None
-        if self.text.startswith("type:"):
-            return type(module).__name__ == self.text[5:]
-        return name == self.text
-
-
-@dataclass(frozen=True, kw_only=True)
-class KnobSpec:
-    """One knob of a primitive in a group: its domain (a one-value Choice when it is fixed)."""
-
-    primitive: str
-    knob: str
-    domain: Domain
-    where: Where = field(default_factory=Where)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Group:
-    """Layers chosen by selectors, and the primitives searched on each of them.
-
-    With `shared`, one parameter per knob serves every layer of the group; otherwise each layer gets its own.
-    """
-
-    name: str
-    selectors: tuple[Selector, ...]
-    knobs: tuple[KnobSpec, ...]
-    shared: bool = False
-    where: Where = field(default_factory=Where)
+from autocomp.primitives.configs import CONFIGS
+from autocomp.schema import At, LinedMap, plain, read_yaml
+from autocomp.space.groups import COMPRESSIBLE, Group, domain_problem
+from autocomp.space.params import Param
+from autocomp.space.schema import dump_groups, read_groups
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +22,34 @@ class SearchSpace:
     """What may be searched, before it is bound to a concrete model."""
 
     groups: tuple[Group, ...]
+
+    @classmethod
+    def from_yaml(cls, text: str, *, file: str = "<string>") -> SearchSpace:
+        """The space a YAML text describes: a list of groups, or a mapping with a `groups:` list.
+
+        The rest of a run file, if present, is ignored here. For example::
+
+            - name: fc
+              layers: ["type:Linear"]
+              primitives: {prune: {ratio: {float: [0.0, 0.9]}}, quantize: {bits: {choice: [4, 8]}}}
+
+        Raises:
+            SpaceError: naming the line, key and value of what is wrong.
+        """
+        doc = read_yaml(text, file)
+        at = At(file, 1, "")
+        if isinstance(doc, LinedMap) and "groups" in doc:
+            return cls(groups=read_groups(doc["groups"], at.value_of(doc, "groups")))
+        return cls(groups=read_groups(doc, At(file, 1, "groups")))
+
+    @classmethod
+    def from_dict(cls, groups: Any) -> SearchSpace:
+        """The space of plain Python data shaped like the YAML: a list of group dicts, or {"groups": [...]}."""
+        return cls.from_yaml(yaml.safe_dump(plain(groups), sort_keys=False), file="<dict>")
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """The groups as plain data (`from_dict` reads it back)."""
+        return dump_groups(self.groups)
 
     def bind(self, model: Any) -> BoundSpace:
         """Resolve selectors against `model` (an nn.Module) into named, typed per-layer params."""
@@ -144,8 +107,8 @@ class SearchSpace:
                 else:
                     params += [Param(name=f"{layer}.{knob}", domain=spec.domain, primitive=spec.primitive,
                                      knob=knob, layers=(layer,), compresses=compresses) for layer in layers]
-        names = [p.name for p in params]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        param_names = [p.name for p in params]
+        duplicates = sorted({n for n in param_names if param_names.count(n) > 1})
         if duplicates:
             raise SpaceError(f"parameter names collide: {duplicates} (give groups distinct names)")
         return BoundSpace(params=tuple(params), layers=tuple(dict.fromkeys(layer for layer, _ in owner)))
@@ -159,9 +122,11 @@ class BoundSpace:
     layers: tuple[str, ...]
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        """One candidate drawn uniformly from every parameter's domain."""
         return {p.name: p.sample(rng) for p in self.params}
 
     def contains(self, candidate: Mapping[str, Any]) -> bool:
+        """Whether `candidate` sets exactly this space's parameters, each inside its domain."""
         return set(candidate) == {p.name for p in self.params} and all(
             p.domain.contains(candidate[p.name]) for p in self.params
         )

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from autocomp.optimizers import Optimizer, Told
+from autocomp.space import BoundSpace
 from autocomp.space.params import Choice, FloatRange, IntRange, Param
-from autocomp.space.space import BoundSpace
 
 OptimizerFactory = Callable[[BoundSpace, int], Optimizer]
 
@@ -43,9 +43,11 @@ def _fake_values(params: dict[str, Any]) -> tuple[float, float]:
 
 
 def run_steps(opt: Optimizer, steps: int, batch: int = 2, fail_every: int = 0) -> list[dict[str, Any]]:
-    """Ask/tell `steps` batches; with `fail_every` (>= 4), every fail_every-th result is told as failed, the
-    one after it as infeasible (scored, outside a constraint) and the next as infeasible before it was
-    scored (no values, a violation)."""
+    """Ask/tell `steps` batches of fake evaluations; returns every asked params dict.
+
+    With `fail_every` (>= 4), every fail_every-th result is told as failed, the one after it as infeasible
+    (scored, outside a constraint) and the next as infeasible before it was scored (no values, a violation).
+    """
     asked: list[dict[str, Any]] = []
     for step in range(steps):
         candidates = opt.ask(batch)
@@ -93,8 +95,10 @@ def check_optimizer(factory: OptimizerFactory) -> None:
 
 
 def search_hypervolume(opt: Optimizer, budget: int, batch: int = 4) -> float:
-    """Hypervolume of (accuracy, log10 size_bytes) after `budget` fake evaluations, reference accuracy 0.5
-    and the full size (as `autocomp bench search` measures it)."""
+    """Hypervolume of (accuracy, log10 size_bytes) after `budget` fake evaluations.
+
+    The reference point is accuracy 0.5 and the full size (as `autocomp bench search` measures it).
+    """
     from autocomp.pareto import hypervolume
     from autocomp.testing.fake import fake_metrics, full_size
 
@@ -125,24 +129,29 @@ def check_beats_random(factory: OptimizerFactory, budget: int = 150, seeds: tupl
 
 
 def snr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-noise ratio of `approx` against `reference`, in dB (inf when they are equal)."""
     noise = (reference - approx).pow(2).sum().item()
     return math.inf if noise == 0 else 10 * math.log10(reference.pow(2).sum().item() / noise)
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model(x)` without gradients."""
     with torch.no_grad():
         return model(x)
 
 
 def check_identity_exact(model: nn.Module, compressed: nn.Module, x: torch.Tensor) -> None:
+    """Assert that an identity config left the outputs bit-for-bit unchanged."""
     assert torch.equal(outputs(model, x), outputs(compressed, x)), "identity config changed the outputs"
 
 
 def check_monotone(sizes: list[int], what: str) -> None:
+    """Assert that `sizes` never grows (as the knob named by `what` compresses more)."""
     assert all(b <= a for a, b in zip(sizes, sizes[1:])), f"size grew as {what}: {sizes}"
 
 
 def random_layer(out_features: int = 64, in_features: int = 128, seed: int = 0) -> nn.Linear:
+    """A seeded Linear layer with N(0, 0.05^2) weights."""
     torch.manual_seed(seed)
     layer = nn.Linear(in_features, out_features)
     with torch.no_grad():
@@ -151,6 +160,7 @@ def random_layer(out_features: int = 64, in_features: int = 128, seed: int = 0) 
 
 
 def deepcopy_equal(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules have the same state dict keys and exactly equal tensors."""
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 

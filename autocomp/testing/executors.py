@@ -23,9 +23,9 @@ HANG_SECONDS = 3600.0
 
 
 class FaultyEvaluator:
-    """Evaluates like `evaluate`, except for policies whose fingerprint is in `faults`:
+    """Evaluates like `evaluate`, except for policies whose fingerprint is in `faults`.
 
-    raise: an exception; nan: a NaN accuracy; hang: sleeps for an hour; die: SIGKILLs its own process
+    Faults: raise: an exception; nan: a NaN accuracy; hang: sleeps for an hour; die: SIGKILLs its own process
     (every time); die-once: SIGKILLs its own process the first time only (a marker file in `marker_dir`
     remembers, since the restarted worker remembers nothing).
     """
@@ -40,6 +40,7 @@ class FaultyEvaluator:
         self.marker_dir = str(marker_dir) if marker_dir else None
 
     def __call__(self, policy: Policy) -> dict[str, float]:
+        """The metrics of `evaluate`, or the fault injected for this policy."""
         key = policy.fingerprint()
         fault = self.faults.get(key)
         if fault == "raise":
@@ -75,14 +76,17 @@ class ScrambledExecutor:
         self.most_in_flight = 0
 
     def submit(self, task: Task) -> None:
+        """Hold the task (nothing runs until `next_outcome`) and note the most held at once."""
         self.in_flight[task.trial_id] = task
         self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
 
     def next_outcome(self) -> Outcome:
+        """Evaluate the newest task in flight (highest trial id) and return its outcome."""
         task = self.in_flight.pop(max(self.in_flight))
         return Outcome(task.trial_id, "complete", dict(self.evaluate(task.policy)), worker="scrambled")
 
     def close(self) -> None:
+        """Drop the tasks still in flight."""
         self.in_flight.clear()
 
 
@@ -103,6 +107,7 @@ def sample_policies(space, n: int, seed: int = 0) -> list[Policy]:
 
 
 def outcomes_by_id(executor: Executor, policies: Sequence[Policy]) -> dict[int, Outcome]:
+    """Run every policy (trial id = its index) and return the outcomes by id, asserting one per task."""
     outcomes = {o.trial_id: o for o in run_all(executor, [Task(i, p) for i, p in enumerate(policies)])}
     assert sorted(outcomes) == list(range(len(policies))), "every submitted task gives exactly one outcome"
     return outcomes
@@ -120,8 +125,10 @@ def check_same_metrics(executor: Executor, evaluate: Callable[[Policy], Mapping[
 
 
 def check_faults(executor: Executor, policies: Sequence[Policy], faults: Mapping[int, str]) -> dict[int, Outcome]:
-    """Run `policies` (the executor's evaluator must be a FaultyEvaluator set up with `faults` by index):
-    every faulty one is `failed` with its reason, every other one `complete`."""
+    """Run `policies`: every faulty one is `failed` with its reason, every other one `complete`.
+
+    The executor's evaluator must be a FaultyEvaluator set up with `faults` by index.
+    """
     expected = {"raise": "injected failure", "nan": "non-finite metrics: accuracy", "hang": "timeout",
                 "die": "worker died"}
     outcomes = outcomes_by_id(executor, policies)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autocomp.policy import Policy
-from autocomp.space.space import BoundSpace
+from autocomp.space import BoundSpace
 
 
 def fake_metrics(space: BoundSpace, params: Mapping[str, Any]) -> dict[str, float]:
@@ -36,13 +36,17 @@ def _metrics(layer_knobs: list[Mapping[str, Any]]) -> dict[str, float]:
 
 
 class AnalyticEvaluator:
-    """`fake_metrics` as an evaluator of policies, for executors (picklable: Ray workers run it), plus the
-    evaluating process's resident memory and open file descriptors, so a soak test can watch workers."""
+    """`fake_metrics` as an evaluator of policies, for executors (picklable: Ray workers run it).
+
+    Also reports the evaluating process's resident memory and open file descriptors, so a soak test can
+    watch workers.
+    """
 
     def __init__(self, layers: Sequence[str]) -> None:
         self.layers = list(layers)
 
     def __call__(self, policy: Policy) -> dict[str, float]:
+        """The policy's fake metrics, plus this process's memory and file descriptors."""
         configs = dict(policy.layers)
         knobs = [{f"{c.NAME}.{k}": v for c in configs.get(layer, ()) for k, v in c.knobs().items()}
                  for layer in self.layers]
@@ -58,6 +62,7 @@ def process_usage() -> dict[str, float]:
 
 
 def full_size(space: BoundSpace) -> float:
+    """The fake size_bytes of the uncompressed model: every layer's fp32 weights (see `fake_metrics`)."""
     return sum(100_000 / 3**i * 4 for i in range(len(space.layers)))
 
 

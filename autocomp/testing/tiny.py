@@ -12,12 +12,14 @@ from torch import nn
 
 
 def tiny_mlp(seed: int = 0, width: int = 32) -> nn.Module:
+    """A seeded 3-layer MLP: 64 inputs (an 8x8 image, flattened), two hidden layers of `width`, 4 classes."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                          nn.Linear(width, 4))
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
+    """A seeded CNN for 1x8x8 images: two 3x3 convs of 8 channels and a Linear to 4 classes."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
                          nn.Linear(8 * 4 * 4, 4))
@@ -38,14 +40,14 @@ groups:
 
 def tiny_space():
     """Per-layer pruning ratio and bits for every Linear layer of `tiny_mlp`."""
-    from autocomp.space.loader import parse_run_spec
+    from autocomp.config import parse_run_spec
 
     return parse_run_spec(TINY_SPACE_YAML).space
 
 
 def fast_latency():
     """Latency settings that keep test searches quick (timings never decide a test)."""
-    from autocomp.space.spec import LatencySpec
+    from autocomp.runtimes import LatencySpec
 
     return LatencySpec(repeats=3, warmup=1)
 
@@ -62,6 +64,7 @@ def tiny_data(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fit(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], steps: int = 100) -> nn.Module:
+    """Train `model` full-batch with Adam for `steps` steps (seeded); returns it in eval mode."""
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = data

@@ -223,6 +223,7 @@ DATASETS: dict[str, Callable[..., Splits]] = {"mnist": load_mnist, "mnist5k": lo
 
 
 def load_dataset(name: str, data_dir: str | Path | None, *, val_fraction: float, seed: int = 0) -> Splits:
+    """The named dataset's train/val/test splits, `val_fraction` of training held out (seeded) for validation."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](data_dir, val_fraction=val_fraction, seed=seed)

@@ -30,6 +30,7 @@ def _check(width: float, resolution: float) -> None:
 
 
 def resize(x: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Scale a batch of images' height and width by `resolution` (bilinear); 1.0 returns `x` as is."""
     if resolution == 1.0:
         return x
     size = [max(1, round(s * resolution)) for s in x.shape[-2:]]
@@ -48,13 +49,17 @@ class DepthwiseSeparable(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise conv-BN-ReLU, then pointwise conv-BN-ReLU."""
         return torch.relu(self.bn2(self.pointwise(torch.relu(self.bn1(self.depthwise(x))))))
 
 
 class MobileNetV1(nn.Module):
-    """MobileNet-V1 (Howard et al. 2017): a 3x3 stem of 32 channels and the paper's 13 depthwise-separable
-    blocks (64 ... 1024 channels, four of them strided), global average pool, `fc`. At width 1 on 32x32x3:
-    3.2M parameters, 46M multiply-adds; width 0.25 keeps 0.22M."""
+    """MobileNet-V1 (Howard et al. 2017), scaled by `width` and input `resolution`.
+
+    A 3x3 stem of 32 channels and the paper's 13 depthwise-separable blocks (64 ... 1024 channels, four of
+    them strided), global average pool, `fc`. At width 1 on 32x32x3: 3.2M parameters, 46M multiply-adds;
+    width 0.25 keeps 0.22M.
+    """
 
     BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
               (512, 1), (1024, 2), (1024, 1))
@@ -75,6 +80,7 @@ class MobileNetV1(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to `resolution`, stem, the blocks, global average pool, then `fc`: class logits."""
         x = torch.relu(self.bn1(self.conv1(resize(x, self.resolution))))
         return self.fc(self.layers(x).mean(dim=(2, 3)))
 
@@ -89,14 +95,17 @@ class FireModule(nn.Module):
         self.expand3 = nn.Conv2d(squeeze, expand3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Squeeze, then the two expands concatenated along channels."""
         s = torch.relu(self.squeeze(x))
         return torch.cat([torch.relu(self.expand1(s)), torch.relu(self.expand3(s))], dim=1)
 
 
 class SqueezeNet(nn.Module):
-    """SqueezeNet v1.1 (Iandola et al. 2016): a 3x3 stem of 64, fire2-fire9 with 2x2 max pools after the
-    stem, fire3 and fire5, then a 1x1 `conv10` to the classes and global average pooling (no fully
-    connected layer). At width 1: 0.73M parameters."""
+    """SqueezeNet v1.1 (Iandola et al. 2016), scaled by `width` and input `resolution`.
+
+    A 3x3 stem of 64, fire2-fire9 with 2x2 max pools after the stem, fire3 and fire5, then a 1x1 `conv10`
+    to the classes and global average pooling (no fully connected layer). At width 1: 0.73M parameters.
+    """
 
     FIRES = ((16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256))
     POOL_AFTER = (0, 2, 4)  # pool after the stem (index 0) and after fire modules 2 and 4 (1-based: 3, 5)
@@ -115,6 +124,7 @@ class SqueezeNet(nn.Module):
         self.conv10 = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to `resolution`, stem, fire modules with their pools, then `conv10` pooled: class logits."""
         x = nn.functional.max_pool2d(torch.relu(self.conv1(resize(x, self.resolution))), 2)
         for i in range(2, 10):
             x = getattr(self, f"fire{i}")(x)
@@ -124,8 +134,11 @@ class SqueezeNet(nn.Module):
 
 
 class ShuffleUnit(nn.Module):
-    """ShuffleNet's unit: grouped 1x1 conv-BN-ReLU, channel shuffle, 3x3 depthwise conv-BN, grouped 1x1
-    conv-BN; added to the input (stride 1) or concatenated with its 3x3 average pool (stride 2), then ReLU."""
+    """ShuffleNet's unit: grouped 1x1 convs around a channel shuffle and a 3x3 depthwise conv.
+
+    Grouped 1x1 conv-BN-ReLU, channel shuffle, 3x3 depthwise conv-BN, grouped 1x1 conv-BN; added to the
+    input (stride 1) or concatenated with its 3x3 average pool (stride 2), then ReLU.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int, first_groups: int) -> None:
         super().__init__()
@@ -141,6 +154,7 @@ class ShuffleUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(branch_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit's branch, joined to the input by addition (stride 1) or concatenation (stride 2), then ReLU."""
         out = self.shuffle(torch.relu(self.bn1(self.conv1(x))))
         out = self.bn3(self.conv2(self.bn2(self.depthwise(out))))
         if self.stride == 2:
@@ -149,10 +163,12 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV1(nn.Module):
-    """ShuffleNet-V1 (Zhang et al. 2018) with `groups` in 1, 2, 3, 4, 8: a 3x3 stem of 24 channels, three
-    stages of 4, 8 and 4 units (the first of each strided), the paper's stage widths for the group count
-    times `width`, global average pool, `fc`. The first unit's first 1x1 conv is not grouped (24 inputs),
-    as in the paper. At groups 3, width 1: 0.91M parameters."""
+    """ShuffleNet-V1 (Zhang et al. 2018) with `groups` in 1, 2, 3, 4, 8, scaled by `width` and `resolution`.
+
+    A 3x3 stem of 24 channels, three stages of 4, 8 and 4 units (the first of each strided), the paper's
+    stage widths for the group count times `width`, global average pool, `fc`. The first unit's first 1x1
+    conv is not grouped (24 inputs), as in the paper. At groups 3, width 1: 0.91M parameters.
+    """
 
     STAGE_CHANNELS = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088),
                       8: (384, 768, 1536)}
@@ -179,6 +195,7 @@ class ShuffleNetV1(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to `resolution`, stem, the three stages, global average pool, then `fc`: class logits."""
         x = torch.relu(self.bn1(self.conv1(resize(x, self.resolution))))
         x = self.stage3(self.stage2(self.stage1(x)))
         return self.fc(x.mean(dim=(2, 3)))

@@ -23,6 +23,7 @@ class LeNet300(nn.Module):
         self.fc3 = nn.Linear(100, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Flatten the image, then the three fully connected layers: class logits."""
         x = torch.relu(self.fc1(x.flatten(1)))
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
@@ -42,6 +43,7 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(500, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two conv-pool stages, then the two fully connected layers: class logits."""
         x = nn.functional.max_pool2d(self.conv1(x), 2)
         x = nn.functional.max_pool2d(self.conv2(x), 2)
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
@@ -67,6 +69,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The two conv-BN layers plus the shortcut, then ReLU."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.shortcut(x))
@@ -107,6 +110,7 @@ class ResNet20(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, the three stages, global average pool, then `fc`: class logits."""
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(x.mean(dim=(2, 3)))
@@ -123,6 +127,7 @@ class DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The input with the bottleneck's `growth` new channels concatenated."""
         out = self.conv1(torch.relu(self.bn1(x)))
         out = self.conv2(torch.relu(self.bn2(out)))
         return torch.cat([x, out], dim=1)
@@ -137,6 +142,7 @@ class Transition(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BN-ReLU-1x1 conv, then 2x2 average pooling."""
         return nn.functional.avg_pool2d(self.conv(torch.relu(self.bn(x))), 2)
 
 
@@ -191,6 +197,7 @@ class DenseNetMini(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to `resolution`, stem, dense blocks joined by transitions, BN-ReLU, pool, then `fc`."""
         x = self.conv1(resize(x, self.resolution))
         for b in range(1, self.blocks + 1):
             x = getattr(self, f"block{b}")(x)

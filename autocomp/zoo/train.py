@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from autocomp.space.spec import TrainSpec
+from autocomp.schema import integer, positive, setting
+from autocomp.schema.rules import MAX_SEED
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """How the baseline is trained when no weights are given (seeded, cached): the run file's `train:`."""
+
+    epochs: int = setting(5, integer(1))
+    lr: float = setting(1e-3, positive)
+    batch_size: int = setting(128, integer(1))
+    seed: int = setting(0, integer(0, MAX_SEED))
 
 
 def train_baseline(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec) -> nn.Module:

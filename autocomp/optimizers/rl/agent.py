@@ -43,6 +43,8 @@ DEFAULT_BUDGETS = (0.01, 0.25)
 
 
 class RLSearch(Optimizer):
+    """AMC/HAQ-style search: a TD3 or DDPG agent picks each layer's knobs in turn, rewarded per episode."""
+
     name = "rl"
     SETTINGS = {"agent": str, "mode": str, "resource": str, "budget": (float, list), "warmup": int, "noise": float,
                 "noise_decay": float, "hidden": int, "lr": float, "batch_size": int, "updates": int}
@@ -96,9 +98,11 @@ class RLSearch(Optimizer):
             torch.set_num_threads(threads)
 
     def sigma(self) -> float:
+        """The exploration noise now: `noise` decayed by `noise_decay` per episode after the warmup."""
         return self.noise * self.noise_decay ** max(0, self.episodes - self.warmup)
 
     def ask(self, n: int) -> list[Params]:
+        """Roll out `n` episodes with the actor plus exploration noise (random during warmup); each is a policy."""
         out = []
         with self._generators():
             for _ in range(n):
@@ -133,6 +137,7 @@ class RLSearch(Optimizer):
         return -error * math.log(max(float(told.values[1]), 1.0 + 1e-9))
 
     def tell(self, results: list[Told]) -> None:
+        """Store each episode's transitions with its reward (less the moving baseline), then train the agent."""
         trained = 0
         with self._generators():
             for told in results:
@@ -158,6 +163,7 @@ class RLSearch(Optimizer):
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizers, replay buffer and generators (base64 of a torch.save), plus episode bookkeeping."""
         buffer = self.model.replay_buffer
         tensors = {
             "policy": self.model.policy.state_dict(),
@@ -178,6 +184,7 @@ class RLSearch(Optimizer):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved (tensors loaded with weights_only)."""
         # weights_only: tensors and plain containers only, nothing executable is unpickled
         tensors = torch.load(io.BytesIO(base64.b64decode(state["nets"])), weights_only=True)
         self.model.policy.load_state_dict(tensors["policy"])

@@ -25,8 +25,8 @@ import gymnasium as gym
 import numpy as np
 
 from autocomp.optimizers.base import LayerProfile, Params
+from autocomp.space import BoundSpace
 from autocomp.space.params import Choice, Param
-from autocomp.space.space import BoundSpace
 
 RESOURCES = ("size", "flops")
 FEATURES = 11  # observation entries before the previous action
@@ -65,6 +65,8 @@ def layer_cost(profile: LayerProfile, settings: dict[str, Any], resource: str, i
 
 
 class CompressionEnv(gym.Env):
+    """One episode compresses the model: a step sets one layer's knobs (see the module docstring)."""
+
     metadata = {"render_modes": []}
 
     def __init__(self, space: BoundSpace, layers: Sequence[LayerProfile] = (), *,
@@ -116,6 +118,7 @@ class CompressionEnv(gym.Env):
                 1.0 - float(settings.get("channels.ratio", 0.0)))
 
     def observation(self) -> np.ndarray:
+        """The current layer's features, progress, budget and previous action, each in [0, 1]."""
         p = self.units[min(self.t, len(self.units) - 1)][0]
         s = self.scale
         removed = sum(self.full[: self.t]) - sum(self.costs)
@@ -127,8 +130,10 @@ class CompressionEnv(gym.Env):
         return np.clip(np.array(obs + list(self.prev), dtype=np.float32), 0.0, 1.0)
 
     def clip(self, action: np.ndarray) -> np.ndarray:
-        """AMC's budget rule: compress this layer at least as much as the budget needs (moving every
-        compressive knob of the action towards 1 together)."""
+        """AMC's budget rule: compress this layer at least as much as the budget needs.
+
+        Every compressive knob of the action moves towards 1 together.
+        """
         if self.budget is None:
             return action
         most = np.ones(len(self.knobs), dtype=np.float32)
@@ -153,6 +158,7 @@ class CompressionEnv(gym.Env):
         return moved(high).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode at the first layer; with a budget range, draw its budget (or take `options["budget"]`)."""
         super().reset(seed=seed)
         self._reset_state()
         if self.bounds:
@@ -164,6 +170,7 @@ class CompressionEnv(gym.Env):
         return self.observation(), {}
 
     def step(self, action: np.ndarray):
+        """Set this layer's knobs from the (budget-clipped) action; the last step's info holds the episode's params."""
         action = self.clip(np.clip(np.asarray(action, dtype=np.float32), 0.0, 1.0))
         cost, out_kept = self._cost(self.t, action, self.in_kept)
         self.costs.append(cost)

@@ -1,31 +1,58 @@
-"""The real artifacts: packed bytes (what size_bytes counts) and a loadable PyTorch program."""
+"""The real artifacts a compressed model is written as, and the artifact settings (the run file's `artifact:`).
+
+Packed bytes (what size_bytes counts), a torch.export program, an ONNX graph checked with ONNX Runtime and a
+real int8 model.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 
 from autocomp import packed
 from autocomp.compress import compress
-from autocomp.errors import PackedFormatError
+from autocomp.errors import AutocompError, PackedFormatError
+from autocomp.int8 import load_int8, save_int8, to_int8
+from autocomp.metrics import count_flops, interleaved_latency
 from autocomp.policy import Policy
 from autocomp.runtimes import onnx_bytes
+from autocomp.schema import boolean, setting
 from autocomp.zoo.models import build_model
+
+FORMATS = ("packed", "pt", "onnx", "int8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactSpec:
+    """How the packed artifact is written; size_bytes is measured on the artifact so written.
+
+    `entropy` Huffman-codes codes and index gaps (Deep Compression's "+H") wherever that is smaller, tables
+    included.
+    """
+
+    entropy: bool = setting(False, boolean)
 
 
 def artifact_meta(model_ref: Mapping[str, Any] | None, policy: Policy, input_shape: Sequence[int]) -> dict[str, Any]:
-    """What the packed header records to rebuild the architecture: the zoo name + kwargs, the policy, and
-    the input shape (channel removal traces the model on an example of it)."""
+    """What the packed header records to rebuild the architecture.
+
+    The zoo name + kwargs, the policy, and the input shape (channel removal traces the model on an example
+    of it).
+    """
     return {"model": dict(model_ref) if model_ref else None, "policy": policy.to_dict(),
             "input_shape": list(input_shape)}
 
 
 def pack_model(compressed: nn.Module, meta: Mapping[str, Any], *, entropy: bool = False) -> bytes:
+    """The packed bytes of a compressed model, with `meta` (see artifact_meta) in the header."""
     return packed.pack(compressed, meta=dict(meta), entropy=entropy)
 
 
@@ -103,9 +130,6 @@ def export_onnx(path: str | os.PathLike, compressed: nn.Module, example: torch.T
                 tolerance: float = 1e-4) -> int:
     """Write an ONNX model (dynamic batch) and check it against PyTorch with ONNX Runtime."""
 
-    import numpy as np
-    import onnxruntime
-
     def write(target: str) -> None:
         Path(target).write_bytes(onnx_bytes(compressed, example))
         session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
@@ -120,10 +144,11 @@ def export_onnx(path: str | os.PathLike, compressed: nn.Module, example: torch.T
 
 
 def export_int8(path: str | os.PathLike, compressed: nn.Module, calibration: torch.Tensor) -> tuple[int, str]:
-    """Write the real int8 model (PyTorch quantized kernels, TorchScript; load with torch.jit.load after
-    setting torch.backends.quantized.engine to the engine returned beside the size)."""
-    from autocomp.int8 import save_int8, to_int8
+    """Write the real int8 model (PyTorch quantized kernels, TorchScript); returns its size and engine.
 
+    Load it with torch.jit.load after setting torch.backends.quantized.engine to the engine returned beside
+    the size.
+    """
     int8_model = to_int8(compressed, calibration)
     size = _replace_atomically(path, lambda target: save_int8(target, int8_model, calibration[:1]))
     return size, int8_model.engine
@@ -136,12 +161,8 @@ def load_artifact(path: str | os.PathLike, fmt: str, model: nn.Module | None = N
     if fmt == "pt":
         return torch.export.load(str(path)).module()
     if fmt == "int8":
-        from autocomp.int8 import load_int8
-
         return load_int8(str(path))
     if fmt == "onnx":
-        import onnxruntime
-
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     raise ValueError(f"unknown export format '{fmt}'")
@@ -151,10 +172,11 @@ def measure_artifact(
     path: str | os.PathLike, fmt: str, baseline: nn.Module, compressed: nn.Module, batch: torch.Tensor,
     *, threads: int, rounds: int = 5, repeats: int = 10,
 ) -> dict[str, Any]:
-    """Size on disk and latency of the exported file as loaded back, beside the uncompressed fp32 model's
-    latency (interleaved rounds, medians) and the theoretical reduction (FLOPs, weight bits)."""
-    from autocomp.metrics import count_flops, interleaved_latency
+    """Size on disk and latency of the exported file as loaded back, beside the uncompressed fp32 model's.
 
+    Latencies are medians of interleaved rounds; the theoretical reduction (FLOPs, weight bits) is reported
+    beside them.
+    """
     artifact = load_artifact(path, fmt, model=baseline)
     base_ms, art_ms, _ = interleaved_latency(baseline, artifact, batch, threads=threads, rounds=rounds,
                                              repeats=repeats, warmup=1)
@@ -173,3 +195,58 @@ def measure_artifact(
         "batch_size": len(batch), "threads": threads, "flops": flops, "flops_sparse": sparse,
         "baseline_flops": base_flops, "weight_bits_nonzero": bits, "baseline_weight_bits": base_bits,
     }
+
+
+def export(
+    model_or_trial: nn.Module | Any,
+    *,
+    path: str | os.PathLike,
+    format: str = "packed",
+    model: nn.Module | None = None,
+    example: torch.Tensor | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None = None,
+    entropy: bool = False,
+) -> int:
+    """Write a compressed model as a deployable file; returns its size in bytes.
+
+    Args:
+        model_or_trial: a compressed model (from `compress`), or what names a policy (a search's `Trial`,
+            a `Policy` or its dict), which is then applied to `model`. A packed file records the policy only
+            in the second case, so `load_packed(path, model=uncompressed)` rebuilds it; a compressed module's
+            file loads into a module of its own structure (`load_packed(path, model=compress(...))`). A trial
+            that was fine-tuned during the search is exported as compressed, without that fine-tuning
+            (`autocomp export RUN` redoes it).
+        path: the file to write (replaced atomically).
+        format: "packed" (the .acz file whose length is size_bytes; `load_packed` reads it), "pt" (a
+            torch.export program), "onnx" (checked against PyTorch with ONNX Runtime) or "int8" (PyTorch's
+            quantized kernels, TorchScript).
+        model: the uncompressed model, when `model_or_trial` is a trial or policy.
+        example: one input batch (required for pt and onnx, and for channel removal).
+        calibration: (inputs, labels) rows, or inputs alone, for activation ranges and int8 calibration.
+        entropy: Huffman-code the packed file (Deep Compression's "+H").
+
+    Raises:
+        AutocompError: an unknown format, or a trial without the `model` it applies to.
+    """
+    if format not in FORMATS:
+        raise AutocompError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
+    rows = calibration if isinstance(calibration, (tuple, list)) or calibration is None else (calibration, None)
+    if isinstance(model_or_trial, nn.Module):
+        compressed, policy = model_or_trial, None
+    else:
+        if model is None:
+            raise AutocompError("export of a trial or policy needs the uncompressed model: export(trial, model=...)")
+        policy = Policy.coerce(getattr(model_or_trial, "policy", model_or_trial))
+        compressed = compress(model, policy, example=example, calibration=rows)  # type: ignore[arg-type]
+    if format == "packed":
+        shape = list(example.shape[1:]) if example is not None else []
+        meta = artifact_meta(None, policy or Policy.of({}), shape)
+        return write_bytes(path, pack_model(compressed, meta, entropy=entropy))
+    if example is None:
+        raise AutocompError(f"export format '{format}' needs an example input batch (example=...)")
+    if format == "pt":
+        return export_program(path, compressed, example)
+    if format == "onnx":
+        return export_onnx(path, compressed, example)
+    inputs = rows[0] if rows is not None else example
+    return export_int8(path, compressed, inputs)[0]

@@ -1,0 +1,60 @@
+"""RunSpec: everything one run file says, each section the settings of the component that owns it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autocomp.artifacts import ArtifactSpec
+from autocomp.execution import ExecutionSpec
+from autocomp.finetune import FineTuneSpec
+from autocomp.objective import Constraint, Objective
+from autocomp.optimizers import OptimizerSpec
+from autocomp.runtimes import LatencySpec
+from autocomp.space import SearchSpace
+from autocomp.zoo.train import TrainSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A zoo model name (or a `module:attr` factory) with keyword arguments, and optional weights."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """A dataset name (`mnist5k` ships with the install; `mnist` needs a directory) and its splits."""
+
+    name: str
+    dir: str | None = None
+    val_fraction: float = 0.1
+    batch_size: int = 500
+
+
+DEFAULT_OBJECTIVES = (Objective(name="accuracy", direction="maximize"),
+                      Objective(name="size_bytes", direction="minimize"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything one run file says: what to compress, on which data, the space, and each component's settings.
+
+    The components' settings are `train`, `finetune`, `latency`, `artifact`, `optimizer` and `execution`.
+    """
+
+    model: ModelSpec
+    data: DataSpec
+    space: SearchSpace
+    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+    constraints: tuple[Constraint, ...] = ()
+    train: TrainSpec = field(default_factory=TrainSpec)
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    artifact: ArtifactSpec = field(default_factory=ArtifactSpec)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    finetune: FineTuneSpec = field(default_factory=FineTuneSpec)
+    source: str | None = None  # the file it came from

@@ -1,0 +1,3 @@
+"""The installed autocomp version (run.json records it)."""
+
+__version__ = "0.1.0"
