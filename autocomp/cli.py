@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from importlib import resources
 from pathlib import Path
 
+from autocomp.artifacts import (
+    artifact_meta,
+    export_int8,
+    export_onnx,
+    export_program,
+    measure_artifact,
+    pack_model,
+    write_bytes,
+)
+from autocomp.bench import BENCHES
+from autocomp.compress import compress
 from autocomp.errors import AutocompError
 from autocomp.execution.registry import executor_names
+from autocomp.finalize import final_table, finalize_run
+from autocomp.finetune import finetune_as_evaluated
+from autocomp.html_report import write_html_report
+from autocomp.optimizers import OPTIMIZERS
 from autocomp.plugins import load_plugins
+from autocomp.policy import Policy
+from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
+from autocomp.runner import trial_record
+from autocomp.session import (
+    check_search,
+    load_run_calibration,
+    load_run_model,
+    load_run_splits,
+    read_spec,
+    resume_run,
+    run_info,
+    run_spec,
+    run_spec_search,
+)
+from autocomp.store import RunStore, write_atomic
 
 DEFAULT_SPACE = "lenet300_mnist5k.yaml"
 
@@ -98,7 +129,6 @@ def _print_result(result, log=print) -> None:
     log("size_bytes = bytes of the packed artifact (`autocomp export --format packed`); ratio = fp32 bytes / "
         "size_bytes; flops = 2 x MACs at batch 1; latency = median forward pass")
     log(f"run directory: {result.run_dir}  (pareto.json, pareto.png, trials.jsonl)")
-    from autocomp.html_report import write_html_report
 
     try:
         log(f"report: {write_html_report(result.run_dir)}")
@@ -108,11 +138,9 @@ def _print_result(result, log=print) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """`autocomp search`: run the search a space file describes, then print its Pareto front."""
-    from autocomp.session import read_spec, run_spec_search
-
     space = Path(args.space) if args.space else default_space()
     spec = read_spec(space)
-    result = run_spec_search(spec, optimizer=args.optimizer, trials=args.trials, seed=args.seed,
+    result = run_spec_search(spec, optimizer=args.optimizer, trials=spec.trial_count(args.trials), seed=args.seed,
                              runs_dir=args.runs_dir, name=args.name, data_dir=args.data_dir,
                              progress=not args.quiet, seed_from=args.seed_from,
                              execution=_execution_overrides(args), trust_code=args.trust_model_code)
@@ -121,8 +149,6 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     """`autocomp check`: validate a space file, its model, data and optimizer, without searching."""
-    from autocomp.session import check_search, read_spec
-
     space = Path(args.space) if args.space else default_space()
     checked = check_search(read_spec(space), optimizer=args.optimizer, data_dir=args.data_dir,
                            execution=_execution_overrides(args), trust_code=args.trust_model_code)
@@ -134,8 +160,6 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> None:
     """`autocomp resume`: continue a killed or finished run in its directory, then print its Pareto front."""
-    from autocomp.session import resume_run
-
     result = resume_run(args.run_dir, trials=args.trials, data_dir=args.data_dir, progress=not args.quiet,
                         execution=_execution_overrides(args))
     _print_result(result)
@@ -143,22 +167,6 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """`autocomp export`: rebuild a trial's compressed model and write it as a file, measured as loaded back."""
-    from autocomp.artifacts import (
-        artifact_meta,
-        export_int8,
-        export_onnx,
-        export_program,
-        measure_artifact,
-        pack_model,
-        write_bytes,
-    )
-    from autocomp.compress import compress
-    from autocomp.finetune import finetune_as_evaluated
-    from autocomp.policy import Policy
-    from autocomp.runner import trial_record
-    from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec
-    from autocomp.store import write_atomic
-
     if Path(args.out).is_dir():
         raise AutocompError(f"--out '{args.out}' is a directory; give a file name")
     info = run_info(args.run_dir)
@@ -207,8 +215,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_finalize(args: argparse.Namespace) -> None:
     """`autocomp finalize`: retrain chosen Pareto points longer and measure them on the test split."""
-    from autocomp.finalize import finalize_run
-
     finalize_run(args.run_dir, top=args.top, trial_ids=args.trial, epochs=args.epochs, lr=args.lr,
                  kd_alpha=args.kd_alpha, iterations=args.iterations, schedule=args.schedule,
                  optimizer=args.retrain_optimizer, tolerance=args.tolerance)
@@ -216,9 +222,6 @@ def cmd_finalize(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     """`autocomp report`: print a finished run's Pareto table (and final results), optionally plot or HTML."""
-    from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
-    from autocomp.store import RunStore
-
     if not (Path(args.run_dir) / "run.json").is_file():
         raise AutocompError(f"'{args.run_dir}' is not a run directory (no run.json)")
     store = RunStore(args.run_dir)
@@ -232,8 +235,6 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(latency_prediction_line(pareto["latency_prediction"]))
     final = store.read_json("final.json")
     if final is not None:
-        from autocomp.finalize import final_table
-
         print()
         print(final_table(final))
     if args.plot:
@@ -243,25 +244,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(pareto, indent=1))
     if args.html or args.html_out:
-        from autocomp.html_report import write_html_report
-
         print(f"wrote {write_html_report(store.path, args.html_out)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """`autocomp bench`: run one of the named benchmarks."""
-    import importlib
-
-    from autocomp.bench import BENCHES
-
     importlib.import_module(BENCHES[args.name]).main(quick=args.quick, data_dir=args.data_dir,
                                                      runs_dir=args.runs_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `autocomp` argument parser: one subcommand per `cmd_*` function."""
-    from autocomp.optimizers import OPTIMIZERS
-
     parser = argparse.ArgumentParser(prog="autocomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -273,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the file's optimizer.<name> block")
     p.add_argument("--seed-from", metavar="RUN_DIR",
                    help="start from a finished run's Pareto points (e.g. a greedy run), for tpe/gp/nsga2/ga")
-    p.add_argument("--trials", type=_positive, default=40)
+    p.add_argument("--trials", type=_positive, help="evaluated trials (default: the file's `trials:`, else 40)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--name", help="run name (default: <space>-<timestamp>)")
     p.add_argument("--runs-dir", default="runs")
@@ -325,8 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="select the smallest retrained point within this much validation accuracy of the "
                         "baseline's (default 0.001 = 0.1 pt)")
     p.set_defaults(fn=cmd_finalize)
-
-    from autocomp.bench import BENCHES
 
     p = sub.add_parser("bench", help="run a benchmark; prints a table, writes <runs-dir>/bench-NAME/results.json")
     p.add_argument("name", choices=sorted(BENCHES))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,9 @@ VERSION = 1
 SETTINGS_SECTIONS: dict[str, type] = {"train": TrainSpec, "finetune": FineTuneSpec, "latency": LatencySpec,
                                       "artifact": ArtifactSpec, "execution": ExecutionSpec}
 TOP_KEYS = ("version", "model", "data", "train", "finetune", "latency", "artifact", "optimizer", "execution",
-            "objectives", "constraints", "groups")
-MODEL_KEYS = ("name", "kwargs", "weights")
-DATA_KEYS = ("name", "dir", "val_fraction", "batch_size")
+            "objectives", "constraints", "trials", "groups")
+MODEL_KEYS = tuple(f.name for f in fields(ModelSpec))
+DATA_KEYS = tuple(f.name for f in fields(DataSpec))
 
 
 def load_run_spec(
@@ -130,6 +130,8 @@ def dump_run_spec(spec: RunSpec) -> str:
         settings = getattr(spec, key)
         if settings != type(settings)():
             doc[key] = dump_settings(settings)
+    if spec.trials is not None:
+        doc["trials"] = spec.trials
     doc["groups"] = dump_groups(spec.space.groups)
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
@@ -162,6 +164,8 @@ class _RunFile:
         extra = {key: read(doc[key], at.value_of(doc, key)) for key, read in readers.items() if key in doc}
         extra.update({key: read_settings(cls, doc[key], at.value_of(doc, key))
                       for key, cls in SETTINGS_SECTIONS.items() if key in doc})
+        if "trials" in doc:
+            extra["trials"] = integer(1)(doc["trials"], at.value_of(doc, "trials"))
         return RunSpec(
             model=self.model(doc["model"], at.value_of(doc, "model")),
             data=self.data(doc["data"], at.value_of(doc, "data")),

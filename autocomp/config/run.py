@@ -35,6 +35,7 @@ class DataSpec:
     batch_size: int = 500
 
 
+DEFAULT_TRIALS = 40
 DEFAULT_OBJECTIVES = (Objective(name="accuracy", direction="maximize"),
                       Objective(name="size_bytes", direction="minimize"))
 
@@ -57,4 +58,9 @@ class RunSpec:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     finetune: FineTuneSpec = field(default_factory=FineTuneSpec)
+    trials: int | None = None  # how many evaluated trials a search runs (`--trials` overrides it)
     source: str | None = None  # the file it came from
+
+    def trial_count(self, given: int | None) -> int:
+        """The trials a search of this file runs: `given` (the command line's), else the file's, else 40."""
+        return given or self.trials or DEFAULT_TRIALS

@@ -94,7 +94,7 @@ def evaluate_safely(evaluate: EvaluateFn, task: Task, worker: str) -> Outcome:
     start = time.perf_counter()
     try:
         # only what a task carries is passed, so an evaluator without early stopping needs no such arguments
-        extras = {k: v for k, v in (("bars", task.bars), ("limits", task.limits)) if v}
+        extras: dict[str, Any] = {k: v for k, v in (("bars", task.bars), ("limits", task.limits)) if v}
         if task.split != "val":
             extras["split"] = task.split
         result = evaluate(task.policy, **extras)  # type: ignore[call-arg]

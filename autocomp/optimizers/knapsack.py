@@ -158,7 +158,7 @@ class KnapsackAllocation(SensitivitySearch):
             raise ValueError("levels must be at least 2 and sweep at least 2")
         super().__init__(space, directions=directions, seed=seed, context=context, levels=levels)
         self.sweep = sweep
-        # per asked allocation: {"params", "budget", "predicted": [objective 1, objective 2]}
+        # per asked allocation: {"params", "budget", "capacity", "predicted": [objective 1, objective 2]}
         self.plan: list[dict[str, Any]] = []
 
     def _combinations(self) -> list[Params]:

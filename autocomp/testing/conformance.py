@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocomp.optimizers import Optimizer, Told
+from autocomp.optimizers import Optimizer, Told, make_optimizer
+from autocomp.pareto import hypervolume
 from autocomp.space import BoundSpace
 from autocomp.space.params import Choice, FloatRange, IntRange, Param
+from autocomp.testing.fake import fake_metrics, full_size
 
 OptimizerFactory = Callable[[BoundSpace, int], Optimizer]
 
@@ -99,9 +101,6 @@ def search_hypervolume(opt: Optimizer, budget: int, batch: int = 4) -> float:
 
     The reference point is accuracy 0.5 and the full size (as `autocomp bench search` measures it).
     """
-    from autocomp.pareto import hypervolume
-    from autocomp.testing.fake import fake_metrics, full_size
-
     space, points, done = opt.space, [], 0
     while done < budget:
         candidates = opt.ask(min(batch, budget - done))
@@ -119,8 +118,6 @@ def search_hypervolume(opt: Optimizer, budget: int, batch: int = 4) -> float:
 
 def check_beats_random(factory: OptimizerFactory, budget: int = 150, seeds: tuple[int, ...] = tuple(range(6))) -> None:
     """On the analytic fake evaluator, mean hypervolume over seeds beats random search's."""
-    from autocomp.optimizers import make_optimizer
-
     space = reference_space()
     mine = [search_hypervolume(factory(space, s), budget) for s in seeds]
     rand = [search_hypervolume(make_optimizer("random", space, directions=("maximize", "minimize"), seed=s), budget)

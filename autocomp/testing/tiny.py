@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocomp.config import parse_run_spec
+from autocomp.runtimes import LatencySpec
+
 
 def tiny_mlp(seed: int = 0, width: int = 32) -> nn.Module:
     """A seeded 3-layer MLP: 64 inputs (an 8x8 image, flattened), two hidden layers of `width`, 4 classes."""
@@ -40,15 +43,11 @@ groups:
 
 def tiny_space():
     """Per-layer pruning ratio and bits for every Linear layer of `tiny_mlp`."""
-    from autocomp.config import parse_run_spec
-
     return parse_run_spec(TINY_SPACE_YAML).space
 
 
 def fast_latency():
     """Latency settings that keep test searches quick (timings never decide a test)."""
-    from autocomp.runtimes import LatencySpec
-
     return LatencySpec(repeats=3, warmup=1)
 
 
