@@ -21,7 +21,9 @@ from autocomp import packed
 from autocomp.compress import compress
 from autocomp.errors import AutocompError, PackedFormatError
 from autocomp.int8 import load_int8, save_int8, to_int8
+from autocomp.layers import layer_kind, weight_of
 from autocomp.metrics import count_flops, interleaved_latency
+from autocomp.outputs import logits
 from autocomp.policy import Policy
 from autocomp.runtimes import onnx_bytes
 from autocomp.schema import boolean, setting
@@ -134,7 +136,7 @@ def export_onnx(path: str | os.PathLike, compressed: nn.Module, example: torch.T
         Path(target).write_bytes(onnx_bytes(compressed, example))
         session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
         with torch.no_grad():
-            expected = compressed(example).numpy()
+            expected = logits(compressed(example)).numpy()  # ONNX's first output is the logits too
         got = session.run(None, {"input": example.numpy()})[0]
         error = float(np.abs(got - expected).max())
         if error > tolerance:
@@ -185,9 +187,9 @@ def measure_artifact(
     flops, sparse = count_flops(compressed, example)
     bits = 0
     for module in compressed.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if layer_kind(module) is not None:
             coding = getattr(module, "weight_coding", None)
-            bits += int(torch.count_nonzero(module.weight)) * (int(coding.bits) if coding is not None else 32)
+            bits += int(torch.count_nonzero(weight_of(module))) * (int(coding.bits) if coding is not None else 32)
     base_bits = 32 * sum(p.numel() for p in baseline.parameters())
     return {
         "format": fmt, "bytes_on_disk": Path(path).stat().st_size, "fp32_bytes": base_bits // 8,

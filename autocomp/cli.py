@@ -147,11 +147,25 @@ def cmd_search(args: argparse.Namespace) -> None:
     _print_result(result)
 
 
+def coverage_table(rows: list) -> str:
+    """The coverage of a space on its model: per selected layer and primitive, `ok` or `refused: reason`."""
+    refused = sum(row.reason is not None for row in rows)
+    lines = [f"coverage: {len(rows) - refused} of {len(rows)} (layer, primitive) pairs supported"
+             + (f", {refused} refused" if refused else "")]
+    width = max([len(row.layer) for row in rows] + [5])
+    pwidth = max([len(row.primitive) for row in rows] + [9])
+    lines.append(f"  {'layer':<{width}}  {'primitive':<{pwidth}}  coverage")
+    lines += [f"  {row.layer:<{width}}  {row.primitive:<{pwidth}}  "
+              + ("ok" if row.reason is None else f"refused: {row.reason}") for row in rows]
+    return "\n".join(lines)
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     """`autocomp check`: validate a space file, its model, data and optimizer, without searching."""
     space = Path(args.space) if args.space else default_space()
     checked = check_search(read_spec(space), optimizer=args.optimizer, data_dir=args.data_dir,
-                           execution=_execution_overrides(args), trust_code=args.trust_model_code)
+                           execution=_execution_overrides(args), trust_code=args.trust_model_code,
+                           on_coverage=lambda rows: print(coverage_table(rows)))
     splits = checked.splits
     print(f"{space}: ok: {checked.params} searched parameters, optimizer {checked.optimizer}, "
           f"{checked.execution.executor} executor, data {splits.description} (train {len(splits.train[1])}, "

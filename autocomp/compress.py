@@ -8,14 +8,21 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
+from autocomp.layers import layer_kind
 from autocomp.policy import Policy, PolicyLike
 from autocomp.primitives import MODEL_HANDLERS, STAGES, CompressContext, apply_primitive
 
-LAYER_TYPES = (nn.Linear, nn.Conv2d)
+LAYER_TYPES = (nn.Linear, nn.Conv2d)  # what layer handlers (low rank, substitution, your own) are given
 
 
 def layer_targets(module: nn.Module) -> list[str]:
-    """Relative names of the Linear/Conv2d layers inside `module` ("" for the module itself)."""
+    """Relative names of the Linear/Conv2d layers inside `module` ("" for the module itself).
+
+    An attention module stands for its in-projection, which no layer handler takes: none (its out_proj is a
+    layer of its own).
+    """
+    if layer_kind(module) == "MultiheadAttention":
+        return []
     return [name for name, m in module.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
@@ -43,6 +50,8 @@ def compress(
         except AttributeError:
             raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
         nested = [other for other in names if other != name and (not name or other.startswith(name + "."))]
+        if layer_kind(model.get_submodule(name)) == "MultiheadAttention":
+            nested = []  # attention stands for its in_proj_weight and is never replaced: out_proj is its own
         if not name or nested:  # one layer's replacement would move the other out from under it
             raise AutocompError(f"policy names layer '{name}' and layers inside it ({', '.join(nested)}); "
                                 "name leaf layers only")

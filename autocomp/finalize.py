@@ -136,8 +136,11 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     baseline["test_accuracy"] = accuracy(model, splits.test)
     for row in rows:
         row["test_accuracy"] = accuracy(models[row["id"]], splits.test)
-    log(f"selected on validation (smallest within {100 * tolerance:.2g} pt of the baseline's "
-        f"{100 * baseline['accuracy']:.2f}%): trial {selected['id']}, {selected['compression_ratio']:.1f}x, "
+    within = selected["accuracy"] >= baseline["accuracy"] - tolerance
+    rule = "the smallest within" if within else "none is within"
+    log(f"selected on validation ({rule} {100 * tolerance:.2g} pt of the baseline's "
+        f"{100 * baseline['accuracy']:.2f}%{'' if within else ': the most accurate'}): trial {selected['id']}, "
+        f"{selected['compression_ratio']:.1f}x, "
         f"val {100 * selected['accuracy']:.2f}%, test {100 * selected['test_accuracy']:.2f}% (baseline test "
         f"{100 * baseline['test_accuracy']:.2f}%)")
     doc = {"settings": {"epochs": epochs, "iterations": iterations, "tolerance": tolerance,

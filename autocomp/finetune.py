@@ -24,7 +24,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocomp.early_stop import RULES as EARLY_STOP_RULES
+from autocomp.layers import layer_kind, weight_name, weight_of
 from autocomp.metrics import torch_threads
+from autocomp.outputs import IGNORE_INDEX, logits, per_position
 from autocomp.packed import CodebookCoding, WeightCoding
 from autocomp.schema import integer, non_negative, one_of, optional, positive, setting, unit
 from autocomp.schema.rules import MAX_SEED
@@ -63,8 +65,6 @@ class FineTuneSpec:
 
 
 DEFAULT_FINETUNE = FineTuneSpec()
-
-LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
 class _Masked(nn.Module):
@@ -124,28 +124,28 @@ class _Codebook(nn.Module):
 
 def _keep_mask(layer: nn.Module) -> torch.Tensor:
     keep = getattr(layer, "keep_mask", None)
-    return keep.clone() if keep is not None else torch.ones_like(layer.weight, dtype=torch.bool)
+    return keep.clone() if keep is not None else torch.ones_like(weight_of(layer), dtype=torch.bool)
 
 
 def _constrain(model: nn.Module) -> list[nn.Module]:
     """Parametrize every compressible layer's weight; a weight tied across layers stays frozen."""
-    layers = [m for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    layers = [m for m in model.modules() if layer_kind(m) is not None]
     holders: dict[int, int] = {}
     for layer in layers:
-        holders[id(layer.weight)] = holders.get(id(layer.weight), 0) + 1
+        holders[id(weight_of(layer))] = holders.get(id(weight_of(layer)), 0) + 1
     constrained = []
     for layer in layers:
-        if holders[id(layer.weight)] > 1:  # one Parameter in several layers: keep it exactly as is
-            layer.weight.requires_grad_(False)
+        if holders[id(weight_of(layer))] > 1:  # one Parameter in several layers: keep it exactly as is
+            weight_of(layer).requires_grad_(False)
             continue
         coding = getattr(layer, "weight_coding", None)
         if isinstance(coding, CodebookCoding):
-            rule: nn.Module = _Codebook(layer.weight, coding)
+            rule: nn.Module = _Codebook(weight_of(layer), coding)
         elif isinstance(coding, WeightCoding):
             rule = _FakeQuantized(_keep_mask(layer), coding)
         else:
             rule = _Masked(_keep_mask(layer))
-        parametrize.register_parametrization(layer, "weight", rule, unsafe=True)
+        parametrize.register_parametrization(layer, weight_name(layer), rule, unsafe=True)
         constrained.append(layer)
     return constrained
 
@@ -153,12 +153,13 @@ def _constrain(model: nn.Module) -> list[nn.Module]:
 def _release(layers: list[nn.Module]) -> None:
     """Back to plain weights holding exactly the coded values (and the trained codebooks)."""
     for layer in layers:
-        rule = layer.parametrizations.weight[0]
-        original = layer.parametrizations.weight.original.detach()
+        name = weight_name(layer)
+        rule = getattr(layer.parametrizations, name)[0]
+        original = getattr(layer.parametrizations, name).original.detach()
         exact = rule.exact(original)
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
         with torch.no_grad():
-            layer.weight.copy_(exact)
+            weight_of(layer).copy_(exact)
         if isinstance(rule, _Codebook):
             layer.weight_coding = replace(layer.weight_coding, codebook=original.clone())
 
@@ -171,7 +172,7 @@ def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Ten
     """
     total = torch.zeros(())
     for layer in layers:
-        w = layer.weight
+        w = weight_of(layer)
         if l1:
             total = total + l1 * w.abs().mean()
         if group_lasso:
@@ -183,11 +184,16 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
                       temperature: float) -> torch.Tensor:
     """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs.
 
-    As in Hinton et al. 2015: T^2 keeps the soft term's gradients on the scale of the hard one.
+    As in Hinton et al. 2015: T^2 keeps the soft term's gradients on the scale of the hard one. Per-position
+    logits (B, T, C) with labels (B, T) count every position; labels of -100 are ignored by both terms.
     """
-    hard = nn.functional.cross_entropy(student, labels)
+    student, labels = per_position(student, labels)
+    teacher = teacher.reshape(student.shape)
+    hard = nn.functional.cross_entropy(student, labels, ignore_index=IGNORE_INDEX)
     if alpha <= 0:
         return hard
+    if labels.dim() == 1 and bool((labels == IGNORE_INDEX).any()):
+        student, teacher = student[labels != IGNORE_INDEX], teacher[labels != IGNORE_INDEX]
     soft = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
                                 nn.functional.log_softmax(teacher / temperature, dim=1),
                                 reduction="batchmean", log_target=True)
@@ -234,14 +240,14 @@ def finetune(
                 if spec.steps is not None and k >= spec.steps:
                     break
                 index = order[start : start + spec.batch_size]
-                out = model(x[index])
+                out = logits(model(x[index]))
                 if use_teacher:
                     with torch.no_grad():
-                        soft = teacher(x[index])
+                        soft = logits(teacher(x[index]))
                     loss = distillation_loss(out, soft, y[index], alpha=spec.kd_alpha,
                                              temperature=spec.temperature)
                 else:
-                    loss = nn.functional.cross_entropy(out, y[index])
+                    loss = nn.functional.cross_entropy(*per_position(out, y[index]), ignore_index=IGNORE_INDEX)
                 if spec.l1 or spec.group_lasso:
                     loss = loss + penalty(layers, spec.l1, spec.group_lasso)
                 optimizer.zero_grad(set_to_none=True)

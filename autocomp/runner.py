@@ -505,7 +505,7 @@ def search(
     if finetune.epochs > 0 and train is None:
         raise AutocompError("fine-tuning (finetune.epochs > 0) needs train_data")
     calibration = _as_data(calibration_data, "calibration_data") if calibration_data is not None else None
-    bound = space.bind(model)
+    bound = space.bind(model, example=val[0][:1])  # refuses layers a primitive cannot compress, by name
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
     directions, settings = [o.direction for o in objectives], dict(optimizer_settings or {})
     given = optimizer if isinstance(optimizer, Optimizer) else None

@@ -13,15 +13,16 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from autocomp import outputs
 from autocomp.config import RunSpec, dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.execution import ExecutionSpec
@@ -30,6 +31,9 @@ from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
 from autocomp.runner import SearchResult, check_optimizer, search
 from autocomp.store import write_atomic
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
+
+if TYPE_CHECKING:  # the space is the run file's; session only passes its coverage rows on
+    from autocomp.space import Coverage
 
 BASELINE = "baseline.pt"
 CALIBRATION = "calibration.pt"  # the rows that calibrate activation ranges: export must use the same
@@ -135,8 +139,8 @@ def check_model(spec: RunSpec, splits: Splits, *, trust_code: bool = False) -> n
         _load_weights(model, spec.model.weights, trust_code=trust_code)
     x, y = splits.val
     try:
-        with torch.no_grad():
-            logits = model.eval()(x[:2])
+        with torch.no_grad():  # a tensor, tuple, dict or ModelOutput; per-position logits count per position
+            logits, _ = outputs.per_position(outputs.logits(model.eval()(x[:2])), y[:2])
     except Exception as err:
         raise AutocompError(f"model '{spec.model.name}' cannot run on {spec.data.name} inputs of shape "
                             f"{tuple(x.shape[1:])}: {err}") from err
@@ -201,10 +205,13 @@ class CheckedSearch:
 
 def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_settings: dict[str, Any] | None = None,
                  seed_from: str | None = None, execution: dict[str, Any] | None = None,
-                 data_dir: str | None = None, seed: int = 0, trust_code: bool = False) -> CheckedSearch:
+                 data_dir: str | None = None, seed: int = 0, trust_code: bool = False,
+                 on_coverage: Callable[[list[Coverage]], None] | None = None) -> CheckedSearch:
     """Every check `search` makes before it writes anything (`autocomp check` runs exactly these).
 
-    Optimizer name and settings, execution, data, the model on its inputs, layer selectors.
+    Optimizer name and settings, execution, data, the model on its inputs, layer selectors, and coverage:
+    each selected layer and primitive is supported or refused with a reason (`on_coverage` gets the rows
+    before a refusal raises its SpaceError).
     """
     check_optimizer_spec(spec)
     executing = execution_spec(spec, execution)
@@ -220,7 +227,10 @@ def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_setti
     data_dir = data_dir or spec.data.dir
     splits = spec_splits(spec, data_dir)
     model = check_model(spec, splits, trust_code=trust_code)
-    bound = spec.space.bind(model)  # selector errors too
+    example = splits.val[0][:1]
+    if on_coverage is not None:
+        on_coverage(spec.space.coverage(model, example=example))
+    bound = spec.space.bind(model, example=example)  # selector errors and refused layers too
     check_optimizer(optimizer, optimizer_settings, bound, model, splits.val[0][:1],
                     directions=[o.direction for o in spec.objectives], seed=seed)
     return CheckedSearch(optimizer=optimizer, optimizer_settings=optimizer_settings, execution=executing,

@@ -251,13 +251,14 @@ def decode(data: bytes) -> tuple[dict, list[_Row], dict[str, torch.Tensor], dict
             if row.alias:
                 source = rows[row.alias - 1].name
                 tensor = tensors[source]
-                coding = codings.get(source.removesuffix("weight").removesuffix("."))
+                coding = codings.get(source.rpartition(".")[0])
             else:
                 tensor, coding = _decode_tensor(row, body[offset : offset + row.nbytes])
             offset += row.nbytes
             tensors[row.name] = tensor
             if coding is not None:
-                codings[row.name.removesuffix("weight").removesuffix(".")] = coding
+                # the coded tensor's module: "fc.weight" -> "fc", attention's "attn.in_proj_weight" -> "attn"
+                codings[row.name.rpartition(".")[0]] = coding
         return meta, rows, tensors, codings
     except PackedFormatError:
         raise

@@ -12,6 +12,7 @@ from torch import nn
 
 from autocomp import huffman
 from autocomp.errors import PackedFormatError
+from autocomp.layers import weight_name
 from autocomp.packed.cost import is_weight, pack_uint, plans, raw_rows, relative_fields, zero_runs
 from autocomp.packed.format import (
     DTYPES,
@@ -163,7 +164,8 @@ def _codings_by_key(model: nn.Module) -> dict[str, Coding]:
             raise PackedFormatError(
                 f"'{name}': weight_coding is a {type(coding).__name__}, not WeightCoding or CodebookCoding"
             )
-        codings[f"{name}.weight" if name else "weight"] = coding
+        attr = weight_name(module)  # attention codes its in_proj_weight
+        codings[f"{name}.{attr}" if name else attr] = coding
     return codings
 
 

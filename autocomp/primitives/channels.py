@@ -36,19 +36,28 @@ taylor pass run in eval mode, so BatchNorm running statistics are not updated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import copy
+import math
+import sys
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from autocomp.errors import AutocompError
+from autocomp.outputs import logits, per_position
 from autocomp.primitives.configs import Channels
-from autocomp.primitives.registry import CompressContext, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler, supports
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 CALIBRATION_CHUNK = 256  # rows per forward/backward in the taylor pass
+ANALYSIS_SECONDS = 30.0  # the dependency analysis of one model may take this long; longer, it is refused
 
 
 def kept_channels(n: int, ratio: float, round_to: int = 1) -> int:
@@ -60,6 +69,84 @@ def kept_channels(n: int, ratio: float, round_to: int = 1) -> int:
     if 1 < round_to <= n:
         kept = max(round_to, kept // round_to * round_to)
     return min(n, max(1, kept))
+
+
+class AnalysisTimeout(AutocompError):
+    """The dependency analysis ran past its time limit."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise AnalysisTimeout inside the block once it has run `seconds`.
+
+    Torch-Pruning's analysis is Python loops that can explode (one group of a 2-layer Llama ran for
+    minutes), so a profile hook checks the clock every few thousand calls; unlike SIGALRM it works in any
+    thread and leaves the executor's own trial timeout alone.
+    """
+    end = time.monotonic() + seconds
+    calls = 0
+    previous = sys.getprofile()
+
+    def watch(frame, event, arg) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+            if calls % 4096 == 0 and time.monotonic() > end:
+                raise AnalysisTimeout(f"channel removal's dependency analysis did not finish in {seconds:g} s")
+
+    sys.setprofile(watch)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped conv whose groups constrain channel counts (depthwise ones follow their input instead)."""
+    return (isinstance(module, nn.Conv2d) and module.groups > 1
+            and not module.groups == module.out_channels)  # Torch-Pruning's own depthwise test
+
+
+def _channel_groups(group) -> int:
+    """The lcm of the group counts of the grouped convs whose inputs or outputs are the group's channels."""
+    count = 1
+    for item in group.items:
+        module = item.dep.target.module
+        if _is_grouped(module):
+            count = math.lcm(count, module.groups)
+    return count
+
+
+def _pattern(score: torch.Tensor, n_remove: int, chunks: int) -> list[int]:
+    """The `n_remove` lowest-scoring channels, as the same offsets in each of `chunks` equal chunks.
+
+    Torch-Pruning's grouped-conv pruning keeps one group's offsets for every group, so each chunk must lose the
+    same ones; an offset is scored by its sum over the chunks.
+    """
+    n = score.numel()
+    if chunks <= 1:
+        return sorted(int(i) for i in torch.argsort(score, stable=True)[:n_remove])
+    size = n // chunks
+    offsets = torch.argsort(score.view(chunks, size).sum(0), stable=True)[: n_remove // chunks]
+    return sorted(g * size + int(k) for g in range(chunks) for k in offsets)
+
+
+def _balanced(graph: tp.DependencyGraph, group, remove: list[int], names: dict[nn.Module, str]) -> str | None:
+    """Why removing root channels `remove` would leave some grouped conv invalid, or None if it would not."""
+    removed = set(remove)
+    for item in group.items:
+        module = item.dep.target.module
+        if not _is_grouped(module):
+            continue
+        width = module.out_channels if graph.is_out_channel_pruning_fn(item.dep.handler) else module.in_channels
+        size = width // module.groups
+        gone = [idx for idx, root in zip(item.idxs, item.root_idxs) if root in removed]
+        per_chunk = [sorted(i % size for i in gone if i // size == g) for g in range(module.groups)]
+        if any(offsets != per_chunk[0] for offsets in per_chunk):
+            return (f"grouped conv '{names.get(module, '?')}' (groups={module.groups}) takes "
+                    "these channels only in part (e.g. after a concatenation): removing them would unbalance "
+                    "its groups")
+    return None
 
 
 @dataclass
@@ -107,7 +194,8 @@ def _taylor_grads(model: nn.Module, calibration: tuple[torch.Tensor, torch.Tenso
     with torch.enable_grad():
         for start in range(0, len(inputs), CALIBRATION_CHUNK):
             x, y = inputs[start : start + CALIBRATION_CHUNK], labels[start : start + CALIBRATION_CHUNK]
-            loss = nn.functional.cross_entropy(model(x), y, reduction="sum") / len(inputs)
+            scores, targets = per_position(logits(model(x)), y)
+            loss = nn.functional.cross_entropy(scores, targets, reduction="sum") / len(inputs)
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             totals = [t if g is None else (g if t is None else t + g) for t, g in zip(totals, grads)]
     return {m: g.detach() for m, g in zip(layers, totals) if g is not None}
@@ -167,7 +255,13 @@ def _plan(graph, group, layer_configs, names, grads, out_width) -> tuple[nn.Modu
     config = max(configured, key=lambda c: (c.ratio, c.round_to))  # the first in name order among equals
     root = group.items[0]
     n = len(root.idxs)
-    n_remove = n - kept_channels(n, config.ratio, config.round_to)
+    kept = kept_channels(n, config.ratio, config.round_to)
+    chunks = _channel_groups(group)
+    if chunks > 1:  # grouped convs: each of their groups keeps as many channels (the coverage check refuses n % chunks)
+        if n % chunks:
+            return None
+        kept = max(chunks, kept // chunks * chunks)
+    n_remove = n - kept
     if n_remove <= 0:
         return None
     score = torch.zeros(n, dtype=torch.float64)
@@ -179,8 +273,9 @@ def _plan(graph, group, layer_configs, names, grads, out_width) -> tuple[nn.Modu
         if len(part.root_idxs) != len(values) or any(r is None for r in part.root_idxs):
             continue  # channels that do not map back to the root's (not seen in plain CNNs)
         score.index_add_(0, torch.tensor(part.root_idxs, dtype=torch.long), values)
-    order = torch.argsort(score, stable=True)
-    remove = sorted(int(i) for i in order[:n_remove])
+    remove = _pattern(score, n_remove, chunks)
+    if _balanced(graph, group, remove, names) is not None:
+        return None  # the coverage check refuses such layers before a search; compress leaves them whole
     return root.dep.target.module, root.dep.handler, remove
 
 
@@ -204,10 +299,11 @@ def prune_channels(model: nn.Module, configs: Mapping[str, Channels], context: C
         example = (context.example,) if isinstance(context.example, torch.Tensor) else context.example
         with torch.no_grad():
             try:
-                out_width = model(*example).shape[1]
+                out = logits(model(*example))  # (B, C), or (B, T, C) per position
+                out_width = out.shape[-1] if out.dim() == 3 else out.shape[1]
             except Exception as err:
                 raise AutocompError(f"channel pruning: the model does not run on the example input: {err}") from err
-        with torch.enable_grad():
+        with torch.enable_grad(), _deadline(ANALYSIS_SECONDS):  # a worker never hangs in the analysis
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
             missing = [n for n in layer_configs if model.get_submodule(n) not in graph.module2node]
             if missing:
@@ -231,4 +327,110 @@ def prune_channels(model: nn.Module, configs: Mapping[str, Channels], context: C
     return model
 
 
-__all__ = ["kept_channels", "prune_channels"]
+@dataclass
+class Analysis:
+    """What channel removal can do on one model: the layers it refuses (with why) and the analysis's seconds."""
+
+    seconds: float
+    refused: dict[str, str] = field(default_factory=dict)  # layer name -> reason
+    error: str | None = None  # a reason that refuses every layer (the analysis ran too long, or failed)
+
+
+_ANALYSES: weakref.WeakKeyDictionary[nn.Module, dict[Any, Analysis]] = weakref.WeakKeyDictionary()
+
+
+def _example_key(example: Any) -> Any:
+    items = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    return tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x) for x in items)
+
+
+def analyse(model: nn.Module, example: Any, *, seconds: float = ANALYSIS_SECONDS) -> Analysis:
+    """Which Conv2d/Linear layers of `model` channel removal refuses, found on a copy before anything runs.
+
+    Traces the dependency graph on `example` (an input batch) and, per channel group: refuses groups whose
+    grouped convs cannot stay valid (their channels do not split into whole groups, or reach them only in part),
+    and dry-runs the smallest removal, refusing the group's layers if the model then fails to run or changes its
+    output shape (e.g. attention head reshapes). All within `seconds`, else every layer is refused. Cached per
+    model and example shape.
+    """
+    key = _example_key(example)
+    cached = _ANALYSES.get(model, {}).get(key)
+    if cached is not None:
+        return cached
+    start = time.monotonic()
+    try:
+        with _deadline(seconds):
+            result = Analysis(seconds=0.0, refused=_refusals(model, example))
+    except AnalysisTimeout as err:
+        result = Analysis(seconds=0.0, error=str(err))
+    except Exception as err:  # a model Torch-Pruning cannot trace: refused, with Torch-Pruning's words
+        result = Analysis(seconds=0.0, error=f"the dependency analysis failed: {type(err).__name__}: {err}")
+    result.seconds = time.monotonic() - start
+    if result.error:
+        result.error = result.error.splitlines()[0][:300]
+    _ANALYSES.setdefault(model, {})[key] = result
+    return result
+
+
+def _traced(model: nn.Module, example: tuple) -> tuple[nn.Module, tp.DependencyGraph, dict[nn.Module, str]]:
+    work = copy.deepcopy(model).eval()
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
+    return work, graph, {m: name for name, m in work.named_modules()}
+
+
+def _refusals(model: nn.Module, example: Any) -> dict[str, str]:
+    example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    work, graph, names = _traced(model, example)
+    with torch.no_grad():
+        shape = tuple(work(*example).shape)
+    cut = "its outputs cannot be followed through the model's forward (a detach or an untraced operation)"
+    refused = {name: cut for name, m in work.named_modules()
+               if isinstance(m, LAYER_TYPES) and m not in graph.module2node}
+    trials: list[tuple[list[str], str, list[int]]] = []  # (members, root name, root channels to remove)
+    for group in graph.get_all_groups(root_module_types=LAYER_TYPES):
+        members, _, reaches_output, untraced = _group_parts(graph, group, names, shape[1] if len(shape) > 1 else -1)
+        refused.update(dict.fromkeys(untraced, cut))
+        if reaches_output:
+            continue  # never pruned (the documented no-op), not refused
+        n, chunks = len(group.items[0].idxs), _channel_groups(group)
+        member_names = [m.name for m in members]
+        if chunks > 1 and n % chunks:
+            reason: str | None = f"its {n} channels do not split into the {chunks} groups of its grouped convs"
+        else:
+            remove = _pattern(torch.arange(n, dtype=torch.float64), chunks, chunks)  # the smallest removal
+            reason = _balanced(graph, group, remove, names)
+        if reason:
+            refused.update(dict.fromkeys(member_names, reason))
+        elif len(remove) < n:
+            trials.append((member_names, names[group.items[0].dep.target.module], remove))
+    # dry run: remove the fewest channels group by group; a forward that fails refuses that group's layers
+    for members, root_name, remove in trials:
+        root = work.get_submodule(root_name)
+        try:
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=remove)
+            if not graph.check_pruning_group(group):
+                continue
+            group.prune(record_history=False)
+            with torch.no_grad():
+                got = tuple(work(*example).shape)
+            if got != shape:
+                raise AutocompError(f"the model's output shape becomes {list(got)} (was {list(shape)})")
+        except Exception as err:
+            reason = f"removing its channels breaks the model's forward: {type(err).__name__}: {err}"
+            refused.update(dict.fromkeys(members, reason.splitlines()[0][:300]))
+            work, graph, names = _traced(model, example)  # start the rest again on an intact copy
+    return refused
+
+
+@supports(Channels)
+def channels_supports(module: Any, name: str, model: Any, example: Any) -> str | None:
+    """Channel removal's coverage: the layers `analyse` refuses (nothing is checked without an example input)."""
+    if example is None:
+        return None
+    analysis = analyse(model, example)
+    return analysis.error or analysis.refused.get(name)
+
+
+__all__ = ["ANALYSIS_SECONDS", "Analysis", "AnalysisTimeout", "analyse", "channels_supports", "kept_channels",
+           "prune_channels"]

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+# the primitives that act on weights element by element take every kind (autocomp.layers.KINDS); the
+# attention kind is MultiheadAttention's packed in_proj_weight
+ELEMENTWISE_KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention")
+
 
 @dataclass(frozen=True, kw_only=True)
 class KnobRange:
@@ -53,7 +57,9 @@ class PrimitiveConfig:
 
     NAME: ClassVar[str] = ""
     KNOBS: ClassVar[dict[str, KnobRange]] = {}
-    APPLIES_TO: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")  # module class names
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")  # layer kinds (autocomp.layers.KINDS)
+    # knob -> {layer kind or class name: why}: on those layers the knob must keep its default (no effect)
+    KIND_LIMITS: ClassVar[dict[str, dict[str, str]]] = {}
 
     def is_identity(self) -> bool:
         """Whether applying this config leaves the layer as it is (compress then skips it)."""
@@ -176,6 +182,7 @@ class Prune(PrimitiveConfig):
     """
 
     NAME: ClassVar[str] = "prune"
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ELEMENTWISE_KINDS
     KNOBS: ClassVar[dict[str, KnobRange]] = {
         "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True, compresses=1),
         "score": KnobRange(kind=str, extra=("magnitude", "lamp")),
@@ -201,6 +208,7 @@ class Share(PrimitiveConfig):
     """
 
     NAME: ClassVar[str] = "share"
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ELEMENTWISE_KINDS
     KNOBS: ClassVar[dict[str, KnobRange]] = {
         "bits": KnobRange(kind=int, low=1, high=8, extra=(32,), compresses=-1),
         "tie": KnobRange(kind=int, low=0, high=1, compresses=1),
@@ -224,6 +232,13 @@ class Quantize(PrimitiveConfig):
     """
 
     NAME: ClassVar[str] = "quantize"
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ELEMENTWISE_KINDS
+    KIND_LIMITS: ClassVar[dict[str, dict[str, str]]] = {"act_bits": {
+        "Embedding": "an Embedding's input is token indices, not a float tensor",
+        "MultiheadAttention": "attention takes three inputs (query, key, value); quantize its in-projection's "
+                              "weights with bits",
+        "NonDynamicallyQuantizableLinear": "MultiheadAttention reads its out_proj's weight and never calls it",
+    }}
     KNOBS: ClassVar[dict[str, KnobRange]] = {
         "bits": KnobRange(kind=int, low=1, high=8, extra=(32,), compresses=-1),
         "per_channel": KnobRange(kind=int, low=0, high=1),

@@ -6,10 +6,17 @@
 * kxk Conv2d, spatial SVD (Jaderberg et al. 2014): the kernel as an (in*kh, out*kw) matrix, giving a
   (kh x 1) conv (in -> r) then a (1 x kw) conv (r -> out).
 
-Every factor is a plain nn.Linear / nn.Conv2d inside an nn.Sequential, so the later stages (prune, share,
-quantize) act on each factor. Decompositions are computed in float64 on the CPU; the factors are float32 on
-the layer's device. Only the last factor has a bias (the layer's own); the others have none, so at full
-rank the factorisation reproduces the layer up to rounding (zero or reflect padding included).
+Every factor is a plain nn.Linear / nn.Conv2d inside a `FactorizedLinear` / `FactorizedConv2d`, an
+nn.Sequential of the factors that keeps the replaced layer's face: what code around a layer reads
+(`weight` as the product of the factors, computed on access, `bias`, `in_features`/`out_features` or
+`in_channels`/`out_channels`, `kernel_size`, `stride`, `padding`, `dilation`, `groups`, `padding_mode`,
+`dtype`, `device`). Its forward runs the factors (the cheap path); a model that calls
+`F.linear(x, layer.weight, layer.bias)` itself (nn.MultiheadAttention's out_proj) gets the product. The later
+stages (prune, share, quantize) act on each factor, and the state_dict holds the factors only (`<layer>.0.weight`,
+...). `weight` is read-only: a model that writes a layer's weight cannot keep a factorised one.
+Decompositions are computed in float64 on the CPU; the factors are float32 on the layer's device. Only the
+last factor has a bias (the layer's own); the others have none, so at full rank the factorisation
+reproduces the layer up to rounding (zero or reflect padding included).
 
 `method` per layer kind (a fallback, never an error, since a search may pair any method with any layer):
 
@@ -29,6 +36,7 @@ many weights as it does or more (biases are not counted: the layer's bias moves 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -89,6 +97,101 @@ def layer_weights(layer: nn.Linear | nn.Conv2d) -> int:
 # -- decompositions ---------------------------------------------------------------------------------------
 
 
+def _core(part: nn.Module) -> nn.Module:
+    """The Linear/Conv2d inside a factor (a later stage may have wrapped it, e.g. activation quantization)."""
+    return next(m for m in part.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def compose_kernels(weights: list[torch.Tensor]) -> torch.Tensor:
+    """The one kernel that a chain of factor kernels applies, first factor first.
+
+    Each kernel is (out, in[, kh, kw]); of two consecutive ones, at most one is wider than 1 in each spatial
+    dimension (1x1, kx1 then 1xk, ...), so the chain is one (out, in, kh, kw) kernel (a matrix for Linear).
+    """
+    matrix = weights[0].dim() == 2
+    total = weights[0] if not matrix else weights[0][:, :, None, None]
+    for nxt in weights[1:]:
+        nxt = nxt if not matrix else nxt[:, :, None, None]
+        (o, _, a, b), (_, i, c, d) = nxt.shape, total.shape
+        total = torch.einsum("orab,ricd->oiacbd", nxt, total).reshape(o, i, a * c, b * d)
+    return total[:, :, 0, 0] if matrix else total
+
+
+class _Factorized(nn.Sequential):
+    """Factors run in order (nn.Sequential), with the replaced layer's weight, bias, dtype and device."""
+
+    def __getitem__(self, idx):  # noqa: D105
+        if isinstance(idx, slice):  # a few factors are not the layer: a plain Sequential of them
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The product of the factors' weights: the layer these factors stand for (computed on each access)."""
+        return compose_kernels([_core(part).weight for part in self])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The layer's bias (the last factor holds it)."""
+        return _core(self[-1]).bias
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The factors' dtype."""
+        return _core(self[0]).weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The factors' device."""
+        return _core(self[0]).weight.device
+
+
+class FactorizedLinear(_Factorized):
+    """A Linear layer as two Linear factors (x -> x A^T -> x A^T B^T + b), keeping nn.Linear's face."""
+
+    @property
+    def in_features(self) -> int:
+        """Input features (the first factor's)."""
+        return _core(self[0]).in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output features (the last factor's)."""
+        return _core(self[-1]).out_features
+
+
+class FactorizedConv2d(_Factorized):
+    """A Conv2d layer as 1x1 / kx1 / 1xk / kxk factors, keeping nn.Conv2d's face (the layer's own geometry)."""
+
+    def __init__(self, layer: nn.Conv2d, *factors: nn.Module) -> None:
+        """The factors of `layer`, which lend its geometry (kernel size, stride, padding, dilation)."""
+        super().__init__(*factors)
+        self.kernel_size = tuple(layer.kernel_size)
+        self.stride = tuple(layer.stride)
+        self.padding = layer.padding
+        self.dilation = tuple(layer.dilation)
+        self.padding_mode = layer.padding_mode
+        self.groups = 1
+        self.transposed = False
+        self.output_padding = (0, 0)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (the first factor's)."""
+        return _core(self[0]).in_channels
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels (the last factor's)."""
+        return _core(self[-1]).out_channels
+
+
+def _factorized(layer: nn.Module, *factors: nn.Module) -> FactorizedLinear | FactorizedConv2d:
+    if isinstance(layer, nn.Conv2d):
+        return FactorizedConv2d(layer, *factors)
+    return FactorizedLinear(*factors)
+
+
 def _weight64(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().to(device="cpu", dtype=torch.float64)
 
@@ -118,7 +221,7 @@ def _balanced(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> 
     return u[:, :rank] * root[None, :], root[:, None] * vh[:rank]
 
 
-def _svd_factors(layer: nn.Module, matrix: torch.Tensor, rank: int, svd=None) -> nn.Sequential:
+def _svd_factors(layer: nn.Module, matrix: torch.Tensor, rank: int, svd=None) -> _Factorized:
     u, s, vh = svd if svd is not None else _svd(matrix)
     rank = min(rank, s.numel())
     second_w, first_w = _balanced(u, s, vh, rank)
@@ -133,10 +236,10 @@ def _svd_factors(layer: nn.Module, matrix: torch.Tensor, rank: int, svd=None) ->
         second = _new(nn.Conv2d, layer, rank, n_out, 1, bias=has_bias)
     _fill(first, first_w)
     _fill(second, second_w, layer.bias)
-    return nn.Sequential(first, second)
+    return _factorized(layer, first, second)
 
 
-def factorize_linear(layer: nn.Linear | nn.Conv2d, rank: int) -> nn.Sequential:
+def factorize_linear(layer: nn.Linear | nn.Conv2d, rank: int) -> _Factorized:
     """W ~= B @ A with A = sqrt(S) V^T (rank x in, no bias) and B = U sqrt(S) (out x rank, with W's bias).
 
     Also takes a 1x1 Conv2d (groups 1), giving two 1x1 convs. `rank` is capped at min(in, out).
@@ -153,7 +256,7 @@ def _tucker2_modes(weight: torch.Tensor) -> tuple[tuple, tuple]:
 
 
 def _tucker2_build(layer: nn.Conv2d, weight: torch.Tensor, u_out: torch.Tensor, u_in: torch.Tensor,
-                   r_out: int, r_in: int) -> nn.Sequential:
+                   r_out: int, r_in: int) -> FactorizedConv2d:
     r_out, r_in = min(r_out, u_out.shape[1]), min(r_in, u_in.shape[1])
     a_out, a_in = u_out[:, :r_out], u_in[:, :r_in]  # (out, r_out), (in, r_in), orthonormal columns
     core = torch.einsum("oihw,or,is->rshw", weight, a_out, a_in)  # W x_0 U_out^T x_1 U_in^T
@@ -165,10 +268,10 @@ def _tucker2_build(layer: nn.Conv2d, weight: torch.Tensor, u_out: torch.Tensor, 
     _fill(first, a_in.T)
     _fill(middle, core)
     _fill(last, a_out, layer.bias)
-    return nn.Sequential(first, middle, last)
+    return FactorizedConv2d(layer, first, middle, last)
 
 
-def tucker2_conv(layer: nn.Conv2d, r_out: int, r_in: int) -> nn.Sequential:
+def tucker2_conv(layer: nn.Conv2d, r_out: int, r_in: int) -> FactorizedConv2d:
     """Tucker-2 of a Conv2d kernel (groups 1): a 1x1 conv, a kxk core, a 1x1 conv.
 
     1x1 (in -> r_in) -> core (r_in -> r_out, the layer's kernel size, stride, padding and dilation) -> 1x1
@@ -191,7 +294,7 @@ def _pair(value) -> tuple:
     return value if isinstance(value, str) else tuple(value)
 
 
-def _spatial_build(layer: nn.Conv2d, svd: tuple, rank: int) -> nn.Sequential:
+def _spatial_build(layer: nn.Conv2d, svd: tuple, rank: int) -> FactorizedConv2d:
     u, s, vh = svd
     rank = min(rank, s.numel())
     vertical_w, horizontal_w = _balanced(u, s, vh, rank)  # (in*kh, r), (r, out*kw)
@@ -207,10 +310,10 @@ def _spatial_build(layer: nn.Conv2d, svd: tuple, rank: int) -> nn.Sequential:
     _fill(first, vertical_w.T.reshape(rank, n_in, kh, 1))
     _fill(second, horizontal_w.reshape(rank, n_out, kw).permute(1, 0, 2).reshape(n_out, rank, 1, kw),
           layer.bias)
-    return nn.Sequential(first, second)
+    return FactorizedConv2d(layer, first, second)
 
 
-def spatial_svd_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
+def spatial_svd_conv(layer: nn.Conv2d, rank: int) -> FactorizedConv2d:
     """Spatial SVD of a Conv2d kernel (groups 1): a (kh x 1) conv, then a (1 x kw) conv.
 
     (kh x 1) conv in -> rank (height stride/padding/dilation), then (1 x kw) conv rank -> out (width

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from autocomp.layers import compressible_parts, weight_of
 from autocomp.primitives.configs import Prune
 from autocomp.primitives.registry import CompressContext, model_handler
-
-LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def magnitude_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -43,15 +42,15 @@ def _mask_from_scores(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def _apply(layer: nn.Module, keep: torch.Tensor) -> None:
+    weight = weight_of(layer)
     with torch.no_grad():  # torch.where, not a multiply: pruned weights become +0.0, never -0.0
-        layer.weight.copy_(torch.where(keep, layer.weight, 0.0))
+        weight.copy_(torch.where(keep, weight, 0.0))
     layer.keep_mask = keep.clone()  # what fine-tuning must keep at zero (a quantized code may be 0 too)
 
 
 def _parts(model: nn.Module, name: str) -> list[nn.Module]:
-    """The Linear/Conv2d layers a policy's layer name stands for (two or three after a factorisation)."""
-    module = model.get_submodule(name)
-    return [m for m in module.modules() if isinstance(m, LAYER_TYPES)]
+    """The compressible layers a policy's layer name stands for (two or three after a factorisation)."""
+    return compressible_parts(model.get_submodule(name))
 
 
 @model_handler(Prune)
@@ -63,13 +62,13 @@ def prune_model(model: nn.Module, configs: Mapping[str, Prune], context: Compres
             if config.scope == "global":  # layers sharing (ratio, score) are pruned by one threshold
                 pools.setdefault((config.ratio, config.score), []).append(layer)
             else:
-                _apply(layer, magnitude_mask(layer.weight, config.ratio))
+                _apply(layer, magnitude_mask(weight_of(layer), config.ratio))
     for (ratio, score), layers in pools.items():
-        per_layer = [lamp_scores(m.weight) if score == "lamp" else m.weight.detach().abs().double()
+        per_layer = [lamp_scores(weight_of(m)) if score == "lamp" else weight_of(m).detach().abs().double()
                      for m in layers]
         keep = _mask_from_scores(torch.cat([s.flatten() for s in per_layer]), ratio)
         start = 0
         for layer, scores in zip(layers, per_layer):
-            _apply(layer, keep[start : start + scores.numel()].view_as(layer.weight))
+            _apply(layer, keep[start : start + scores.numel()].view_as(weight_of(layer)))
             start += scores.numel()
     return model

@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
+from autocomp.layers import compressible_parts, layer_kind, weight_of
 from autocomp.packed import WeightCoding, dequantize
 from autocomp.primitives.configs import Quantize
 from autocomp.primitives.registry import CompressContext, model_handler
-
-LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,9 +50,10 @@ def quantize_layer(layer: nn.Module, bits: int, per_channel: bool = True) -> Non
     coding = getattr(layer, "weight_coding", None)
     if coding is not None and not isinstance(coding, WeightCoding):
         return  # shared weights: the codebook indices are already the weight's code
-    codes, scale = quantize_weight(layer.weight, bits, per_channel)
+    weight = weight_of(layer)
+    codes, scale = quantize_weight(weight, bits, per_channel)
     with torch.no_grad():
-        layer.weight.copy_(dequantize(codes, scale))
+        weight.copy_(dequantize(codes, scale))
     layer.weight_coding = WeightCoding(bits=bits, scale=scale)
 
 
@@ -125,17 +125,22 @@ def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: C
     for name, config in configs.items():
         module = model.get_submodule(name)
         if config.bits < 32:
-            for layer in (m for m in module.modules() if isinstance(m, LAYER_TYPES)):
-                if id(layer.weight) not in done:
+            for layer in compressible_parts(module):
+                if id(weight_of(layer)) not in done:
                     quantize_layer(layer, config.bits, bool(config.per_channel))
-                    done[id(layer.weight)] = layer
+                    done[id(weight_of(layer))] = layer
         if config.act_bits < 32:
+            limits = Quantize.KIND_LIMITS["act_bits"]
+            why = limits.get(type(module).__name__) or limits.get(layer_kind(module) or "")
+            if why:  # the search space refuses this at bind time; a policy written by hand meets it here
+                raise AutocompError(f"quantize act_bits={config.act_bits} on '{name}' ({type(module).__name__}): "
+                                    f"{why}; use act_bits 32 there")
             wrapper = QuantizedInput(module, config.act_bits)
             model.set_submodule(name, wrapper)
             wrappers.append(wrapper)
     for layer in model.modules():  # every layer holding a tied weight gets the one coding
-        if isinstance(layer, LAYER_TYPES) and id(layer.weight) in done:
-            coding = getattr(done[id(layer.weight)], "weight_coding", None)
+        if layer_kind(layer) is not None and id(weight_of(layer)) in done:
+            coding = getattr(done[id(weight_of(layer))], "weight_coding", None)
             if coding is not None:
                 layer.weight_coding = coding
     if wrappers and context.calibration is not None:

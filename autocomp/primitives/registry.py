@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autocomp.primitives.configs import CONFIGS, STAGES, PrimitiveConfig
+from autocomp.primitives.coverage import SUPPORTS, SupportsHook
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,32 @@ def model_handler(config_type: type[PrimitiveConfig]) -> Callable[[ModelHandler]
     return register
 
 
+def supports(config_type: type[PrimitiveConfig]) -> Callable[[SupportsHook], SupportsHook]:
+    """Register the decorated `fn(module, name, model, example) -> reason | None` as `config_type`'s coverage hook."""
+
+    def register(fn: SupportsHook) -> SupportsHook:
+        SUPPORTS[config_type] = fn
+        return fn
+
+    return register
+
+
 def register_primitive(
     config_type: type[PrimitiveConfig],
     *,
     layer: LayerHandler | None = None,
     model: ModelHandler | None = None,
     before: str | None = None,
+    supports: SupportsHook | None = None,
 ) -> type[PrimitiveConfig]:
     """Add a primitive: its config class (NAME, KNOBS, fields, is_identity) and one handler.
 
     `layer(module, config)` returns the layer to put in the module's place; `model(model, configs,
     context)` sees every layer's config at once. `before` names the primitive it is applied before
     (default: last, after quantize). Search-space files, policies and `compress` then know it by NAME.
+    `supports(module, name, model, example)` returns None where the primitive can compress that layer, else
+    a one-line reason; the space binder refuses a selection it refuses (default: every layer whose kind is
+    in the config's APPLIES_TO is supported).
     """
     if (layer is None) == (model is None):
         raise ValueError("register_primitive takes exactly one of layer= and model=")
@@ -78,6 +93,10 @@ def register_primitive(
         HANDLERS[config_type] = layer
     else:
         MODEL_HANDLERS[config_type] = model  # type: ignore[assignment]
+    if supports is not None:
+        SUPPORTS[config_type] = supports
+    else:
+        SUPPORTS.pop(config_type, None)
     return config_type
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocomp.layers import compressible_parts, layer_kind, weight_name, weight_of
 from autocomp.packed import CodebookCoding
 from autocomp.primitives.configs import Share
 from autocomp.primitives.registry import CompressContext, handler, model_handler
@@ -119,9 +120,10 @@ def share_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, Codeboo
 @handler(Share)
 def share_layer(layer: nn.Module, config: Share) -> nn.Module:
     """Replaces the layer's weight by its k-means shared version and sets ``layer.weight_coding``."""
-    shared, coding = share_weight(layer.weight, config.bits)
+    weight = weight_of(layer)
+    shared, coding = share_weight(weight, config.bits)
     with torch.no_grad():
-        layer.weight.copy_(shared)
+        weight.copy_(shared)
     layer.weight_coding = coding
     return layer
 
@@ -132,10 +134,10 @@ def tie_layers(layers: list[nn.Module]) -> None:
     A position pruned in every layer stays zero; the biases stay each layer's own.
     """
     with torch.no_grad():
-        mean = torch.stack([m.weight.detach() for m in layers]).mean(0)
-    tied = nn.Parameter(mean, requires_grad=layers[0].weight.requires_grad)
+        mean = torch.stack([weight_of(m).detach() for m in layers]).mean(0)
+    tied = nn.Parameter(mean, requires_grad=weight_of(layers[0]).requires_grad)
     for layer in layers:
-        layer.weight = tied
+        setattr(layer, weight_name(layer), tied)
 
 
 @model_handler(Share)
@@ -144,8 +146,8 @@ def share_model(model: nn.Module, configs: Mapping[str, Share], context: Compres
     groups: dict[tuple, list[nn.Module]] = {}
     for name, config in configs.items():
         layer = model.get_submodule(name)
-        if config.tie and isinstance(layer, (nn.Linear, nn.Conv2d)):
-            groups.setdefault((type(layer), tuple(layer.weight.shape)), []).append(layer)
+        if config.tie and layer_kind(layer) is not None:
+            groups.setdefault((type(layer), tuple(weight_of(layer).shape)), []).append(layer)
     for layers in groups.values():
         if len(layers) > 1:
             tie_layers(layers)
@@ -153,12 +155,11 @@ def share_model(model: nn.Module, configs: Mapping[str, Share], context: Compres
     for name, config in configs.items():
         if config.bits >= 32:
             continue
-        module = model.get_submodule(name)
-        for layer in (m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))):
-            if id(layer.weight) not in done:
+        for layer in compressible_parts(model.get_submodule(name)):
+            if id(weight_of(layer)) not in done:
                 share_layer(layer, config)
-                done[id(layer.weight)] = layer
+                done[id(weight_of(layer))] = layer
     for layer in model.modules():  # ... and every layer holding that weight gets its coding
-        if isinstance(layer, (nn.Linear, nn.Conv2d)) and id(layer.weight) in done:
-            layer.weight_coding = done[id(layer.weight)].weight_coding
+        if layer_kind(layer) is not None and id(weight_of(layer)) in done:
+            layer.weight_coding = done[id(weight_of(layer))].weight_coding
     return model

@@ -6,10 +6,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from autocomp.layers import KINDS, layer_kind
 from autocomp.primitives.configs import KnobRange
 from autocomp.space.params import Choice, Domain, FloatRange
 
-COMPRESSIBLE = ("Linear", "Conv2d")
+COMPRESSIBLE = KINDS  # layer kinds: a subclass counts as its base (autocomp.layers.layer_kind)
 
 
 def domain_problem(domain: Domain, allowed: KnobRange) -> tuple[str, Any] | None:
@@ -41,7 +42,11 @@ class Where:
 
 @dataclass(frozen=True, kw_only=True)
 class Selector:
-    """Picks layers: an exact module name, `re:<regex>` (full match) or `type:<ModuleClass>`."""
+    """Picks layers: an exact module name, `re:<regex>` (full match) or `type:<ModuleClass>`.
+
+    `type:` matches the module's own class name or its layer kind, so `type:Linear` picks Linear subclasses
+    too (MultiheadAttention's out_proj) and `type:NonDynamicallyQuantizableLinear` picks only those.
+    """
 
     text: str
     where: Where = field(default_factory=Where, compare=False)  # where it was written is not what it is
@@ -51,7 +56,7 @@ class Selector:
         if self.text.startswith("re:"):
             return re.fullmatch(self.text[3:], name) is not None
         if self.text.startswith("type:"):
-            return type(module).__name__ == self.text[5:]
+            return self.text[5:] in (type(module).__name__, layer_kind(module))
         return name == self.text
 
 

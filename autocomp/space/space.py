@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import yaml
 
 from autocomp.errors import SpaceError
+from autocomp.layers import layer_kind
 from autocomp.primitives.configs import CONFIGS
+from autocomp.primitives.coverage import refusal
 from autocomp.schema import At, LinedMap, plain, read_yaml
-from autocomp.space.groups import COMPRESSIBLE, Group, domain_problem
-from autocomp.space.params import Param
+from autocomp.space.groups import COMPRESSIBLE, Group, KnobSpec, Where, domain_problem
+from autocomp.space.params import Choice, Domain, Param
 from autocomp.space.schema import dump_groups, read_groups
+
+
+def _ends(domain: Domain) -> tuple[Any, ...]:
+    """The values a domain can take at its ends (every value of a Choice)."""
+    return tuple(domain.values) if isinstance(domain, Choice) else (domain.low, domain.high)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Coverage:
+    """Whether one primitive can compress one selected layer: `reason` is None, or why it cannot."""
+
+    layer: str
+    primitive: str
+    group: str
+    reason: str | None
+    where: Where = field(default_factory=Where, compare=False)  # the primitive's line in the space file
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,11 +69,10 @@ class SearchSpace:
         """The groups as plain data (`from_dict` reads it back)."""
         return dump_groups(self.groups)
 
-    def bind(self, model: Any) -> BoundSpace:
-        """Resolve selectors against `model` (an nn.Module) into named, typed per-layer params."""
-        modules = [(n, m) for n, m in model.named_modules() if type(m).__name__ in COMPRESSIBLE]
-        owner: dict[tuple[str, str], str] = {}  # (layer, primitive) -> the one group that configures it
-        params: list[Param] = []
+    def _selected(self, model: Any) -> tuple[dict[str, Any], list[list[str]]]:
+        """The model's compressible modules by name, and each group's selected layers (selector errors raised)."""
+        modules = [(n, m) for n, m in model.named_modules() if layer_kind(m) in COMPRESSIBLE]
+        selected: list[list[str]] = []
         for group in self.groups:
             layers: list[str] = []
             for selector in group.selectors:
@@ -68,7 +85,47 @@ class SearchSpace:
                         key=f"groups.{group.name}.layers", value=selector.text,
                     )
                 layers += [n for n in hits if n not in layers]
-            types = dict(modules)
+            selected.append(layers)
+        return dict(modules), selected
+
+    def coverage(self, model: Any, *, example: Any = None) -> list[Coverage]:
+        """For each selected layer and primitive: whether the primitive can compress it, before anything runs.
+
+        Each primitive's `supports` hook decides (see `autocomp.primitives.coverage`); `example` (an input
+        batch) lets hooks that must run the model (channel removal's dependency analysis) do so. Selector
+        errors raise a SpaceError; refusals are rows with a reason (`bind` raises on the first).
+        """
+        modules, selected = self._selected(model)
+        rows: list[Coverage] = []
+        for group, layers in zip(self.groups, selected):
+            firsts: dict[str, KnobSpec] = {}
+            for knob in group.knobs:  # one row per primitive, at its first knob's line
+                firsts.setdefault(knob.primitive, knob)
+            for spec in firsts.values():
+                config = CONFIGS.get(spec.primitive)
+                for layer in layers:
+                    module = modules[layer]
+                    reason = None if config is None else refusal(config, module, layer, model, example,
+                                                                  kind=layer_kind(module))
+                    rows.append(Coverage(layer=layer, primitive=spec.primitive, group=group.name, reason=reason,
+                                         where=spec.where))
+        return rows
+
+    def bind(self, model: Any, *, example: Any = None) -> BoundSpace:
+        """Resolve selectors against `model` (an nn.Module) into named, typed per-layer params.
+
+        `example` (an input batch) lets primitives that must run the model check their layers (see `coverage`).
+
+        Raises:
+            SpaceError: a selector that matches nothing, a layer two groups configure for one primitive, a
+                knob outside its primitive's range, or a layer a primitive refuses (named, with the reason).
+        """
+        types, selected = self._selected(model)
+        refused = {(row.layer, row.primitive): row.reason for row in self.coverage(model, example=example)
+                   if row.reason is not None}
+        owner: dict[tuple[str, str], str] = {}  # (layer, primitive) -> the one group that configures it
+        params: list[Param] = []
+        for group, layers in zip(self.groups, selected):
             primitives = dict.fromkeys(spec.primitive for spec in group.knobs)
             for layer in layers:  # two groups may select a layer for different primitives, never the same one
                 for primitive in primitives:
@@ -89,14 +146,30 @@ class SearchSpace:
                     raise SpaceError(problem[0], file=spec.where.file, line=spec.where.line, key=key,
                                      value=problem[1])
                 allowed = CONFIGS[spec.primitive].APPLIES_TO
+                limits = CONFIGS[spec.primitive].KIND_LIMITS.get(spec.knob, {})
+                default = getattr(CONFIGS[spec.primitive](), spec.knob) if limits else None
                 for layer in layers:
-                    kind = type(types[layer]).__name__
+                    kind = layer_kind(types[layer])
                     if kind not in allowed:
                         raise SpaceError(
                             f"primitive '{spec.primitive}' applies to {'/'.join(allowed)} layers, "
                             f"but '{layer}' is a {kind}",
                             file=spec.where.file, line=spec.where.line,
                             key=f"groups.{group.name}.primitives.{spec.primitive}", value=layer,
+                        )
+                    reason = refused.get((layer, spec.primitive))
+                    if reason is not None:  # the primitive's own check (its `supports` hook) refused the layer
+                        raise SpaceError(
+                            f"primitive '{spec.primitive}' cannot compress layer '{layer}' ({kind}): {reason}",
+                            file=spec.where.file, line=spec.where.line,
+                            key=f"groups.{group.name}.primitives.{spec.primitive}", value=layer,
+                        )
+                    why = limits.get(type(types[layer]).__name__) or limits.get(kind or "")
+                    if why and any(value != default for value in _ends(spec.domain)):
+                        raise SpaceError(
+                            f"'{layer}' ({type(types[layer]).__name__}) takes {spec.primitive}.{spec.knob} "
+                            f"{default} only: {why} (select it in a group without this knob)",
+                            file=spec.where.file, line=spec.where.line, key=key, value=layer,
                         )
                 knob = f"{spec.primitive}.{spec.knob}"
                 compresses = CONFIGS[spec.primitive].KNOBS[spec.knob].compresses

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autocomp.outputs import IGNORE_INDEX, logits, per_position
 from autocomp.schema import integer, positive, setting
 from autocomp.schema.rules import MAX_SEED
 
@@ -34,7 +35,8 @@ def train_baseline(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], sp
         for start in range(0, len(y), spec.batch_size):
             batch = order[start : start + spec.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            scores, labels = per_position(logits(model(x[batch])), y[batch])
+            nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX).backward()
             optimizer.step()
         schedule.step()
     model.eval()

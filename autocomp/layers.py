@@ -1,0 +1,58 @@
+"""The layer kinds autocomp compresses, and which of a module's tensors is its weight.
+
+A kind is a class name found in the module's class hierarchy, so subclasses count (MultiheadAttention's
+`out_proj` is a `NonDynamicallyQuantizableLinear`: a Linear), and `transformers`' GPT-2 `Conv1D` is known by
+name without importing transformers. The weight is `weight`, except for `nn.MultiheadAttention`, whose
+packed query/key/value projection `in_proj_weight` is its own Parameter (its `out_proj` is a Linear of its
+own, a layer apart).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Linear/Conv2d: every primitive; the others: the elementwise ones (prune, share, quantize)
+KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention")
+
+
+def weight_name(module: nn.Module) -> str:
+    """The attribute holding the weight compression acts on: `in_proj_weight` for attention, else `weight`."""
+    return "in_proj_weight" if _named_kind(module) == "MultiheadAttention" else "weight"
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """The kind of `module` (one of KINDS), or None when autocomp does not compress it.
+
+    An attention module with separate query/key/value weights (kdim or vdim != embed_dim) has no packed
+    `in_proj_weight` and is not compressible as a whole (its `out_proj` still is).
+    """
+    kind = _named_kind(module)
+    if kind is None or not isinstance(getattr(module, weight_name(module), None), torch.Tensor):
+        return None
+    return kind
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The weight tensor of a compressible module (see `weight_name`)."""
+    return getattr(module, weight_name(module))
+
+
+def compressible_parts(module: nn.Module) -> list[nn.Module]:
+    """The compressible layers a policy's layer name stands for: itself, or the parts that replaced it.
+
+    An attention module stands for its in-projection only; its `out_proj` is selected as a layer itself.
+    """
+    if layer_kind(module) == "MultiheadAttention":
+        return [module]
+    return [m for m in module.modules() if layer_kind(m) is not None]
+
+
+def _named_kind(module: nn.Module) -> str | None:
+    for cls in type(module).__mro__:
+        if cls.__name__ in KINDS:
+            return cls.__name__
+    return None
+
+
+__all__ = ["KINDS", "compressible_parts", "layer_kind", "weight_name", "weight_of"]
