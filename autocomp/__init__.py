@@ -6,7 +6,7 @@ The public API (see the README's "Python API" and "Extending autocomp"):
 - `SearchSpace.from_yaml(text)` / `.from_dict(groups)`, or `Group` / `KnobSpec` / `Selector` objects
 - `compress(model, policy)` (a `Policy` or a trial's `.policy`), `export(model_or_trial, path=..., format=...)`,
   `load_packed(path, model)`
-- primitive configs (`Channels`, `Skip`, `Substitute`, `LowRank`, `Prune`, `Share`, `Quantize`) and the
+- primitive configs (`Channels`, `Heads`, `Skip`, `Substitute`, `LowRank`, `Prune`, `Share`, `Quantize`) and the
   extension points `register_primitive`, `register_optimizer` (with the `Optimizer` base class),
   `register_runtime` (with `Runtime`) and `register_executor`.
 """
@@ -21,6 +21,7 @@ from autocomp.optimizers import Optimizer, SearchContext, Told, register_optimiz
 from autocomp.policy import Policy
 from autocomp.primitives import (
     Channels,
+    Heads,
     KnobRange,
     LowRank,
     PrimitiveConfig,
@@ -38,7 +39,7 @@ from autocomp.version import __version__
 
 __all__ = [
     "BoundSpace", "Channels", "Choice", "Constraint", "ExecutionSpec", "Executor", "FineTuneSpec", "FloatRange",
-    "Group", "IntRange", "KnobRange", "KnobSpec", "LatencySpec", "LowRank", "Objective", "Optimizer", "Policy",
+    "Group", "Heads", "IntRange", "KnobRange", "KnobSpec", "LatencySpec", "LowRank", "Objective", "Optimizer", "Policy",
     "PrimitiveConfig", "Prune", "Quantize", "Runtime", "SearchContext", "SearchResult", "SearchSpace", "Selector",
     "Share", "Skip", "Substitute", "Told", "Trial", "__version__", "compress", "export", "load_packed",
     "load_run_spec", "parse_run_spec", "register_executor", "register_optimizer", "register_primitive",

@@ -43,14 +43,18 @@ class ArtifactSpec:
     entropy: bool = setting(False, boolean)
 
 
-def artifact_meta(model_ref: Mapping[str, Any] | None, policy: Policy, input_shape: Sequence[int]) -> dict[str, Any]:
+def artifact_meta(model_ref: Mapping[str, Any] | None, policy: Policy, input_shape: Sequence[int],
+                  input_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """What the packed header records to rebuild the architecture.
 
     The zoo name + kwargs, the policy, and the input shape (channel removal traces the model on an example
-    of it).
+    of it); the input dtype where it is not float32 (token ids), so older files stay byte-identical.
     """
-    return {"model": dict(model_ref) if model_ref else None, "policy": policy.to_dict(),
+    meta: dict[str, Any] = {"model": dict(model_ref) if model_ref else None, "policy": policy.to_dict(),
             "input_shape": list(input_shape)}
+    if input_dtype != torch.float32:
+        meta["input_dtype"] = str(input_dtype).removeprefix("torch.")
+    return meta
 
 
 def pack_model(compressed: nn.Module, meta: Mapping[str, Any], *, entropy: bool = False) -> bytes:
@@ -75,7 +79,8 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         if not meta.get("model"):
             raise PackedFormatError(f"{path}: built from a user model; pass that model to load_packed(model=...)")
         model = build_model(meta["model"]["name"], meta["model"].get("kwargs"))
-    example = torch.zeros(1, *meta["input_shape"]) if meta.get("input_shape") else None
+    dtype = getattr(torch, meta.get("input_dtype", "float32"))
+    example = torch.zeros(1, *meta["input_shape"], dtype=dtype) if meta.get("input_shape") else None
     # only the skeleton's structure matters: every tensor (scales and calibrated ranges too) is overwritten
     skeleton = compress(model, Policy.from_dict(meta.get("policy", {})), example=example, skeleton=True)
     _fit_shapes(skeleton, packed.unpack(data)[1])
@@ -242,7 +247,8 @@ def export(
         compressed = compress(model, policy, example=example, calibration=rows)  # type: ignore[arg-type]
     if format == "packed":
         shape = list(example.shape[1:]) if example is not None else []
-        meta = artifact_meta(None, policy or Policy.of({}), shape)
+        meta = artifact_meta(None, policy or Policy.of({}), shape,
+                             example.dtype if example is not None else torch.float32)
         return write_bytes(path, pack_model(compressed, meta, entropy=entropy))
     if example is None:
         raise AutocompError(f"export format '{format}' needs an example input batch (example=...)")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.layers import layer_kind
+from autocomp.layers import attention_kind, layer_kind
 from autocomp.policy import Policy, PolicyLike
 from autocomp.primitives import MODEL_HANDLERS, STAGES, CompressContext, apply_primitive
 
@@ -50,8 +50,9 @@ def compress(
         except AttributeError:
             raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
         nested = [other for other in names if other != name and (not name or other.startswith(name + "."))]
-        if layer_kind(model.get_submodule(name)) == "MultiheadAttention":
-            nested = []  # attention stands for its in_proj_weight and is never replaced: out_proj is its own
+        module = model.get_submodule(name)
+        if layer_kind(module) == "MultiheadAttention" or attention_kind(module):
+            nested = []  # attention stands for its in_proj_weight or its heads and is never replaced
         if not name or nested:  # one layer's replacement would move the other out from under it
             raise AutocompError(f"policy names layer '{name}' and layers inside it ({', '.join(nested)}); "
                                 "name leaf layers only")

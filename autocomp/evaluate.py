@@ -102,7 +102,7 @@ class CompressionEvaluator:
 
     def artifact(self, compressed: nn.Module, policy: Policy) -> bytes:
         """The packed bytes `export --format packed` writes for this policy: size_bytes is their length."""
-        meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]))
+        meta = artifact_meta(self.model_ref, policy, tuple(self.example.shape[1:]), self.example.dtype)
         return pack_model(compressed, meta, entropy=self.entropy)
 
     def latency_times(self, compressed: nn.Module) -> list[float]:

@@ -14,6 +14,8 @@ from torch import nn
 
 # Linear/Conv2d: every primitive; the others: the elementwise ones (prune, share, quantize)
 KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention")
+# not a weight-bearing kind: an attention module as a whole, selectable for primitives that apply to it (heads)
+ATTENTION = "Attention"
 
 
 def weight_name(module: nn.Module) -> str:
@@ -48,6 +50,27 @@ def compressible_parts(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if layer_kind(m) is not None]
 
 
+def attention_kind(module: nn.Module) -> str | None:
+    """ATTENTION for an attention module taken as a whole (head removal), else None.
+
+    Known by class name, without importing transformers: a class in the module's hierarchy whose name ends in
+    "Attention", on a module that holds no other such module (BERT's BertAttention holds BertSelfAttention,
+    the one with the heads). Whether a primitive can act on it is that primitive's coverage check's call.
+    """
+    if not _is_attention(module) or any(_is_attention(m) for m in module.modules() if m is not module):
+        return None
+    return ATTENTION
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """What selectors and primitives' APPLIES_TO see: the layer kind, else the attention kind, else None."""
+    return layer_kind(module) or attention_kind(module)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return any(cls.__name__.endswith("Attention") for cls in type(module).__mro__)
+
+
 def _named_kind(module: nn.Module) -> str | None:
     for cls in type(module).__mro__:
         if cls.__name__ in KINDS:
@@ -55,4 +78,5 @@ def _named_kind(module: nn.Module) -> str | None:
     return None
 
 
-__all__ = ["KINDS", "compressible_parts", "layer_kind", "weight_name", "weight_of"]
+__all__ = ["ATTENTION", "KINDS", "attention_kind", "compressible_parts", "layer_kind", "module_kind", "weight_name",
+           "weight_of"]

@@ -44,7 +44,7 @@ from autocomp.compress import compress
 from autocomp.config import parse_run_spec
 from autocomp.errors import AutocompError
 from autocomp.int8 import load_int8
-from autocomp.layers import layer_kind
+from autocomp.layers import layer_kind, module_kind
 from autocomp.outputs import logits
 from autocomp.policy import Policy
 from autocomp.primitives import CONFIGS, Prune, Quantize, Skip
@@ -52,8 +52,9 @@ from autocomp.primitives.channels import ANALYSIS_SECONDS, analyse
 from autocomp.testing.nets import AudioConvNet, TokenTransformer, grouped_net
 from autocomp.zoo import build_model
 
-# moderately compressive settings per primitive (heads, if registered, gets `generic_knobs`)
+# moderately compressive settings per primitive (one registered later gets `generic_knobs`)
 KNOBS: dict[str, dict[str, Any]] = {
+    "heads": {"ratio": 0.5},  # the tiny configs have 2-4 heads: half of them
     "prune": {"ratio": 0.5},
     "quantize": {"bits": 4, "act_bits": 8},
     "share": {"bits": 4},
@@ -283,7 +284,7 @@ def _space(groups: list[dict[str, Any]]) -> Any:
 
 
 def _kinds(model: nn.Module, applies: Iterable[str]) -> list[str]:
-    present = {layer_kind(m) for m in model.modules()}
+    present = {module_kind(m) for m in model.modules()}  # weight-bearing kinds, and attention modules
     return [k for k in applies if k in present]
 
 
@@ -341,7 +342,7 @@ def skippable(model: nn.Module, x: torch.Tensor) -> tuple[list[str], collections
 def round_trip(model: nn.Module, compressed: nn.Module, policy: Policy, x: torch.Tensor,
                out: torch.Tensor, folder: Path) -> tuple[int, bool, float]:
     """Pack, reload (given the uncompressed model) and compare: (packed bytes, bit-exact, max difference)."""
-    data = pack_model(compressed, artifact_meta(None, policy, list(x.shape[1:])))
+    data = pack_model(compressed, artifact_meta(None, policy, list(x.shape[1:]), x.dtype))
     path = folder / "cell.acz"
     path.write_bytes(data)
     again = _logits(load_packed(path, model=model), x)
@@ -423,7 +424,7 @@ def measure(case: ModelCase, columns: list[str], log: Callable[[str], None] = pr
     model, x = _fresh(case)
     ref = _logits(model, x)
     total = _total_bytes(model)
-    base_bytes = len(pack_model(model, artifact_meta(None, Policy.of({}), list(x.shape[1:]))))
+    base_bytes = len(pack_model(model, artifact_meta(None, Policy.of({}), list(x.shape[1:]), x.dtype)))
     analysis = analyse(model, x)  # cached: coverage below reuses it
     row: dict[str, Any] = {"model": case.name, "family": case.family, "kind": case.kind,
                            "params": sum(p.numel() for p in model.parameters()), "param_bytes": total,

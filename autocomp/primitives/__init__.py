@@ -14,6 +14,7 @@ from autocomp.primitives.configs import (
     Skip,
     Substitute,
 )
+from autocomp.primitives.heads import Heads
 from autocomp.primitives.registry import (
     HANDLERS,
     MODEL_HANDLERS,
@@ -24,6 +25,6 @@ from autocomp.primitives.registry import (
     register_primitive,
 )
 
-__all__ = ["CONFIGS", "HANDLERS", "MODEL_HANDLERS", "STAGES", "Channels", "CompressContext", "KnobRange",
+__all__ = ["CONFIGS", "HANDLERS", "MODEL_HANDLERS", "STAGES", "Channels", "CompressContext", "Heads", "KnobRange",
            "LayerHandler", "LowRank", "ModelHandler", "PrimitiveConfig", "Prune", "Quantize", "Share", "Skip",
            "Substitute", "apply_primitive", "register_primitive"]

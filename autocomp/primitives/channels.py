@@ -383,13 +383,14 @@ def _refusals(model: nn.Module, example: Any) -> dict[str, str]:
     example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
     work, graph, names = _traced(model, example)
     with torch.no_grad():
-        shape = tuple(work(*example).shape)
+        shape = tuple(logits(work(*example)).shape)
+    width = shape[-1] if len(shape) == 3 else (shape[1] if len(shape) > 1 else -1)  # classes: (B, C) or (B, T, C)
     cut = "its outputs cannot be followed through the model's forward (a detach or an untraced operation)"
     refused = {name: cut for name, m in work.named_modules()
                if isinstance(m, LAYER_TYPES) and m not in graph.module2node}
     trials: list[tuple[list[str], str, list[int]]] = []  # (members, root name, root channels to remove)
     for group in graph.get_all_groups(root_module_types=LAYER_TYPES):
-        members, _, reaches_output, untraced = _group_parts(graph, group, names, shape[1] if len(shape) > 1 else -1)
+        members, _, reaches_output, untraced = _group_parts(graph, group, names, width)
         refused.update(dict.fromkeys(untraced, cut))
         if reaches_output:
             continue  # never pruned (the documented no-op), not refused
@@ -413,7 +414,7 @@ def _refusals(model: nn.Module, example: Any) -> dict[str, str]:
                 continue
             group.prune(record_history=False)
             with torch.no_grad():
-                got = tuple(work(*example).shape)
+                got = tuple(logits(work(*example)).shape)
             if got != shape:
                 raise AutocompError(f"the model's output shape becomes {list(got)} (was {list(shape)})")
         except Exception as err:

@@ -10,6 +10,7 @@ the min and max the layer's input takes on calibration data, applied in evaluati
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +58,12 @@ def quantize_layer(layer: nn.Module, bits: int, per_channel: bool = True) -> Non
     layer.weight_coding = WeightCoding(bits=bits, scale=scale)
 
 
+# what model code reads from a layer it calls (ViT: projection.weight.dtype; MobileNet: conv.stride)
+FACE = frozenset({"weight", "bias", "in_features", "out_features", "in_channels", "out_channels", "kernel_size",
+                  "stride", "padding", "dilation", "groups", "padding_mode", "transposed", "output_padding",
+                  "dtype", "device"})
+
+
 class QuantizedInput(nn.Module):
     """Runs `layer` on its input fake-quantized to an affine `bits` grid (scale, zero point as buffers)."""
 
@@ -67,11 +74,24 @@ class QuantizedInput(nn.Module):
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
 
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped layer's attributes (weight, stride, in_features, ...), so model code reading them works.
+
+        The wrapper keeps the layer's face, as factorised layers do.
+        """
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules of the wrapper itself
+        except AttributeError:
+            if name not in FACE:  # never autocomp's own markers (weight_coding...): the layer owns those
+                raise
+            return getattr(self.layer, name)
+
     def calibrate(self, low: float, high: float) -> None:
         """Set scale and zero point from an observed input range, widened to hold 0 exactly."""
         low, high = min(low, 0.0), max(high, 0.0)  # the grid must hold 0 exactly (padding, ReLU zeros)
         levels = 2**self.bits - 1
-        scale = (high - low) / levels if high > low else 1.0
+        # a range too narrow for float32 (a dead channel's constant input) would give scale 0 and x / 0 = NaN
+        scale = (high - low) / levels if high - low > 1e-12 else 1.0
         self.scale.fill_(scale)
         self.zero_point.fill_(int(min(max(round(-low / scale), 0), levels)))
 

@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from autocomp.errors import AutocompError
 from autocomp.primitives.configs import Skip
-from autocomp.primitives.registry import CompressContext, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler, supports
 
 ADDITIONS = {operator.add, operator.iadd, torch.add}
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -95,4 +95,22 @@ def skip_branches(model: nn.Module, configs: Mapping[str, Skip], context: Compre
     return traced
 
 
-__all__ = ["skip_branches"]
+@supports(Skip)
+def skip_supports(module: nn.Module, name: str, model: nn.Module, example: object = None) -> str | None:
+    """Why layer `name` has no residual branch skip can remove, or None if it has one.
+
+    Refused where torch.fx cannot trace the model or the layer's output reaches no addition with a shortcut;
+    each layer is checked on a fresh trace, before anything runs.
+    """
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as err:
+        return f"torch.fx cannot trace the model: {type(err).__name__}: {err}".splitlines()[0]
+    try:
+        _remove_branch(traced, name)
+    except AutocompError as err:
+        return str(err).splitlines()[0]
+    return None
+
+
+__all__ = ["skip_branches", "skip_supports"]

@@ -79,8 +79,11 @@ class _Loader(yaml.SafeLoader):
         return out
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node))
-_Loader.add_constructor("tag:yaml.org,2002:seq", lambda loader, node: loader.construct_sequence(node))
+# the tags decide the node kinds (a map tag is a MappingNode); the stubs cannot know that
+_Loader.add_constructor("tag:yaml.org,2002:map",
+                        lambda loader, node: loader.construct_mapping(node))  # type: ignore[arg-type]
+_Loader.add_constructor("tag:yaml.org,2002:seq",
+                        lambda loader, node: loader.construct_sequence(node))  # type: ignore[arg-type]
 # YAML 1.1 reads `1e-3` (no dot) as a string; people write learning rates that way, so read it as a float
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

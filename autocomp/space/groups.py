@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from autocomp.layers import KINDS, layer_kind
+from autocomp.layers import KINDS, module_kind
 from autocomp.primitives.configs import KnobRange
 from autocomp.space.params import Choice, Domain, FloatRange
 
@@ -56,7 +56,7 @@ class Selector:
         if self.text.startswith("re:"):
             return re.fullmatch(self.text[3:], name) is not None
         if self.text.startswith("type:"):
-            return self.text[5:] in (type(module).__name__, layer_kind(module))
+            return self.text[5:] in (type(module).__name__, module_kind(module))
         return name == self.text
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from autocomp.errors import SpaceError
-from autocomp.layers import layer_kind
+from autocomp.layers import ATTENTION, attention_kind, layer_kind, module_kind
 from autocomp.primitives.configs import CONFIGS
 from autocomp.primitives.coverage import refusal
 from autocomp.schema import At, LinedMap, plain, read_yaml
@@ -71,9 +71,14 @@ class SearchSpace:
 
     def _selected(self, model: Any) -> tuple[dict[str, Any], list[list[str]]]:
         """The model's compressible modules by name, and each group's selected layers (selector errors raised)."""
-        modules = [(n, m) for n, m in model.named_modules() if layer_kind(m) in COMPRESSIBLE]
+        everything = [(n, m) for n, m in model.named_modules()
+                      if layer_kind(m) in COMPRESSIBLE or attention_kind(m) is not None]
+        layers_only = [(n, m) for n, m in everything if layer_kind(m) in COMPRESSIBLE]
         selected: list[list[str]] = []
         for group in self.groups:
+            # attention modules as a whole are candidates only where a primitive of the group applies to them
+            whole = any(ATTENTION in CONFIGS[k.primitive].APPLIES_TO for k in group.knobs if k.primitive in CONFIGS)
+            modules = everything if whole else layers_only
             layers: list[str] = []
             for selector in group.selectors:
                 hits = [n for n, m in modules if selector.matches(n, m)]
@@ -86,7 +91,7 @@ class SearchSpace:
                     )
                 layers += [n for n in hits if n not in layers]
             selected.append(layers)
-        return dict(modules), selected
+        return dict(everything), selected
 
     def coverage(self, model: Any, *, example: Any = None) -> list[Coverage]:
         """For each selected layer and primitive: whether the primitive can compress it, before anything runs.
@@ -106,7 +111,7 @@ class SearchSpace:
                 for layer in layers:
                     module = modules[layer]
                     reason = None if config is None else refusal(config, module, layer, model, example,
-                                                                  kind=layer_kind(module))
+                                                                  kind=module_kind(module))
                     rows.append(Coverage(layer=layer, primitive=spec.primitive, group=group.name, reason=reason,
                                          where=spec.where))
         return rows
@@ -149,7 +154,7 @@ class SearchSpace:
                 limits = CONFIGS[spec.primitive].KIND_LIMITS.get(spec.knob, {})
                 default = getattr(CONFIGS[spec.primitive](), spec.knob) if limits else None
                 for layer in layers:
-                    kind = layer_kind(types[layer])
+                    kind = module_kind(types[layer])
                     if kind not in allowed:
                         raise SpaceError(
                             f"primitive '{spec.primitive}' applies to {'/'.join(allowed)} layers, "
