@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 # Linear/Conv2d: every primitive; the others: the elementwise ones (prune, share, quantize)
 KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention")
@@ -38,6 +39,17 @@ def layer_kind(module: nn.Module) -> str | None:
 def weight_of(module: nn.Module) -> torch.Tensor:
     """The weight tensor of a compressible module (see `weight_name`)."""
     return getattr(module, weight_name(module))
+
+
+def stored_weight_problem(module: nn.Module) -> str | None:
+    """Why a layer's weight cannot be stored as codes or a codebook, or None when it can.
+
+    A parametrized weight (weight norm: wav2vec2's positional conv) is computed from other tensors on each
+    access; the module stores those, not the weight, so quantized or shared values would not survive a reload.
+    """
+    if parametrize.is_parametrized(module, weight_name(module)):
+        return "its weight is parametrized (e.g. weight norm): the module stores other tensors, not the weight"
+    return None
 
 
 def compressible_parts(module: nn.Module) -> list[nn.Module]:
@@ -78,5 +90,5 @@ def _named_kind(module: nn.Module) -> str | None:
     return None
 
 
-__all__ = ["ATTENTION", "KINDS", "attention_kind", "compressible_parts", "layer_kind", "module_kind", "weight_name",
-           "weight_of"]
+__all__ = ["ATTENTION", "KINDS", "attention_kind", "compressible_parts", "layer_kind", "module_kind",
+           "stored_weight_problem", "weight_name", "weight_of"]

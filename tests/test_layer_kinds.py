@@ -311,3 +311,16 @@ def test_transformer_encoder_in_proj_is_compressed():
     assert len(pack(compressed)) <= 0.30 * fp32 < 0.6 * len(pack(autocomp.compress(model, without_in_proj)))
     reloaded = load_into(autocomp.compress(model, policy, skeleton=True), pack(compressed))
     assert torch.equal(reloaded(x), compressed(x))
+
+
+def test_a_parametrized_weight_is_refused_by_quantize_and_share_with_the_reason():
+    """Weight norm stores g and v, not the weight: codes or a codebook could not be reloaded, so refuse."""
+    conv = torch.nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3))
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(4 * 6, 2))
+    for primitive in ("quantize: {bits: 4}", "share: {bits: 4}"):
+        space = autocomp.SearchSpace.from_yaml(
+            f'- name: g\n  layers: ["type:Conv1d", "type:Linear"]\n  primitives: {{{primitive}}}')
+        reasons = {r.layer: r.reason for r in space.coverage(model)}
+        assert reasons["2"] is None and "parametrized" in reasons["0"]
+        with pytest.raises(SpaceError, match="cannot compress layer '0'.*parametrized"):
+            space.bind(model)

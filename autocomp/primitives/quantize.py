@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.layers import compressible_parts, layer_kind, weight_of
+from autocomp.layers import compressible_parts, layer_kind, stored_weight_problem, weight_of
 from autocomp.packed import WeightCoding, dequantize
 from autocomp.primitives.configs import Quantize
-from autocomp.primitives.registry import CompressContext, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler, supports
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +135,12 @@ def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.T
     for w in wrappers:
         if id(w.layer) in ranges:
             w.calibrate(*ranges[id(w.layer)])
+
+
+@supports(Quantize)
+def quantize_supports(module: nn.Module, name: str, model: nn.Module, example: object = None) -> str | None:
+    """Refuses layers whose weight the packed file could not hold as codes (see `stored_weight_problem`)."""
+    return stored_weight_problem(module)
 
 
 @model_handler(Quantize)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocomp.layers import compressible_parts, layer_kind, weight_name, weight_of
+from autocomp.layers import compressible_parts, layer_kind, stored_weight_problem, weight_name, weight_of
 from autocomp.packed import CodebookCoding
 from autocomp.primitives.configs import Share
-from autocomp.primitives.registry import CompressContext, handler, model_handler
+from autocomp.primitives.registry import CompressContext, handler, model_handler, supports
 
 __all__ = ["kmeans_1d", "share_layer", "share_model", "share_weight", "tie_layers"]
 
@@ -115,6 +115,12 @@ def share_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, Codeboo
     width = max(1, int(centroids.size - 1).bit_length())
     coding = CodebookCoding(bits=width, codebook=torch.from_numpy(centroids.astype(np.float32)))
     return torch.from_numpy(shared).reshape(weight.shape), coding
+
+
+@supports(Share)
+def share_supports(module: nn.Module, name: str, model: nn.Module, example: object = None) -> str | None:
+    """Refuses layers whose weight the packed file could not hold as a codebook (see `stored_weight_problem`)."""
+    return stored_weight_problem(module)
 
 
 @handler(Share)
