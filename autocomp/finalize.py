@@ -130,7 +130,11 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
         models[row["id"]] = final
         log(f"trial {trial['id']}: val {row['search_accuracy']:.4f} -> {row['accuracy']:.4f}, "
             f"{size:,} B ({row['compression_ratio']:.1f}x) -> {path}")
-    baseline = {"accuracy": accuracy(model, splits.val), "size_bytes": fp32_bytes, "compression_ratio": 1.0}
+    # the uncompressed model's packed file, as the search's baseline row: every size here is a file's length
+    unpacked = len(pack_model(model, artifact_meta(info["model_ref"], Policy.of({}), info["input_shape"]),
+                              entropy=info["signature"].get("entropy", False)))
+    baseline = {"accuracy": accuracy(model, splits.val), "size_bytes": unpacked,
+                "compression_ratio": fp32_bytes / unpacked}
     selected = select(rows, baseline["accuracy"], tolerance)
     # the choice is made: now, and only now, the test split (once per model, reported as it falls)
     baseline["test_accuracy"] = accuracy(model, splits.test)

@@ -9,11 +9,14 @@ resumed run asks exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -390,12 +393,17 @@ def _space_yaml(space: SearchSpace) -> str:
     return "# space given in Python\n" + yaml.safe_dump({"groups": space.to_dict()}, sort_keys=False)
 
 
-def _check_instance(optimizer: Optimizer, bound: BoundSpace, settings: Mapping[str, Any]) -> None:
+def _check_instance(optimizer: Optimizer, bound: BoundSpace, settings: Mapping[str, Any],
+                    directions: Sequence[str]) -> None:
     """A user's optimizer object must search this very space, and takes no settings from us."""
     if settings:
         raise AutocompError("optimizer_settings are for an optimizer name or class; an Optimizer instance "
                             "already has its own")
-    mine, theirs = [p.name for p in bound.params], [p.name for p in optimizer.space.params]
+    if tuple(optimizer.directions) != tuple(directions):
+        raise AutocompError(f"the optimizer instance optimizes {list(optimizer.directions)}, the objectives are "
+                            f"{list(directions)}: build it with the search's directions")
+    mine = [(p.name, repr(p.domain)) for p in bound.params]
+    theirs = [(p.name, repr(p.domain)) for p in optimizer.space.params]
     if mine != theirs:
         raise AutocompError(f"the optimizer instance was built on another space (params {theirs[:3]}..., the "
                             f"model's bound space has {mine[:3]}...): build it on space.bind(model)")
@@ -414,30 +422,50 @@ def check_optimizer(optimizer: OptimizerRef, settings: Mapping[str, Any], bound:
 
 
 def _code_fingerprint(fn: Callable[..., Any]) -> str:
-    """Qualified name and a hash of what `fn` computes.
+    """Qualified name and a hash of what `fn` computes, the same in every process.
 
-    The hash covers its bytecode, constants (nested functions too), names, defaults and closed-over values;
-    the same function moved or re-defined keeps its fingerprint.
+    The hash covers its bytecode, constants (nested functions too), names, defaults and closed-over plain
+    values; a `functools.partial` is its function and its bound arguments; a callable object is its class's
+    `__call__` and its plain attributes. Values whose text would differ between processes (objects shown
+    with their memory address, sets in hash order) are reduced to their type name or sorted.
     """
-    import hashlib
-    import types
-
+    args: list[Any] = []
+    while isinstance(fn, functools.partial):
+        args.append([_stable(a) for a in fn.args] + [[k, _stable(v)] for k, v in sorted(fn.keywords.items())])
+        fn = fn.func
     target = getattr(fn, "__func__", fn)
+    state: Any = ""
     if not hasattr(target, "__code__"):  # a callable object: its class's __call__, and its state
+        state = [[k, _stable(v)] for k, v in sorted(vars(fn).items())] if hasattr(fn, "__dict__") else ""
         target = type(fn).__call__
     code = getattr(target, "__code__", None)
     name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__qualname__)}"
 
     def parts(c: types.CodeType) -> list[Any]:
-        consts = [parts(k) if isinstance(k, types.CodeType) else repr(k) for k in c.co_consts]
+        consts = [parts(k) if isinstance(k, types.CodeType) else _stable(k) for k in c.co_consts]
         return [c.co_code.hex(), consts, list(c.co_names), c.co_argcount]
 
-    closure = [repr(cell.cell_contents) for cell in getattr(target, "__closure__", None) or ()
-               if isinstance(cell.cell_contents, (int, float, str, bytes, bool, tuple, type(None)))]
-    state = repr(sorted(vars(fn).items())) if not hasattr(fn, "__code__") and hasattr(fn, "__dict__") else ""
-    text = json.dumps([parts(code) if code else repr(fn), repr(getattr(target, "__defaults__", None)), closure,
-                       state], default=repr)
+    closure = [_stable(cell.cell_contents) for cell in getattr(target, "__closure__", None) or ()]
+    defaults = [_stable(d) for d in getattr(target, "__defaults__", None) or ()]
+    text = json.dumps([parts(code) if code else name, defaults, closure, state, args])
     return f"{name} sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _stable(value: Any) -> Any:
+    """`value` as text that is the same in every process.
+
+    Plain values as they are, sets sorted, containers element by element, anything else by its type (its repr
+    may hold a memory address).
+    """
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return repr(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(_stable(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return [_stable(v) for v in value]
+    if isinstance(value, dict):
+        return [[_stable(k), _stable(v)] for k, v in value.items()]
+    return type(value).__qualname__
 
 
 def search(
@@ -511,7 +539,7 @@ def search(
     given = optimizer if isinstance(optimizer, Optimizer) else None
     ref: OptimizerRef = type(given) if given is not None else optimizer  # type: ignore[assignment]
     if given is not None:
-        _check_instance(given, bound, settings)
+        _check_instance(given, bound, settings, directions)
         profiles = _profiles(model, val[0], bound)
     else:
         profiles = check_optimizer(ref, settings, bound, model, val[0], directions=directions, seed=seed)
@@ -523,7 +551,9 @@ def search(
         "params": [[p.name, repr(p.domain)] for p in bound.params], "entropy": entropy,
         "finetune": vars(finetune),
         # a user objective is its code: a resumed run must score its trials with the same function
-        "objective_code": {o.name: _code_fingerprint(o.fn) for o in objectives if o.fn is not None},
+        # keyed by position: every unnamed callable is called "objective" or "<lambda>"
+        "objective_code": {f"{i}:{o.name}": _code_fingerprint(o.fn) for i, o in enumerate(objectives)
+                           if o.fn is not None},
     }
     signature = json.loads(json.dumps(signature))  # tuples -> lists, as run.json reads back
     store = None

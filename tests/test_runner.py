@@ -1,6 +1,9 @@
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -48,15 +51,15 @@ def test_resume_refuses_a_changed_objective_function_and_names_it(tmp_path, tiny
     run(tmp_path, tiny, trials=2, objectives=score, extra_metrics=ZEROS)
     saved = json.loads((tmp_path / "r" / "run.json").read_text())["signature"]["objective_code"]
     # a callable given alone is the objective named "objective"; its code is fingerprinted by qualified name + hash
-    assert list(saved) == ["objective"] and saved["objective"].startswith("test_runner.score sha256:")
+    assert list(saved) == ["0:objective"] and saved["0:objective"].startswith("test_runner.score sha256:")
 
     def edited(m):  # the same function after an edit: same qualified name, another coefficient
         return m["accuracy"] - 0.02 * math.log(m["size_bytes"]) + 1e-6 * m["zeros"]
 
     edited.__qualname__ = score.__qualname__
     for other, named in ((edited, r"score sha256:\w+"), (lambda m: m["accuracy"], r".*\.<lambda> sha256:\w+")):
-        with pytest.raises(RunError, match=rf"objective 'objective' is test_runner\.{named}, the run was scored by "
-                                           + re.escape(saved["objective"])):
+        with pytest.raises(RunError, match=rf"objective '0:objective' is test_runner\.{named}, the run was scored by "
+                                           + re.escape(saved["0:objective"])):
             run(tmp_path, tiny, trials=3, resume=True, objectives=other, extra_metrics=ZEROS)
     assert len((tmp_path / "r" / "trials.jsonl").read_text().splitlines()) == 2  # nothing was evaluated
     resumed = run(tmp_path, tiny, trials=3, resume=True, objectives=score, extra_metrics=ZEROS)
@@ -133,3 +136,20 @@ def test_resume_refuses_a_different_optimizer(tmp_path, tiny):
     run(tmp_path, tiny, trials=2)
     with pytest.raises(RunError, match="own settings; these differ: optimizer"):
         run(tmp_path, tiny, trials=3, resume=True, optimizer="uniform")
+
+
+def test_an_objective_fingerprint_is_the_same_in_every_process():
+    """Partials, set constants and objects with default reprs must not make a resume refuse the same function."""
+    code = (
+        "import functools\n"
+        "from autocomp.runner import _code_fingerprint\n"
+        "def f(m, w=0.1): return m['a'] in {'p', 'q', 'r', 's'}\n"
+        "class C:\n"
+        "    def __init__(self): self.x, self.k = object(), 3\n"
+        "    def __call__(self, m): return 1\n"
+        "print(_code_fingerprint(functools.partial(f, w=0.2)), _code_fingerprint(C()),"
+        " _code_fingerprint(lambda m: m['a'] in {'p', 'q', 'r', 's'}))\n"
+    )
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1 and outs.pop().count("sha256:") == 3

@@ -303,7 +303,9 @@ def prune_channels(model: nn.Module, configs: Mapping[str, Channels], context: C
                 out_width = out.shape[-1] if out.dim() == 3 else out.shape[1]
             except Exception as err:
                 raise AutocompError(f"channel pruning: the model does not run on the example input: {err}") from err
-        with torch.enable_grad(), _deadline(ANALYSIS_SECONDS):  # a worker never hangs in the analysis
+        # no time limit here: a limit would make the same policy compress or fail with the machine's load
+        # (search vs export); the coverage check (`analyse`, before any search) refuses models past it
+        with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
             missing = [n for n in layer_configs if model.get_submodule(n) not in graph.module2node]
             if missing:

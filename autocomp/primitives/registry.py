@@ -86,6 +86,8 @@ def register_primitive(
     if not config_type.NAME or config_type.NAME in CONFIGS and CONFIGS[config_type.NAME] is not config_type:
         raise ValueError(f"primitive name '{config_type.NAME}' is empty or already taken")
     if config_type not in STAGES:
+        if before is not None and before not in CONFIGS:
+            raise ValueError(f"register_primitive: before='{before}' names no primitive (known: {', '.join(CONFIGS)})")
         at = len(STAGES) if before is None else STAGES.index(CONFIGS[before])
         STAGES.insert(at, config_type)
     CONFIGS[config_type.NAME] = config_type
