@@ -7,7 +7,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import transformers
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.pytorch_utils import Conv1D
 
 import autocomp
 from autocomp.artifacts import artifact_meta, load_packed, pack_model
@@ -18,10 +21,6 @@ from autocomp.metrics import accuracy
 from autocomp.outputs import logits
 from autocomp.packed import load_into, pack
 from autocomp.testing.tiny import fast_latency
-
-transformers = pytest.importorskip("transformers")
-from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
-from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 
 class Attention(nn.Module):
