@@ -323,3 +323,22 @@ def test_a_parametrized_weight_is_refused_by_quantize_and_share_with_the_reason(
         assert reasons["2"] is None and "parametrized" in reasons["0"]
         with pytest.raises(SpaceError, match="cannot compress layer '0'.*parametrized"):
             space.bind(model)
+
+
+def test_input_quantization_inside_a_transformer_encoder_is_not_bypassed_by_the_fused_fast_path():
+    """PyTorch's fused encoder path reads linear1.weight and never calls the layer: it must not be taken."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(4, 5, 16)
+    policy = {f"layers.{i}.{name}": {"quantize": {"act_bits": 2}} for i in range(2) for name in ("linear1", "linear2")}
+    compressed = autocomp.compress(model, policy, calibration=(x, torch.zeros(4, dtype=torch.long)))
+    with torch.no_grad():
+        default = compressed(x)
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            ordinary = compressed(x)  # the module path: every QuantizedInput called
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+        assert torch.allclose(default, ordinary, atol=1e-5)
+        assert (default - model(x)).abs().max() > 0.05  # 2-bit inputs change the outputs: they were quantized

@@ -106,6 +106,21 @@ class QuantizedInput(nn.Module):
         return self.layer(x)
 
 
+def _keep_module_path(model: nn.Module, name: str) -> None:
+    """Make the blocks around layer `name` call it as a module, so its input is quantized.
+
+    PyTorch's fused fast path of nn.TransformerEncoderLayer / DecoderLayer (evaluation without gradients)
+    reads `linear1.weight` and friends and never calls the layers: it would skip the input quantizer (and
+    report an accuracy the quantized model does not have). That path runs only while the block's
+    `activation_relu_or_gelu` flag is set; clearing it keeps the ordinary path (which calls `activation`).
+    """
+    parts = name.split(".")
+    for i in range(len(parts)):
+        block = model.get_submodule(".".join(parts[:i]))
+        if getattr(block, "activation_relu_or_gelu", False):
+            block.activation_relu_or_gelu = False
+
+
 def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.Tensor) -> None:
     ranges: dict[int, list[float]] = {}
 
@@ -164,6 +179,7 @@ def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: C
             wrapper = QuantizedInput(module, config.act_bits)
             model.set_submodule(name, wrapper)
             wrappers.append(wrapper)
+            _keep_module_path(model, name)
     for layer in model.modules():  # every layer holding a tied weight gets the one coding
         if layer_kind(layer) is not None and id(weight_of(layer)) in done:
             coding = getattr(done[id(weight_of(layer))], "weight_coding", None)
