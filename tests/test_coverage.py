@@ -25,6 +25,7 @@ from autocomp.primitives.lowrank import (
     tucker2_conv,
 )
 from autocomp.space import SearchSpace
+from autocomp.testing.nets import grouped_net
 
 
 def _rel(want: torch.Tensor, got: torch.Tensor) -> float:
@@ -208,39 +209,9 @@ def test_default_coverage_is_the_primitives_layer_kinds():
 # -- channels on grouped and depthwise convolutions ---------------------------------------------------------
 
 
-class GroupedNet(nn.Module):
-    """A grouped 3x3 conv (groups=4), an SE gate, a depthwise branch and a concatenation."""
-
-    def __init__(self, classes: int = 10, mix_groups: int = 1) -> None:
-        super().__init__()
-        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.grouped, self.bn1 = nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(32)
-        self.se_reduce, self.se_expand = nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)
-        self.dw, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32)
-        self.pw = nn.Conv2d(32, 16, 1)
-        self.side = nn.Conv2d(32, 16, 1)
-        self.mix = nn.Conv2d(32, 24, 3, stride=2, padding=1, groups=mix_groups)
-        self.fc = nn.Linear(24, classes)
-
-    def forward(self, x):
-        x = F.relu(self.bn0(self.stem(x)))
-        x = F.relu(self.bn1(self.grouped(x)))
-        x = x * torch.sigmoid(self.se_expand(F.relu(self.se_reduce(x.mean((2, 3), keepdim=True)))))
-        x = torch.cat([self.pw(F.relu(self.bn2(self.dw(x)))), self.side(x)], 1)
-        return self.fc(F.relu(self.mix(x)).mean((2, 3)))
-
-
-def _grouped_net(seed: int = 0, **kwargs) -> nn.Module:
-    torch.manual_seed(seed)
-    model = GroupedNet(**kwargs)
-    for bn in (model.bn0, model.bn1, model.bn2):  # distinct gammas, so channels rank differently
-        nn.init.uniform_(bn.weight, 0.5, 1.5)
-    return model.eval()
-
-
 @pytest.mark.parametrize("criterion", ["l1", "bn_scale"])
 def test_grouped_depthwise_se_concat_net_runs_at_every_ratio(criterion):
-    model = _grouped_net()
+    model = grouped_net()
     x = torch.randn(2, 3, 16, 16)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     space = SearchSpace.from_dict([{"name": "c", "layers": ["type:Conv2d"],
@@ -260,7 +231,7 @@ def test_grouped_depthwise_se_concat_net_runs_at_every_ratio(criterion):
 
 
 def test_a_grouped_conv_fed_by_a_concatenation_is_refused_by_name():
-    model = _grouped_net(mix_groups=4)
+    model = grouped_net(mix_groups=4)
     space = SearchSpace.from_dict([{"name": "c", "layers": ["type:Conv2d"],
                                     "primitives": {"channels": {"ratio": {"float": [0.0, 0.9]}}}}])
     x = torch.randn(1, 3, 16, 16)
@@ -272,7 +243,7 @@ def test_a_grouped_conv_fed_by_a_concatenation_is_refused_by_name():
 
 
 def test_tiny_search_over_the_grouped_net_has_no_failed_trial(tmp_path):
-    model = _grouped_net()
+    model = grouped_net()
     torch.manual_seed(1)
     x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
     space = SearchSpace.from_dict([
