@@ -228,9 +228,10 @@ def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_setti
     splits = spec_splits(spec, data_dir)
     model = check_model(spec, splits, trust_code=trust_code)
     example = splits.val[0][:1]
+    rows = spec.space.coverage(model, example=example)  # each primitive's checks, once
     if on_coverage is not None:
-        on_coverage(spec.space.coverage(model, example=example))
-    bound = spec.space.bind(model, example=example)  # selector errors and refused layers too
+        on_coverage(rows)
+    bound = spec.space.bind(model, example=example, coverage=rows)  # selector errors and refused layers too
     check_optimizer(optimizer, optimizer_settings, bound, model, splits.val[0][:1],
                     directions=[o.direction for o in spec.objectives], seed=seed)
     return CheckedSearch(optimizer=optimizer, optimizer_settings=optimizer_settings, execution=executing,

@@ -101,6 +101,10 @@ class SearchSpace:
         errors raise a SpaceError; refusals are rows with a reason (`bind` raises on the first).
         """
         modules, selected = self._selected(model)
+        return self._coverage(model, modules, selected, example)
+
+    def _coverage(self, model: Any, modules: dict[str, Any], selected: list[list[str]], example: Any
+                  ) -> list[Coverage]:
         rows: list[Coverage] = []
         for group, layers in zip(self.groups, selected):
             firsts: dict[str, KnobSpec] = {}
@@ -116,18 +120,20 @@ class SearchSpace:
                                          where=spec.where))
         return rows
 
-    def bind(self, model: Any, *, example: Any = None) -> BoundSpace:
+    def bind(self, model: Any, *, example: Any = None, coverage: list[Coverage] | None = None) -> BoundSpace:
         """Resolve selectors against `model` (an nn.Module) into named, typed per-layer params.
 
-        `example` (an input batch) lets primitives that must run the model check their layers (see `coverage`).
+        `example` (an input batch) lets primitives that must run the model check their layers (see `coverage`);
+        `coverage`, rows already computed by `coverage(model, example=...)`, spares running those checks again.
 
         Raises:
             SpaceError: a selector that matches nothing, a layer two groups configure for one primitive, a
                 knob outside its primitive's range, or a layer a primitive refuses (named, with the reason).
         """
         types, selected = self._selected(model)
-        refused = {(row.layer, row.primitive): row.reason for row in self.coverage(model, example=example)
-                   if row.reason is not None}
+        if coverage is None:
+            coverage = self._coverage(model, types, selected, example)
+        refused = {(row.layer, row.primitive): row.reason for row in coverage if row.reason is not None}
         owner: dict[tuple[str, str], str] = {}  # (layer, primitive) -> the one group that configures it
         params: list[Param] = []
         for group, layers in zip(self.groups, selected):
