@@ -242,9 +242,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     pareto = store.read_json("pareto.json")
     if pareto is None:
         raise AutocompError(f"{args.run_dir}: no pareto.json yet (the run has not finished)")
-    rows = [{**t["metrics"], "id": t["id"], "policy": t["policy"], "test_accuracy": t.get("test_accuracy"),
+    metric = pareto.get("metric", "accuracy")  # the task's primary metric (runs before tasks: accuracy)
+    rows = [{**t["metrics"], "id": t["id"], "policy": t["policy"], f"test_{metric}": t.get(f"test_{metric}"),
              "latency_measured_ms": t.get("latency_measured_ms")} for t in pareto["trials"]]
-    print(pareto_table(rows, baseline=pareto["baseline"]))
+    print(pareto_table(rows, baseline=pareto["baseline"], metric=metric))
     if pareto.get("latency_prediction"):
         print(latency_prediction_line(pareto["latency_prediction"]))
     final = store.read_json("final.json")
@@ -252,7 +253,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         print()
         print(final_table(final))
     if args.plot:
-        plot_pareto(store.path / "pareto.png", store.trials(), pareto["trials"], pareto["baseline"],
+        plot_pareto(store.path / "pareto.png", store.trials(), pareto["trials"], pareto["baseline"], y=metric,
                     title=store.path.name)
         print(f"wrote {store.path / 'pareto.png'}")
     if args.json:
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search compression policies for a model")
     p.add_argument("space", nargs="?", help=f"search-space YAML (default: built-in {DEFAULT_SPACE})")
-    p.add_argument("--data-dir", help="dataset folder (the dataset's own, or a parent holding mnist/ ...)")
+    p.add_argument("--data-dir", help="data folder, overriding data.dir (mnist, cifar10: the dataset's own "
+                   "folder or a parent holding mnist/ ...)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                    help="search strategy (default: the file's optimizer.name, else random); its settings come "
                         "from the file's optimizer.<name> block")
@@ -291,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a search-space file, its data and model; writes nothing")
     p.add_argument("space", nargs="?", help=f"search-space YAML (default: built-in {DEFAULT_SPACE})")
-    p.add_argument("--data-dir", help="dataset folder (the dataset's own, or a parent holding mnist/ ...)")
+    p.add_argument("--data-dir", help="data folder, overriding data.dir (mnist, cifar10: the dataset's own "
+                   "folder or a parent holding mnist/ ...)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="check this optimizer's settings instead")
     _add_trust_arg(p)
     _add_execution_args(p)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.layers import attention_kind, layer_kind
+from autocomp.layers import PARAMS, attention_kind, layer_kind
 from autocomp.policy import Policy, PolicyLike
 from autocomp.primitives import MODEL_HANDLERS, STAGES, CompressContext, apply_primitive
 
@@ -21,7 +21,7 @@ def layer_targets(module: nn.Module) -> list[str]:
     An attention module stands for its in-projection, which no layer handler takes: none (its out_proj is a
     layer of its own).
     """
-    if layer_kind(module) == "MultiheadAttention":
+    if layer_kind(module) in ("MultiheadAttention", PARAMS):
         return []
     return [name for name, m in module.named_modules() if isinstance(m, LAYER_TYPES)]
 
@@ -51,8 +51,8 @@ def compress(
             raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
         nested = [other for other in names if other != name and (not name or other.startswith(name + "."))]
         module = model.get_submodule(name)
-        if layer_kind(module) == "MultiheadAttention" or attention_kind(module):
-            nested = []  # attention stands for its in_proj_weight or its heads and is never replaced
+        if layer_kind(module) in ("MultiheadAttention", PARAMS) or attention_kind(module):
+            nested = []  # attention / Params stand for their own tensors (or heads) and are never replaced
         if not name or nested:  # one layer's replacement would move the other out from under it
             raise AutocompError(f"policy names layer '{name}' and layers inside it ({', '.join(nested)}); "
                                 "name leaf layers only")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -11,12 +12,12 @@ from torch import nn
 
 from autocomp.artifacts import artifact_meta, pack_model
 from autocomp.compress import compress
+from autocomp.devices import resolve_device
 from autocomp.early_stop import curve_key
 from autocomp.errors import AutocompError, CandidateInfeasible, CandidateStopped
 from autocomp.finetune import DEFAULT_FINETUNE, FineTuneSpec, finetune_as_evaluated
 from autocomp.latency_table import Conditions, LatencyTable, measure_model, model_key
 from autocomp.metrics import (
-    accuracy,
     count_flops,
     count_params,
     energy_uj,
@@ -26,6 +27,7 @@ from autocomp.metrics import (
 )
 from autocomp.policy import Policy
 from autocomp.runtimes import DEFAULT_LATENCY, LatencySpec, get_runtime
+from autocomp.tasks import CLASSIFICATION, Task
 
 if TYPE_CHECKING:  # a sibling layer: constraints arrive as objects, used by their interface
     from autocomp.objective import Constraint
@@ -40,10 +42,12 @@ class Evaluator(Protocol):
 
 
 class CompressionEvaluator:
-    """compress(model, policy) -> accuracy on the validation data, packed bytes, FLOPs, measured latency.
+    """compress(model, policy) -> the task's metrics on the validation data, packed bytes, FLOPs, latency.
 
     Every number is taken from the compressed model as it runs and the artifact `export` writes:
-    size_bytes is the length of the packed bytes, accuracy is computed with the quantized weights.
+    size_bytes is the length of the packed bytes, the task's metrics (accuracy for classification,
+    perplexity for a language model, ...) are computed with the quantized weights, on the first
+    `val_batches` batches of `eval_batch_size` rows when capped (a cheaper, noisier score).
     `extra_metrics` are user callables `f(compressed_model) -> float` added to the metrics by name.
     With `finetune.epochs` > 0 each candidate is fine-tuned on `train` first (distilling from the model
     when `finetune.kd_alpha` > 0), on one thread so that export rebuilds the very same weights.
@@ -63,8 +67,18 @@ class CompressionEvaluator:
         finetune: FineTuneSpec = DEFAULT_FINETUNE,
         latency_table: LatencyTable | None = None,
         test: tuple[torch.Tensor, torch.Tensor] | None = None,
+        task: Task = CLASSIFICATION,
+        val_batches: int | None = None,
+        eval_batch_size: int = 1000,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.test = test
+        self.task = task
+        self.val_batches, self.eval_batch_size = val_batches, eval_batch_size
+        self.device_setting, self.precision = device, precision
+        self._device: torch.device | None = None  # resolved where the evaluation runs (a Ray worker's own GPU)
+        self._on_device: nn.Module | None = None  # the uncompressed model there: the teacher, the baseline
         if finetune.epochs > 0 and train is None:
             raise AutocompError("fine-tuning needs training data (train=...)")
         self.model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and everything else
@@ -81,12 +95,41 @@ class CompressionEvaluator:
         self.conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
         self.table = latency_table if latency.table else None
         self.model_key = model_key(self.model, self.example)
-        self.baseline_accuracy = accuracy(self.model, data)
+        self.baseline_metrics = self.score(self.uncompressed_on_device(), data)
         self.fp32_bytes = 4 * count_params(self.model)[0]
 
+    @property
+    def device(self) -> torch.device:
+        """The device evaluation and fine-tuning run on here (`device` resolved on this machine)."""
+        if self._device is None:
+            try:
+                self._device = resolve_device(self.device_setting)
+            except ValueError as err:
+                raise AutocompError(f"execution.device: {err}") from None
+        return self._device
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker resolves the device itself (its own GPU) and makes its own copy of the model there
+        return {**self.__dict__, "_device": None, "_on_device": None}
+
+    def uncompressed_on_device(self) -> nn.Module:
+        """The uncompressed model on the evaluation device (the model itself on the CPU)."""
+        if self.device.type == "cpu":
+            return self.model
+        if self._on_device is None:
+            self._on_device = copy.deepcopy(self.model).to(self.device)
+        return self._on_device
+
+    def score(self, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], *,
+              capped: bool = True) -> dict[str, float]:
+        """The task's metrics of `model` (on the device) on `data` (its first `val_batches` batches if `capped`)."""
+        return self.task.evaluate(model, data, batch_size=self.eval_batch_size,
+                                  max_batches=self.val_batches if capped else None, device=self.device,
+                                  precision=self.precision)
+
     def compressed(self, policy: Policy) -> nn.Module:
-        """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it)."""
-        return self._finetuned(self._compress(policy), None)
+        """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it), on the CPU."""
+        return self._finetuned(self._compress(policy).to(self.device), None).cpu()
 
     def structure(self, policy: Policy) -> nn.Module:
         """The compressed model before fine-tuning: the very layers and shapes that run (for timing)."""
@@ -97,7 +140,9 @@ class CompressionEvaluator:
 
     def _finetuned(self, model: nn.Module, after_epoch: Callable[[int, nn.Module], bool] | None) -> nn.Module:
         if self.finetune.epochs > 0 and self.train is not None:
-            finetune_as_evaluated(model, self.train, self.finetune, teacher=self.model, after_epoch=after_epoch)
+            finetune_as_evaluated(model, self.train, self.finetune, teacher=self.uncompressed_on_device(),
+                                  after_epoch=after_epoch, task=self.task, device=self.device,
+                                  precision=self.precision)
         return model
 
     def artifact(self, compressed: nn.Module, policy: Policy) -> bytes:
@@ -132,19 +177,26 @@ class CompressionEvaluator:
                  limits: Sequence[Constraint] = (), split: str = "val") -> dict[str, float]:
         """The metrics of `policy`.
 
-        `split="test"` measures only `test_accuracy` of the model exactly as evaluated (the same compression
-        and fine-tuning), on the `test` rows given at construction: the search's one use of them, for points
-        already chosen.
+        `split="test"` measures only the task's metrics, prefixed `test_` (`test_accuracy`, `test_perplexity`,
+        ...), of the model exactly as evaluated (the same compression and fine-tuning), on all the `test` rows
+        given at construction: the search's one use of them, for points already chosen. `split="val-full"`
+        measures the task's metrics on all of the validation rows (when `val_batches` caps the search's).
 
-        With `bars` (epoch -> accuracy needed to go on), fine-tuning stops a candidate below a bar by raising
-        CandidateStopped (the trial is then `pruned`). With `limits` (resolved constraints), a candidate whose
-        structure already breaks one on a metric of `structure_metrics` raises CandidateInfeasible before
-        it is fine-tuned or scored (the trial is then `infeasible`): a hard budget costs no fine-tuning.
+        With `bars` (epoch -> the task's primary metric needed to go on), fine-tuning stops a candidate on
+        the wrong side of a bar by raising CandidateStopped (the trial is then `pruned`). With `limits`
+        (resolved constraints), a candidate whose structure already breaks one on a metric of
+        `structure_metrics` raises CandidateInfeasible before it is fine-tuned or scored (the trial is then
+        `infeasible`): a hard budget costs no fine-tuning.
         """
         if split == "test":
             if self.test is None:
                 raise AutocompError("no test data to measure on (test=...)")
-            return {"test_accuracy": accuracy(self.compressed(policy), self.test)}
+            tuned = self._finetuned(self._compress(policy).to(self.device), None)
+            measured = self.score(tuned, self.test, capped=False)
+            return {f"test_{name}": value for name, value in measured.items()}
+        if split == "val-full":  # a capped search's front, scored again on all of the validation data
+            tuned = self._finetuned(self._compress(policy).to(self.device), None)
+            return self.score(tuned, self.data, capped=False)
         compressed = self._compress(policy)
         structure = self.structure_metrics(compressed)
         broken = [c for c in limits if c.metric in structure and c.violation(structure) > 0]
@@ -152,22 +204,30 @@ class CompressionEvaluator:
             raise CandidateInfeasible("outside the constraints before fine-tuning: "
                                       + ", ".join(_outside(c, structure[c.metric]) for c in broken), structure)
         learning: dict[str, float] = {}
+        primary = self.task.PRIMARY
+        maximize = self.task.METRICS[primary] == "maximize"
 
         def after_epoch(epoch: int, model: nn.Module) -> bool:
-            learning[curve_key(epoch)] = accuracy(model, self.data)
+            value = learning[curve_key(epoch, primary)] = self.score(model, self.data)[primary]
             bar = (bars or {}).get(epoch)
-            if bar is not None and learning[curve_key(epoch)] < bar:
-                raise CandidateStopped(f"pruned after {epoch} fine-tuning epochs: validation accuracy "
-                                       f"{learning[curve_key(epoch)]:.4f} < {bar:.4f}", learning)
+            if bar is not None and (value < bar if maximize else value > bar):
+                raise CandidateStopped(f"pruned after {epoch} fine-tuning epochs: validation {primary} "
+                                       f"{value:.4f} {'<' if maximize else '>'} {bar:.4f}", learning)
             return True
 
-        self._finetuned(compressed, after_epoch if self.finetune.epochs > 1 else None)
-        acc = accuracy(compressed, self.data)
+        self._finetuned(compressed.to(self.device), after_epoch if self.finetune.epochs > 1 else None)
+        scored = self.score(compressed, self.data)
+        compressed.cpu()  # the artifact, FLOPs and energy are the CPU model's
+        bad = sorted(name for name, value in scored.items() if not math.isfinite(value))
+        if bad:
+            raise AutocompError(f"the {self.task.NAME} task's metrics are not finite: "
+                                + ", ".join(f"{name}={scored[name]}" for name in bad))
         size = len(self.artifact(compressed, policy))
         _, sparse_flops = count_flops(compressed, self.example)
+        if "accuracy" in scored and "accuracy" in self.baseline_metrics:
+            scored["accuracy_drop"] = self.baseline_metrics["accuracy"] - scored["accuracy"]
         metrics = {
-            "accuracy": acc,
-            "accuracy_drop": self.baseline_accuracy - acc,
+            **scored,
             "size_bytes": size,
             "compression_ratio": self.fp32_bytes / size,
             "params": count_params(compressed)[1],

@@ -4,7 +4,8 @@ The search scores candidates after short fine-tuning; the points worth shipping 
 Compression gave its models: longer retraining (distilled from the original when kd_alpha > 0), pruning
 reached in steps with retraining between them (`iterations`). Every choice is made on the validation split:
 which points to retrain (spread along the front, or the ones named), and which retrained point is
-`selected` (the smallest within `tolerance` of the uncompressed model's validation accuracy). Only then is
+`selected` (the smallest within `tolerance` of the uncompressed model's validation value of the task's
+primary metric: accuracy for classification, perplexity for a language model...). Only then is
 the test split measured, once per retrained point, and reported as it falls. Each finalized model is
 written as a packed artifact whose length is the size reported for it.
 """
@@ -25,12 +26,13 @@ from autocomp.artifacts import artifact_meta, pack_model, write_bytes
 from autocomp.compress import compress
 from autocomp.errors import RunError
 from autocomp.finetune import FineTuneSpec, finetune_as_evaluated
-from autocomp.metrics import accuracy, count_params
+from autocomp.metrics import count_params
 from autocomp.policy import Policy
 from autocomp.primitives import Prune
 from autocomp.report import pareto_table
 from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec
 from autocomp.store import write_atomic
+from autocomp.tasks import CLASSIFICATION, Task, get_task
 
 FINAL = "final.json"
 
@@ -57,7 +59,8 @@ def choose(front: list[dict[str, Any]], top: int, ids: list[int] | None) -> list
 
 
 def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
-            iterations: int, calibration: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+            iterations: int, calibration: tuple[torch.Tensor, torch.Tensor],
+            task: Task = CLASSIFICATION) -> nn.Module:
     """Iterative prune and retrain, ending with the whole policy applied and retrained.
 
     Iterations-1 steps of pruning only (ratios i/iterations of the policy's), each retrained for
@@ -67,22 +70,28 @@ def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.T
     for i in range(1, iterations):
         current = compress(current, pruning_only(policy, i / iterations), example=calibration[0][:1],
                            calibration=calibration)
-        finetune_as_evaluated(current, train, replace(spec, epochs=step_epochs), teacher=model)
+        finetune_as_evaluated(current, train, replace(spec, epochs=step_epochs), teacher=model, task=task)
     final = compress(current, policy, example=calibration[0][:1], calibration=calibration)
     remaining = max(1, spec.epochs - step_epochs * (iterations - 1))
-    return finetune_as_evaluated(final, train, replace(spec, epochs=remaining), teacher=model)
+    return finetune_as_evaluated(final, train, replace(spec, epochs=remaining), teacher=model, task=task)
 
 
-def select(rows: list[dict[str, Any]], baseline_accuracy: float, tolerance: float) -> dict[str, Any]:
+def select(rows: list[dict[str, Any]], baseline_value: float, tolerance: float, metric: str = "accuracy",
+           maximize: bool = True) -> dict[str, Any]:
     """The retrained point to ship, chosen on validation only.
 
-    The smallest whose validation accuracy is within `tolerance` of the uncompressed model's; if none is,
-    the most accurate.
+    The smallest whose validation `metric` is within `tolerance` (in the metric's units) of the uncompressed
+    model's; if none is, the best by that metric.
     """
-    within = [r for r in rows if r["accuracy"] >= baseline_accuracy - tolerance]
+    sign = 1.0 if maximize else -1.0
+    within = [r for r in rows if sign * r[metric] >= sign * baseline_value - tolerance]
     if within:
         return min(within, key=lambda r: r["size_bytes"])
-    return max(rows, key=lambda r: r["accuracy"])
+    return max(rows, key=lambda r: sign * r[metric])
+
+
+def _shown(value: float, metric: str) -> str:
+    return f"{100 * value:.2f}%" if metric.endswith("accuracy") else f"{value:.4g}"
 
 
 def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[int] | None = None,
@@ -91,9 +100,9 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
                  log=print) -> list[dict[str, Any]]:
     """Retrain the chosen Pareto points of a finished CLI run, select one on validation, test, export.
 
-    Writes final.json: the retrained rows (validation accuracy, then test accuracy measured after the
-    selection), `selected` (the id `select` chose with `tolerance`, on validation) and the uncompressed
-    baseline measured the same way (validation and test accuracy of the model as trained).
+    Writes final.json: the retrained rows (the task's validation metrics, then its test metrics measured
+    after the selection), `selected` (the id `select` chose with `tolerance` on the task's primary metric,
+    on validation) and the uncompressed baseline measured the same way (the model as trained).
     `schedule` "cosine" (default) lets each retraining step's lr decay to 0, so the weights settle at
     the end instead of stopping mid-stride at a constant lr; "constant" keeps the run's lr throughout.
     `optimizer` (adam | sgd, with momentum 0.9) defaults to the run's finetune.optimizer.
@@ -105,6 +114,9 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no pareto.json yet (the run has not finished)") from None
     chosen = choose(pareto["trials"], top, trial_ids)
+    task = get_task(info.get("task", "classification"))
+    metric = task.PRIMARY
+    maximize = task.METRICS[metric] == "maximize"
     splits = load_run_splits(run_dir)
     model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
     tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none", schedule=schedule,
@@ -118,40 +130,42 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     for trial in chosen:
         start = time.perf_counter()
         policy = Policy.from_dict(trial["policy"])
-        final = retrain(model, policy, splits.train, tuning, iterations=iterations, calibration=calibration)
+        final = retrain(model, policy, splits.train, tuning, iterations=iterations, calibration=calibration,
+                        task=task)
         meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
         path = out_dir / f"trial-{trial['id']}.acz"
         size = write_bytes(path, pack_model(final, meta, entropy=info["signature"].get("entropy", False)))
         row = {"id": trial["id"], "policy": trial["policy"], "size_bytes": size,
-               "compression_ratio": fp32_bytes / size, "accuracy": accuracy(final, splits.val),
-               "search_accuracy": trial["metrics"]["accuracy"], "artifact": str(path),
+               "compression_ratio": fp32_bytes / size, **task.evaluate(final, splits.val),
+               f"search_{metric}": trial["metrics"][metric], "artifact": str(path),
                "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
         models[row["id"]] = final
-        log(f"trial {trial['id']}: val {row['search_accuracy']:.4f} -> {row['accuracy']:.4f}, "
+        log(f"trial {trial['id']}: val {metric} {row[f'search_{metric}']:.4f} -> {row[metric]:.4f}, "
             f"{size:,} B ({row['compression_ratio']:.1f}x) -> {path}")
     # the uncompressed model's packed file, as the search's baseline row: every size here is a file's length
     unpacked = len(pack_model(model, artifact_meta(info["model_ref"], Policy.of({}), info["input_shape"]),
                               entropy=info["signature"].get("entropy", False)))
-    baseline = {"accuracy": accuracy(model, splits.val), "size_bytes": unpacked,
+    baseline = {**task.evaluate(model, splits.val), "size_bytes": unpacked,
                 "compression_ratio": fp32_bytes / unpacked}
-    selected = select(rows, baseline["accuracy"], tolerance)
+    selected = select(rows, baseline[metric], tolerance, metric, maximize)
     # the choice is made: now, and only now, the test split (once per model, reported as it falls)
-    baseline["test_accuracy"] = accuracy(model, splits.test)
-    for row in rows:
-        row["test_accuracy"] = accuracy(models[row["id"]], splits.test)
-    within = selected["accuracy"] >= baseline["accuracy"] - tolerance
+    for row, tested in [(baseline, model), *((row, models[row["id"]]) for row in rows)]:
+        row.update({f"test_{name}": value for name, value in task.evaluate(tested, splits.test).items()})
+    sign = 1.0 if maximize else -1.0
+    within = sign * selected[metric] >= sign * baseline[metric] - tolerance
     rule = "the smallest within" if within else "none is within"
-    log(f"selected on validation ({rule} {100 * tolerance:.2g} pt of the baseline's "
-        f"{100 * baseline['accuracy']:.2f}%{'' if within else ': the most accurate'}): trial {selected['id']}, "
-        f"{selected['compression_ratio']:.1f}x, "
-        f"val {100 * selected['accuracy']:.2f}%, test {100 * selected['test_accuracy']:.2f}% (baseline test "
-        f"{100 * baseline['test_accuracy']:.2f}%)")
+    log(f"selected on validation ({rule} {tolerance:.2g} of the baseline's {metric} "
+        f"{_shown(baseline[metric], metric)}{'' if within else ': the best'}): trial {selected['id']}, "
+        f"{selected['compression_ratio']:.1f}x, val {_shown(selected[metric], metric)}, "
+        f"test {_shown(selected[f'test_{metric}'], metric)} (baseline test "
+        f"{_shown(baseline[f'test_{metric}'], metric)})")
     doc = {"settings": {"epochs": epochs, "iterations": iterations, "tolerance": tolerance,
                         "finetune": vars(tuning)},
+           "task": task.NAME, "metric": metric,
            "baseline": baseline, "selected": selected["id"],
-           "selection": "on validation: the smallest retrained point within tolerance of the baseline's "
-                        "validation accuracy, else the most accurate; test measured after",
+           "selection": f"on validation: the smallest retrained point within tolerance of the baseline's "
+                        f"validation {metric}, else the best; test measured after",
            "trials": rows}
     write_atomic(run_dir / FINAL, json.dumps(doc, indent=1) + "\n")
     log(final_table(doc))
@@ -161,7 +175,7 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
 def final_table(doc: dict[str, Any]) -> str:
     """The finalized rows after the uncompressed baseline (both measured as they are), and the selection."""
     text = ("finalized (retrained; every row, the baseline too, measured on validation, then once on test):\n"
-            + pareto_table(doc["trials"], baseline=doc["baseline"]))
+            + pareto_table(doc["trials"], baseline=doc["baseline"], metric=doc.get("metric", "accuracy")))
     if doc.get("selected") is not None:
         text += f"\nselected on validation: trial {doc['selected']}"
     return text

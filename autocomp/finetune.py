@@ -23,13 +23,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocomp.devices import autocast
 from autocomp.early_stop import RULES as EARLY_STOP_RULES
 from autocomp.layers import layer_kind, weight_name, weight_of
 from autocomp.metrics import torch_threads
-from autocomp.outputs import IGNORE_INDEX, logits, per_position
 from autocomp.packed import CodebookCoding, WeightCoding
 from autocomp.schema import integer, non_negative, one_of, optional, positive, setting, unit
 from autocomp.schema.rules import MAX_SEED
+from autocomp.tasks import CLASSIFICATION, Task
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -80,13 +81,15 @@ class _Masked(nn.Module):
 
 
 class _FakeQuantized(nn.Module):
-    """Forward: the weight's `bits`-bit code times the fixed per-channel scale; backward: identity."""
+    """Forward: the weight's `bits`-bit code times its fixed channel or group scale; backward: identity."""
 
     def __init__(self, keep: torch.Tensor, coding: WeightCoding) -> None:
         super().__init__()
         self.bits = coding.bits
         self.register_buffer("keep", keep)
-        self.register_buffer("scale", coding.scale.view(-1, *([1] * (keep.dim() - 1))).clone())
+        # each weight's scale (per channel: broadcast over a row; group-wise: the weight's own shape), so the
+        # trained codes stay on the grid the packed file stores
+        self.register_buffer("scale", coding.scales(keep.shape).clone())
 
     def exact(self, w: torch.Tensor) -> torch.Tensor:
         if self.bits == 1:  # sign codes: zeros only where pruned
@@ -113,7 +116,7 @@ class _Codebook(nn.Module):
         self.initial = coding.codebook.clone()
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
-        return self.initial.clone()  # the stored tensor is the codebook, not the weight
+        return self.initial.clone().to(w.device)  # the stored tensor is the codebook, not the weight
 
     def forward(self, codebook: torch.Tensor) -> torch.Tensor:
         return torch.where(self.keep, codebook[self.index], 0.0)
@@ -145,7 +148,9 @@ def _constrain(model: nn.Module) -> list[nn.Module]:
             rule = _FakeQuantized(_keep_mask(layer), coding)
         else:
             rule = _Masked(_keep_mask(layer))
-        parametrize.register_parametrization(layer, weight_name(layer), rule, unsafe=True)
+        # the rule's buffers where the weight is (a model fine-tuned on a GPU)
+        parametrize.register_parametrization(layer, weight_name(layer), rule.to(weight_of(layer).device),
+                                             unsafe=True)
         constrained.append(layer)
     return constrained
 
@@ -161,7 +166,7 @@ def _release(layers: list[nn.Module]) -> None:
         with torch.no_grad():
             weight_of(layer).copy_(exact)
         if isinstance(rule, _Codebook):
-            layer.weight_coding = replace(layer.weight_coding, codebook=original.clone())
+            layer.weight_coding = replace(layer.weight_coding, codebook=original.cpu().clone())  # packed on the CPU
 
 
 def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Tensor:
@@ -170,7 +175,7 @@ def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Ten
     Per layer: l1 x mean |w| + group_lasso x (sum over output channels of ||w_channel||_2) / sqrt(numel)
     (group lasso as in Wen et al. 2016), normalised so that one setting suits layers of any size.
     """
-    total = torch.zeros(())
+    total = torch.zeros((), device=weight_of(layers[0]).device if layers else None)
     for layer in layers:
         w = weight_of(layer)
         if l1:
@@ -184,20 +189,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
                       temperature: float) -> torch.Tensor:
     """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs.
 
-    As in Hinton et al. 2015: T^2 keeps the soft term's gradients on the scale of the hard one. Per-position
-    logits (B, T, C) with labels (B, T) count every position; labels of -100 are ignored by both terms.
+    The classification task's distillation loss (`autocomp.tasks.Classification.distillation_loss`).
     """
-    student, labels = per_position(student, labels)
-    teacher = teacher.reshape(student.shape)
-    hard = nn.functional.cross_entropy(student, labels, ignore_index=IGNORE_INDEX)
-    if alpha <= 0:
-        return hard
-    if labels.dim() == 1 and bool((labels == IGNORE_INDEX).any()):
-        student, teacher = student[labels != IGNORE_INDEX], teacher[labels != IGNORE_INDEX]
-    soft = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
-                                nn.functional.log_softmax(teacher / temperature, dim=1),
-                                reduction="batchmean", log_target=True)
-    return (1 - alpha) * hard + alpha * temperature**2 * soft
+    return CLASSIFICATION.distillation_loss(student, teacher, labels, alpha=alpha, temperature=temperature)
 
 
 def finetune(
@@ -207,11 +201,16 @@ def finetune(
     *,
     teacher: nn.Module | None = None,
     after_epoch: Callable[[int, nn.Module], bool] | None = None,
+    task: Task = CLASSIFICATION,
+    device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> int:
     """Fine-tune `model` in place for `spec.epochs` epochs (each at most `spec.steps` batches).
 
-    `teacher` (used when spec.kd_alpha > 0) gives the soft targets. `after_epoch(epoch, model)` is called
-    with the model in eval mode after each epoch; returning False stops early (multi-fidelity).
+    The loss is `task`'s (its distillation loss when spec.kd_alpha > 0, with `teacher`'s outputs as the
+    soft targets). `model` (and `teacher`) are already on `device`; each batch is moved there, and the forward
+    passes run under autocast at `precision` (fp16 with a gradient scaler, on CUDA). `after_epoch(epoch,
+    model)` is called with the model in eval mode after each epoch; returning False stops early.
     Returns the number of epochs run. Seeded by spec.seed: the same call gives the same weights.
     """
     if spec.epochs <= 0:
@@ -224,6 +223,9 @@ def finetune(
     else:
         optimizer = torch.optim.Adam(trainable, lr=spec.lr)
     use_teacher = teacher is not None and spec.kd_alpha > 0
+    where = device or torch.device("cpu")
+    # fp16 gradients underflow without loss scaling; the scaler is a no-op when disabled
+    scaler = torch.amp.GradScaler(where.type, enabled=precision == "fp16" and where.type == "cuda")
     x, y = data
     per_epoch = math.ceil(len(y) / spec.batch_size)
     planned = spec.epochs * (min(per_epoch, spec.steps) if spec.steps is not None else per_epoch)
@@ -240,19 +242,22 @@ def finetune(
                 if spec.steps is not None and k >= spec.steps:
                     break
                 index = order[start : start + spec.batch_size]
-                out = logits(model(x[index]))
-                if use_teacher:
-                    with torch.no_grad():
-                        soft = logits(teacher(x[index]))
-                    loss = distillation_loss(out, soft, y[index], alpha=spec.kd_alpha,
-                                             temperature=spec.temperature)
-                else:
-                    loss = nn.functional.cross_entropy(*per_position(out, y[index]), ignore_index=IGNORE_INDEX)
+                inputs, targets = x[index].to(where), y[index].to(where)
+                with autocast(where, precision):
+                    out = model(inputs)
+                    if use_teacher:
+                        with torch.no_grad():
+                            soft = teacher(inputs)
+                        loss = task.distillation_loss(out, soft, targets, alpha=spec.kd_alpha,
+                                                      temperature=spec.temperature)
+                    else:
+                        loss = task.loss(out, targets)
                 if spec.l1 or spec.group_lasso:
                     loss = loss + penalty(layers, spec.l1, spec.group_lasso)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 if schedule is not None:
                     schedule.step()
             epochs_run = epoch + 1
@@ -269,7 +274,9 @@ def finetune(
 
 def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
                           teacher: nn.Module,
-                          after_epoch: Callable[[int, nn.Module], bool] | None = None) -> nn.Module:
+                          after_epoch: Callable[[int, nn.Module], bool] | None = None,
+                          task: Task = CLASSIFICATION, device: torch.device | None = None,
+                          precision: str = "fp32") -> nn.Module:
     """Fine-tune a candidate exactly as the evaluator does, on one thread.
 
     One thread, so that any machine (a Ray worker, the export command) computes the very same weights;
@@ -277,7 +284,8 @@ def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     it), unless it stops the run.
     """
     with torch_threads(1):
-        finetune(model, data, spec, teacher=teacher if spec.kd_alpha > 0 else None, after_epoch=after_epoch)
+        finetune(model, data, spec, teacher=teacher if spec.kd_alpha > 0 else None, after_epoch=after_epoch,
+                 task=task, device=device, precision=precision)
     return model
 
 

@@ -52,9 +52,18 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+# the built-in tasks' primary metrics, for a run that has no pareto.json yet (run.json names only the task)
+TASK_METRICS = {"classification": "accuracy", "language-model": "perplexity", "regression": "mse"}
+# metrics better when lower, where the run's objectives do not say (a primary metric that is no objective)
+MINIMIZED = ("perplexity", "mse", "mae", "loss")
+
+
 def _is_pct(name: str) -> bool:
-    return name in ("accuracy", "test_accuracy", "search_accuracy", "search_test_accuracy", "accuracy_drop") \
-        or name.startswith("accuracy@")
+    """Accuracy-like names read as percentages: `*accuracy`, `*accuracy_drop`, with test_/search_ and @N."""
+    base = name.split("@", 1)[0]
+    while base.startswith(("test_", "search_")):
+        base = base.split("_", 1)[1]
+    return base.endswith(("accuracy", "accuracy_drop"))
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -167,6 +176,17 @@ def _objectives(run: Mapping[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _metric(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str]]) -> tuple[str, bool]:
+    """The run's primary metric and whether higher is better (runs from before tasks: accuracy)."""
+    metric = (run["pareto"] or {}).get("metric")
+    if not isinstance(metric, str) or not metric:
+        metric = TASK_METRICS.get(str(run["info"].get("task", "classification")), "accuracy")
+    direction = next((o["direction"] for o in objectives if o["name"] == metric), None)
+    if direction is None:
+        return metric, not (metric in MINIMIZED or metric.endswith(("_loss", "_error")))
+    return metric, direction == "maximize"
+
+
 def _value(trial: Mapping[str, Any], name: str, objectives: Sequence[Mapping[str, str]]) -> float | None:
     """A metric of a trial, or an objective's value (a user-function objective is only in `values`)."""
     metrics = trial.get("metrics") or {}
@@ -180,20 +200,24 @@ def _value(trial: Mapping[str, Any], name: str, objectives: Sequence[Mapping[str
 
 
 def _pairs(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
-    """(x, y) metric pairs to plot: accuracy vs size_bytes when the run has both, then the objective pairs."""
+    """(x, y) metric pairs to plot: the primary metric vs size_bytes when the run has both, then objective pairs.
+
+    The primary metric goes on y wherever it is one of the two.
+    """
+    metric = run["metric"]
     have = set(run["pareto"]["baseline"]) if run["pareto"] else set()
     for t in run["trials"]:
         have |= set(t.get("metrics") or {})
     have |= {o["name"] for o in objectives}
     pairs = []
-    if {"accuracy", "size_bytes"} <= have:
-        pairs.append(("size_bytes", "accuracy"))
+    if {metric, "size_bytes"} <= have:
+        pairs.append(("size_bytes", metric))
     names = [o["name"] for o in objectives]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             # the maximized one goes up, so "up and left" or "up and right" reads as better
-            y, x = (a, b) if objectives[i]["direction"] == "maximize" or b == "accuracy" else (b, a)
-            if y == "size_bytes" or x == "accuracy":
+            y, x = (a, b) if objectives[i]["direction"] == "maximize" or a == metric else (b, a)
+            if y == "size_bytes" or x == metric:
                 x, y = y, x
             if (x, y) not in pairs:
                 pairs.append((x, y))
@@ -209,8 +233,9 @@ class _Axis:
     """A linear or log scale from data values to pixels; log when all values are positive and span >= 20x."""
 
     def __init__(self, name: str, values: Iterable[float], lo_px: float, hi_px: float, log: bool | None = None,
-                 integer: bool = False):
+                 integer: bool = False, title: str | None = None):
         self.integer = integer  # whole-number ticks only (epochs, trial numbers)
+        self.title = title  # the axis title, where the metric's name alone does not say enough
         vals = [v for v in values if v is not None and math.isfinite(v)]
         self.name, self.lo_px, self.hi_px = name, lo_px, hi_px
         positive = bool(vals) and min(vals) > 0
@@ -252,9 +277,16 @@ class _Axis:
 
 
 def _axis_title(name: str, axis: _Axis) -> str:
-    words = {"size_bytes": "size_bytes (packed artifact)", "accuracy": "validation accuracy",
-             "latency_ms": "latency_ms", "id": "trial"}.get(name, name)
+    words = axis.title or {"size_bytes": "size_bytes (packed artifact)", "accuracy": "validation accuracy",
+                           "latency_ms": "latency_ms", "id": "trial"}.get(name, name)
     return words + (" (log scale)" if axis.log else "")
+
+
+def _metric_title(run: Mapping[str, Any], name: str) -> str | None:
+    """The axis title of the run's primary metric (saying so when lower is better), None for other names."""
+    if name != run["metric"]:
+        return None
+    return f"validation {name}" + ("" if run["maximize"] else " (lower is better)")
 
 
 def _frame(x: _Axis, y: _Axis, width: int, height: int, left: int, top: int) -> list[str]:
@@ -301,8 +333,9 @@ def scatter_svg(run: Mapping[str, Any], x_name: str, y_name: str, objectives: Se
     width, height, left, top = 700, 380, 78, 14
     xs = [p[1] for p in points] + ([bx] if bx is not None else [])
     ys = [p[2] for p in points] + ([by] if by is not None else [])
-    x = _Axis(x_name, xs, left, left + width, log=None if x_name != "id" else False, integer=x_name == "id")
-    y = _Axis(y_name, ys, top + height, top)
+    x = _Axis(x_name, xs, left, left + width, log=None if x_name != "id" else False, integer=x_name == "id",
+              title=_metric_title(run, x_name))
+    y = _Axis(y_name, ys, top + height, top, title=_metric_title(run, y_name))
     out = [f'<svg class="chart scatter" viewBox="0 0 {left + width + 20} {top + height + 50}" '
            f'data-x="{esc(x_name)}" data-y="{esc(y_name)}" role="img" '
            f'aria-label="{esc(y_name)} against {esc(x_name)}">']
@@ -415,30 +448,31 @@ def policy_bars_svg(policy: Mapping[str, Any], series: Sequence[tuple[str, str]]
     return "\n".join(out)
 
 
-def _full_curve(trial: Mapping[str, Any], epochs: int | None) -> list[tuple[int, float]]:
-    """A trial's accuracy@N points, plus the last epoch of a complete trial.
+def _full_curve(trial: Mapping[str, Any], epochs: int | None, metric: str = "accuracy") -> list[tuple[int, float]]:
+    """A trial's `<metric>@N` points (e.g. accuracy@N, perplexity@N), plus the last epoch of a complete trial.
 
-    The last epoch's point is the trial's `accuracy`: the journal has no accuracy@last, the trial's score is
-    that value.
+    The last epoch's point is the trial's `<metric>`: the journal has no `<metric>@last`, the trial's score
+    is that value.
     """
     metrics = trial.get("metrics") or {}
-    points = curve(metrics)
-    last = _num(metrics.get("accuracy"))
+    points = curve(metrics, metric)
+    last = _num(metrics.get(metric))
     if points and trial.get("status") == "complete" and last is not None and epochs and epochs > max(points):
         points[epochs] = last
     return sorted(points.items())
 
 
 def curves_svg(run: Mapping[str, Any]) -> str:
-    """Validation accuracy after each fine-tuning epoch: every trial faint, front trials in colour."""
+    """The validation primary metric after each fine-tuning epoch: every trial faint, front trials in colour."""
     front_ids = [t["id"] for t in run["front"]]
-    curves = [(t, _full_curve(t, run["epochs"])) for t in run["trials"]]
+    metric = run["metric"]
+    curves = [(t, _full_curve(t, run["epochs"], metric)) for t in run["trials"]]
     curves = [(t, c) for t, c in curves if c and all(_num(v) is not None for _, v in c)]
     if not curves:
         return ""
     width, height, left, top = 700, 320, 78, 14
     x = _Axis("epoch", [e for _, c in curves for e, _ in c] + [1], left, left + width, log=False, integer=True)
-    y = _Axis("accuracy", [v for _, c in curves for _, v in c], top + height, top)
+    y = _Axis(metric, [v for _, c in curves for _, v in c], top + height, top, title=_metric_title(run, metric))
     out = [f'<svg class="chart curves" viewBox="0 0 {left + width + 20} {top + height + 50}" role="img" '
            f'aria-label="learning curves">']
     out += _frame(x, y, width, height, left, top)
@@ -532,8 +566,9 @@ def _section(anchor: str, title: str, body: str, note: str = "") -> str:
     return f'<section id="{anchor}"><h2>{esc(title)}</h2>{note_html}{body}</section>'
 
 
-def _metric_columns(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Mapping[str, str]]) -> list[str]:
-    wanted = ["accuracy", "size_bytes", "compression_ratio", "flops", "latency_ms"]
+def _metric_columns(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Mapping[str, str]],
+                    metric: str = "accuracy") -> list[str]:
+    wanted = [metric, "size_bytes", "compression_ratio", "flops", "latency_ms"]
     wanted += [o["name"] for o in objectives if o["name"] not in wanted]
     return [c for c in wanted if any(_num((r.get("metrics") or {}).get(c)) is not None for r in rows)]
 
@@ -562,15 +597,17 @@ def _front_section(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str
         options = "".join(f'<option value="{i}">{esc(y)} vs {esc(x)}</option>' for i, (x, y) in enumerate(pairs))
         select = f'<label class="pairsel">axes <select id="ac-pair">{options}</select></label>'
     front = run["front"]
+    metric = run["metric"]
+    test_key = f"test_{metric}"
     rows = [{"id": "fp32", "metrics": pareto["baseline"], "policy": None,
-             "test_accuracy": pareto["baseline"].get("test_accuracy")}] + list(front)
-    columns = _metric_columns(rows, objectives)
+             test_key: pareto["baseline"].get(test_key)}] + list(front)
+    columns = _metric_columns(rows, objectives, metric)
     measured = any(_num(t.get("latency_measured_ms")) is not None for t in front)
     if measured and "latency_ms" in columns:  # the baseline's latency_ms was measured: show it as such
         rows[0] = {**rows[0], "latency_measured_ms": pareto["baseline"].get("latency_ms"),
                    "metrics": {**pareto["baseline"], "latency_ms": pareto["baseline"].get("latency_predicted_ms")}}
-    tested = any(_num(t.get("test_accuracy")) is not None for t in rows)
-    renames = {"accuracy": "validation accuracy", "latency_ms": "latency_ms (predicted)" if measured else "latency_ms"}
+    tested = any(_num(t.get(test_key)) is not None for t in rows)
+    renames = {metric: f"validation {metric}", "latency_ms": "latency_ms (predicted)" if measured else "latency_ms"}
     header = ["trial", *(renames.get(c, c) for c in columns)]
     classes = ["", *("" for _ in columns)]
     if measured:
@@ -595,7 +632,7 @@ def _front_section(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str
                          + "<br>".join(f"<b>{esc(layer)}</b> {esc(s)}" for layer, s in policy_lines(r["policy"]))
                          + "</a>")
         if tested:
-            cells.append(esc(fmt("test_accuracy", r.get("test_accuracy"))))
+            cells.append(esc(fmt(test_key, r.get(test_key))))
         body.append(cells)
         attrs.append(f'class="{"base" if r["policy"] is None else "frontrow"}" data-id="{esc(r["id"])}"')
     table = _table(header, body, cls="front", raw=True, row_attrs=attrs, head_cls=classes)
@@ -611,6 +648,7 @@ def _policy_section(run: Mapping[str, Any]) -> str:
     if not front:
         return ""
     series = _bar_series(run)
+    metric = run["metric"]
     scales = {}
     for key in series:
         if key not in KNOB_VIEWS:
@@ -629,7 +667,7 @@ def _policy_section(run: Mapping[str, Any]) -> str:
         rows = [[layer, *(_knob_text(k, _knob(policy, layer, k)) for k in series)] for layer in policy]
         attrs = [f'class="layer-row" data-layer="{esc(layer)}"' for layer in policy]
         table = _table(header, rows, cls="policy", row_attrs=attrs)
-        title = (f"trial {esc(t['id'])}: val {esc(fmt('accuracy', metrics.get('accuracy')))}, "
+        title = (f"trial {esc(t['id'])}: val {esc(fmt(metric, metrics.get(metric)))}, "
                  f"{esc(fmt('size_bytes', metrics.get('size_bytes')))} B, "
                  f"{esc(fmt('compression_ratio', metrics.get('compression_ratio')))}")
         bars = policy_bars_svg(policy, series, scales)
@@ -646,10 +684,13 @@ def _curves_section(run: Mapping[str, Any]) -> str:
     if not svg:
         return ""
     counts: dict[str, int] = {}
+    metric = run["metric"]
     for t in run["trials"]:
-        if curve(t.get("metrics") or {}):
+        if curve(t.get("metrics") or {}, metric):
             counts[str(t.get("status"))] = counts.get(str(t.get("status")), 0) + 1
-    note = ("Validation accuracy after each fine-tuning epoch (<code>accuracy@N</code> in trials.jsonl). "
+    better = "" if run["maximize"] else " (lower is better)"
+    note = (f"Validation {esc(metric)}{better} after each fine-tuning epoch (<code>{esc(metric)}@N</code> in "
+            "trials.jsonl). "
             "Front trials in colour; trials stopped early (<code>pruned</code>) dashed. "
             + esc(", ".join(f"{n} {status}" for status, n in sorted(counts.items()))))
     return _section("curves", "Learning curves (fine-tuning)", svg, note)
@@ -766,17 +807,18 @@ def _final_section(run: Mapping[str, Any]) -> str:
     final = run["final"]
     if not isinstance(final, Mapping) or not final.get("trials"):
         return ""
-    header = ["trial", "val accuracy at search", "val accuracy retrained", "size_bytes", "ratio", "policy",
+    metric = str(final["metric"] if isinstance(final.get("metric"), str) else run["metric"])
+    header = ["trial", f"val {metric} at search", f"val {metric} retrained", "size_bytes", "ratio", "policy",
               "artifact", "seconds", TEST_COLUMN]
     classes = ["", "", "", "", "", "policy", "", "", "test"]
     rows = []
     for r in final["trials"]:
-        rows.append([esc(r.get("id")), esc(fmt("accuracy", r.get("search_accuracy"))),
-                     esc(fmt("accuracy", r.get("accuracy"))), esc(fmt("size_bytes", r.get("size_bytes"))),
+        rows.append([esc(r.get("id")), esc(fmt(metric, r.get(f"search_{metric}"))),
+                     esc(fmt(metric, r.get(metric))), esc(fmt("size_bytes", r.get("size_bytes"))),
                      esc(fmt("compression_ratio", r.get("compression_ratio"))),
                      "<br>".join(f"<b>{esc(layer)}</b> {esc(s)}" for layer, s in policy_lines(r.get("policy"))),
                      f"<code>{esc(r.get('artifact', '-'))}</code>", esc(r.get("seconds", "-")),
-                     esc(fmt("test_accuracy", r.get("test_accuracy")))])
+                     esc(fmt(f"test_{metric}", r.get(f"test_{metric}")))])
     table = _table(header, rows, cls="final", raw=True, head_cls=classes,
                    row_attrs=[f'data-id="{esc(r.get("id"))}"' for r in final["trials"]])
     settings = _kv_table(final.get("settings") or {})
@@ -785,8 +827,8 @@ def _final_section(run: Mapping[str, Any]) -> str:
         base = final.get("baseline") or {}
         chosen = (f"<p class=\"selected\">Selected on validation: trial <b>{esc(final['selected'])}</b> "
                   f"({esc(final.get('selection', ''))}). Baseline as trained: validation "
-                  f"{esc(fmt('accuracy', base.get('accuracy')))}, test "
-                  f"{esc(fmt('test_accuracy', base.get('test_accuracy')))}.</p>")
+                  f"{'' if metric == 'accuracy' else esc(metric) + ' '}{esc(fmt(metric, base.get(metric)))}, test "
+                  f"{esc(fmt(f'test_{metric}', base.get(f'test_{metric}')))}.</p>")
     return _section("final", "Finalized (retrained)", chosen + table + "<h3>retraining settings</h3>" + settings,
                     "Chosen front points retrained longer (<code>autocomp finalize</code>) and exported; the point "
                     "to ship is selected on validation, then every row is measured once on the test split.")
@@ -800,7 +842,8 @@ def _settings_section(run: Mapping[str, Any]) -> str:
     rest = {k: v for k, v in info.items() if k not in shown and k != "baseline"}
     baseline = (run["pareto"] or {}).get("baseline") or info.get("baseline") or {}
     base = _table(["metric", "uncompressed fp32"],
-                  [[{"accuracy": "validation accuracy", "test_accuracy": TEST_COLUMN}.get(k, k), fmt(k, v)]
+                  [[{run["metric"]: f"validation {run['metric']}", f"test_{run['metric']}": TEST_COLUMN}.get(k, k),
+                    fmt(k, v)]
                    for k, v in baseline.items()],
                   cls="kvt")
     blocks = [("baseline", base)] + [(k, _value_html(v)) for k, v in main.items()]
@@ -816,10 +859,11 @@ def _settings_section(run: Mapping[str, Any]) -> str:
 
 def _tip_data(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     """What a tooltip shows per id: status, main metrics (validation only), per-layer policy."""
-    keys = ["accuracy", "size_bytes", "compression_ratio", "flops", "latency_ms"]
+    metric = run["metric"]
+    keys = [metric, "size_bytes", "compression_ratio", "flops", "latency_ms"]
     keys += [o["name"] for o in objectives if o["name"] not in keys]
     predicted = bool((run["info"].get("latency") or {}).get("table"))
-    names = {"accuracy": "val accuracy", "latency_ms": "latency_ms (predicted)" if predicted else "latency_ms"}
+    names = {metric: f"val {metric}", "latency_ms": "latency_ms (predicted)" if predicted else "latency_ms"}
     front_ids = {t["id"] for t in run["front"]}
     by_id = {t["id"]: t for t in run["trials"]}
     by_id.update({t["id"]: {**by_id.get(t["id"], {}), **t} for t in run["front"]})
@@ -829,7 +873,7 @@ def _tip_data(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str]]) -
         shown = [[names.get(k, k), fmt(k, metrics[k])] for k in keys if k in metrics]
         if _num(t.get("latency_measured_ms")) is not None:
             shown.append(["latency measured", fmt("latency_measured_ms", t["latency_measured_ms"])])
-        epochs = _full_curve(t, run["epochs"])
+        epochs = _full_curve(t, run["epochs"], metric)
         if epochs:
             shown.append(["epochs fine-tuned", str(epochs[-1][0])])
         out[str(trial_id)] = {"title": f"trial {trial_id}" + (" · Pareto front" if trial_id in front_ids else ""),
@@ -837,7 +881,7 @@ def _tip_data(run: Mapping[str, Any], objectives: Sequence[Mapping[str, str]]) -
                               "policy": policy_lines(t.get("policy")), "error": t.get("error") or ""}
     baseline = (run["pareto"] or {}).get("baseline") or run["info"].get("baseline") or {}
     out["baseline"] = {"title": "uncompressed fp32 baseline", "status": "",
-                       "metrics": [["val accuracy" if k == "accuracy" else k, fmt(k, baseline[k])]
+                       "metrics": [[f"val {metric}" if k == metric else k, fmt(k, baseline[k])]
                                    for k in keys if k in baseline], "policy": [], "error": ""}
     return out
 
@@ -1048,6 +1092,8 @@ def build_html(run_dir: str | os.PathLike) -> str:
     run["front"] = [t for t in pareto.get("trials") or [] if isinstance(t, Mapping) and "id" in t]
     run["trials"] = [t for t in run["trials"] if isinstance(t, Mapping) and "id" in t]
     objectives = _objectives(run)
+    run["metric"], run["maximize"] = _metric(run, objectives)
+    metric = run["metric"]
     info = run["info"]
     tuning = (info.get("signature") or {}).get("finetune") or {}
     run["epochs"] = int(tuning["epochs"]) if _num(tuning.get("epochs")) is not None else None
@@ -1060,7 +1106,8 @@ def build_html(run_dir: str | os.PathLike) -> str:
     stats = [("trials", len(run["trials"])), ("front", len(run["front"])),
              ("optimizer", settings.get("optimizer", "-")),
              ("objectives", ", ".join(f"{o['name']} ({o['direction'][:3]})" for o in objectives) or "-"),
-             ("baseline val acc", fmt("accuracy", baseline.get("accuracy"))),
+             ("baseline val acc" if metric == "accuracy" else f"baseline val {metric}",
+              fmt(metric, baseline.get(metric))),
              ("baseline size", fmt("size_bytes", baseline.get("size_bytes")) + " B")]
     stats_html = "".join(f'<div class="stat"><b>{esc(v)}</b>{esc(k)}</div>' for k, v in stats)
     sub = " · ".join(esc(x) for x in (

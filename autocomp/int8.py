@@ -20,10 +20,17 @@ from autocomp.primitives.quantize import QuantizedInput
 
 
 def unwrap_fake_quant(model: nn.Module) -> nn.Module:
-    """Replace fake-quantized inputs by their layers: the int8 kernels quantize activations themselves."""
+    """Replace fake-quantized inputs by their layers: the int8 kernels quantize activations themselves.
+
+    Also turns off the fused fast path of nn.TransformerEncoderLayer / DecoderLayer: it reads the layers'
+    weights instead of calling them (int8 kernels would never run) and is taken on some calls only (without
+    gradients), so a trace of the model differs from call to call.
+    """
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedInput):
             model.set_submodule(name, module.layer)
+        if getattr(module, "activation_relu_or_gelu", False):
+            module.activation_relu_or_gelu = False
     return model
 
 
@@ -115,7 +122,9 @@ def save_int8(path: str, int8_model: Int8Model, example: torch.Tensor) -> None:
 
     Load it with `load_int8`, or set `torch.backends.quantized.engine` to the recorded engine first.
     """
-    with quantized_engine(int8_model.engine), warnings.catch_warnings():
+    # without gradients: attention's fast path depends on whether gradients are on, and the trace's
+    # sanity check must meet the same path as the trace (MultiheadAttention)
+    with quantized_engine(int8_model.engine), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(int8_model.module, (example,))
         torch.jit.save(traced, path, _extra_files={"quantized_engine": int8_model.engine})

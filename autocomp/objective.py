@@ -23,6 +23,13 @@ METRICS: dict[str, str] = {
     "latency_ms": "minimize",
     "peak_activation_bytes": "minimize",
     "energy_uj": "minimize",
+    # the built-in tasks' metrics (autocomp.tasks): classification, language-model, regression
+    "top5_accuracy": "maximize",
+    "perplexity": "minimize",
+    "token_accuracy": "maximize",
+    "loss": "minimize",
+    "mse": "minimize",
+    "mae": "minimize",
 }
 DIRECTIONS = ("maximize", "minimize")
 # a bound relative to the uncompressed model: "0.5x" is half the baseline's value
@@ -89,8 +96,12 @@ class Constraint:
         return excess
 
 
-def as_objectives(spec: Any) -> tuple[Objective, ...]:
-    """Accept a callable (one maximized objective), a metric name, an Objective, or a sequence of these."""
+def as_objectives(spec: Any, known: Mapping[str, str] | None = None) -> tuple[Objective, ...]:
+    """Accept a callable (one maximized objective), a metric name, an Objective, or a sequence of these.
+
+    A metric name's direction is the one `known` (a task's metrics) or `METRICS` gives it; maximize if neither.
+    """
+    directions = {**METRICS, **(known or {})}
     if callable(spec) and not isinstance(spec, Objective):
         return (Objective(name="objective", direction="maximize", fn=spec),)
     if isinstance(spec, (str, Objective)):
@@ -100,7 +111,7 @@ def as_objectives(spec: Any) -> tuple[Objective, ...]:
         if isinstance(item, Objective):
             out.append(item)
         elif isinstance(item, str):
-            out.append(Objective(name=item, direction=METRICS.get(item, "maximize")))
+            out.append(Objective(name=item, direction=directions.get(item, "maximize")))
         elif callable(item):
             out.append(Objective(name=getattr(item, "__name__", "objective"), fn=item))
         else:

@@ -19,14 +19,19 @@ ENV = "AUTOCOMP_PLUGINS"
 GROUP = "autocomp.plugins"
 
 
+def cwd_importable() -> None:
+    """Put the folder the command runs from on the import path, as `python -m` does (once)."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def load_plugins() -> list[str]:
     """Import the plugin modules; returns their names.
 
     Raises:
         AutocompError: a plugin module cannot be imported (named, with the reason).
     """
-    if "" not in sys.path and os.getcwd() not in sys.path:  # the folder the command runs from, as `python -m`
-        sys.path.insert(0, os.getcwd())
+    cwd_importable()
     names = [n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip()]
     names += [ep.value for ep in entry_points(group=GROUP)]
     for name in names:

@@ -33,12 +33,14 @@ def _cell(value: Any, kind: str) -> str:
         return f"{value:.1f}x"
     if kind == "ms":
         return f"{value:.3f}"
+    if kind == "num":
+        return f"{value:.4g}"
     return str(value)
 
 
 COLUMNS = (
     ("trial", "id", None),
-    ("val acc", "accuracy", "pct"),
+    ("val acc", "accuracy", "pct"),  # the task's primary metric (accuracy, perplexity, mse...) in its place
     ("size_bytes", "size_bytes", "int"),
     ("ratio", "compression_ratio", "ratio"),
     ("flops", "flops", "int"),
@@ -49,18 +51,21 @@ COLUMNS = (
 TEST_COLUMN = "test (measured once, not used for selection)"
 
 
-def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None) -> str:
+def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None,
+                 metric: str = "accuracy") -> str:
     """Rows are flat dicts (metrics + id + policy); the baseline, when given, comes first.
 
-    Validation metrics are what the front was chosen by; a test accuracy, where the rows carry one, gets a
-    column of its own labelled as measured after the choice (never a column to pick by).
+    `metric` is the task's primary metric (accuracy in percent; perplexity, mse... as numbers). Validation
+    metrics are what the front was chosen by; a test value (`test_<metric>`), where the rows carry one, gets
+    a column of its own labelled as measured after the choice (never a column to pick by).
     """
     lines = []
-    columns = COLUMNS
+    kind = "pct" if metric.endswith("accuracy") else "num"
+    columns = (COLUMNS[0], ("val acc" if metric == "accuracy" else f"val {metric}", metric, kind), *COLUMNS[2:])
     if any(row.get("latency_measured_ms") is not None for row in rows):  # latency predicted, front measured
         columns = (*columns, ("measured_ms", "latency_measured_ms", "ms"))
-    if any(row.get("test_accuracy") is not None for row in rows):
-        columns = (*columns, (TEST_COLUMN, "test_accuracy", "pct"))
+    if any(row.get(f"test_{metric}") is not None for row in rows):
+        columns = (*columns, (TEST_COLUMN, f"test_{metric}", kind))
     header = [c[0] for c in columns] + ["policy"]
     body = []
     for row in ([{"id": "fp32", **baseline}] if baseline else []) + list(rows):
@@ -90,7 +95,10 @@ def plot_pareto(
     y: str = "accuracy",
     title: str = "",
 ) -> None:
-    """Accuracy against packed size (log x): every trial, the Pareto front, and the uncompressed baseline."""
+    """A validation metric (`y`, accuracy by default) against packed size (log x).
+
+    Every trial, the Pareto front, and the uncompressed baseline.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

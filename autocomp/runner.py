@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from autocomp import early_stop
 from autocomp.compress import compress
+from autocomp.devices import device_name
 from autocomp.errors import AutocompError, RunError
 from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import DEFAULT_EXECUTION, ExecutionSpec, Executor, Outcome, Task, describe, make_executor
@@ -51,6 +52,8 @@ from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
 from autocomp.runtimes import DEFAULT_LATENCY, LatencySpec
 from autocomp.space import BoundSpace, SearchSpace
 from autocomp.store import RunStore
+from autocomp.tasks import Task as ModelTask
+from autocomp.tasks import TaskRef, get_task
 from autocomp.version import __version__
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -123,16 +126,24 @@ class SearchResult:
     pareto: list[Trial]
     baseline: dict[str, float]
     objectives: tuple[Objective, ...]
-    test_accuracy: dict[int, float] = field(default_factory=dict)
+    # front trial id -> the task's metrics on the test data (`test_accuracy`, `test_perplexity`, ...)
+    test_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     latency_measured: dict[int, float] = field(default_factory=dict)  # front points, when latency was predicted
     latency_prediction: dict[str, float] | None = None  # predicted-vs-measured error over the front
+    task: str = "classification"
+    metric: str = "accuracy"  # the task's primary metric, the table's and the plot's
+
+    @property
+    def test_accuracy(self) -> dict[int, float]:
+        """Front trial id -> test accuracy, for a task that reports accuracy (see `test_metrics`)."""
+        return {i: m["test_accuracy"] for i, m in self.test_metrics.items() if "test_accuracy" in m}
 
     def table(self) -> str:
         """The Pareto front as a text table against the baseline, with the latency prediction error if any."""
-        rows = [{"id": t.id, **t.metrics, "test_accuracy": self.test_accuracy.get(t.id), "policy": t.policy,
+        rows = [{"id": t.id, **t.metrics, **self.test_metrics.get(t.id, {}), "policy": t.policy,
                  **({"latency_measured_ms": self.latency_measured[t.id]} if t.id in self.latency_measured else {})}
                 for t in self.pareto]
-        text = pareto_table(rows, baseline=self.baseline)
+        text = pareto_table(rows, baseline=self.baseline, metric=self.metric)
         if self.latency_prediction:
             text += "\n" + latency_prediction_line(self.latency_prediction)
         return text
@@ -320,18 +331,22 @@ def write_front(
     baseline: dict[str, float],
     *,
     evaluator: CompressionEvaluator | None = None,
-    test_accuracy: Mapping[int, float] | None = None,
+    test_metrics: Mapping[int, Mapping[str, float]] | None = None,
     title: str = "",
+    task: str = "classification",
+    metric: str = "accuracy",
 ) -> SearchResult:
     """Pareto front, pareto.json and pareto.png; where the search predicted latency, the front timed whole.
 
-    `test_accuracy` (trial id -> accuracy, -1 for the baseline; see `measure_test`) is recorded beside the
-    front it was measured for, after the front was chosen; no choice here looks at it.
+    `test_metrics` (trial id -> `test_`-prefixed metrics, -1 for the baseline; see `measure_test`) are
+    recorded beside the front they were measured for, after the front was chosen; no choice here looks at
+    them. `metric` is the task's primary metric: the plot's y axis and the table's column.
     """
     front = front_of(trials, objectives)
-    test_accuracy = dict(test_accuracy or {})
-    if -1 in test_accuracy:
-        baseline = {**baseline, "test_accuracy": test_accuracy.pop(-1)}
+    tested = {i: dict(m) for i, m in (test_metrics or {}).items()}
+    if -1 in tested:
+        baseline = {**baseline, **tested.pop(-1)}
+    unmeasured = {f"test_{metric}": None}  # said explicitly: not measured (the CLI leaves it to finalize)
     measured: dict[int, float] = {}  # latency of the front timed whole, where the search predicted it
     if evaluator is not None and evaluator.table is not None:
         for t in front:  # fine-tuning changes weights, not what runs: time the compressed structure
@@ -340,7 +355,8 @@ def write_front(
     doc: dict[str, Any] = {
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "baseline": baseline,
-        "trials": [{**t.to_record(), "test_accuracy": test_accuracy.get(t.id),
+        "task": task, "metric": metric,
+        "trials": [{**t.to_record(), **unmeasured, **tested.get(t.id, {}),
                     **({"latency_measured_ms": measured[t.id]} if t.id in measured else {})} for t in front],
     }
     if measured:
@@ -348,27 +364,56 @@ def write_front(
         doc["latency_prediction"] = {"points": len(errors), "median_abs_error": errors[len(errors) // 2],
                                      "max_abs_error": errors[-1]}
     store.write_json("pareto.json", doc)
-    if {"accuracy", "size_bytes"} <= set(baseline):
+    if {metric, "size_bytes"} <= set(baseline):
         plot_pareto(store.path / "pareto.png", [t.to_record() for t in trials],
-                    [t.to_record() for t in front], baseline, title=title)
-    return SearchResult(store.path, list(trials), front, baseline, tuple(objectives), test_accuracy,
-                        measured, doc.get("latency_prediction"))
+                    [t.to_record() for t in front], baseline, y=metric, title=title)
+    return SearchResult(store.path, list(trials), front, baseline, tuple(objectives), tested,
+                        measured, doc.get("latency_prediction"), task=task, metric=metric)
 
 
-def measure_test(executor: Executor, front: Sequence[Trial]) -> dict[int, float]:
-    """Test accuracy of the front's points and of the baseline (id -1), measured once, in parallel.
+def measure_test(executor: Executor, front: Sequence[Trial], split: str = "test") -> dict[int, dict[str, float]]:
+    """The task's test metrics of the front's points and of the baseline (id -1), measured once, in parallel.
 
     Each is measured exactly as evaluated (the same compression and fine-tuning) on the executor's workers.
+    `split="val-full"` measures them on all of the validation data instead (see `rescore_front`).
     """
     tasks = {-1: Policy.of({}), **{t.id: Policy.from_dict(t.policy) for t in front}}
     for trial_id, policy in tasks.items():
-        executor.submit(Task(trial_id, policy, split="test"))
-    out: dict[int, float] = {}
+        executor.submit(Task(trial_id, policy, split=split))
+    out: dict[int, dict[str, float]] = {}
     for _ in tasks:
         outcome = executor.next_outcome()
-        if outcome.status == "complete":  # a point whose measurement failed shows no test accuracy
-            out[outcome.trial_id] = outcome.metrics["test_accuracy"]
+        if outcome.status == "complete":  # a point whose measurement failed shows no test metrics
+            out[outcome.trial_id] = dict(outcome.metrics)
     return out
+
+
+def rescore_front(executor: Executor, trials: Sequence[Trial], objectives: Sequence[Objective],
+                  constraints: Sequence[Constraint],
+                  baseline: dict[str, float]) -> tuple[list[Trial], dict[str, float]]:
+    """Score the front of a capped search (`val_batches`) again on all of the validation data.
+
+    Multi-fidelity on data: every candidate was scored on the first validation batches; the points that made
+    the front (and the baseline) are measured again on the whole split, in parallel, and the front is chosen
+    again from those numbers. The capped value of each re-scored metric is kept as `<metric>@capped`;
+    trials.jsonl keeps what the search saw. Returns the trials (the front's replaced) and the baseline.
+    """
+    front = front_of(trials, objectives)
+    full = measure_test(executor, front, split="val-full")
+
+    def rescored(metrics: Mapping[str, float], again: Mapping[str, float]) -> dict[str, float]:
+        return {**metrics, **{f"{k}@capped": metrics[k] for k in again if k in metrics}, **again}
+
+    if -1 in full:
+        baseline = rescored(baseline, full.pop(-1))
+    out = []
+    for t in trials:
+        if t.id in full:
+            metrics = rescored(t.metrics, full[t.id])
+            values, violation = evaluate_objectives(objectives, constraints, metrics)
+            t = replace(t, metrics=metrics, values=values, violation=violation)
+        out.append(t)
+    return out, baseline
 
 
 def _as_data(data: Any, what: str) -> Data:
@@ -382,10 +427,43 @@ def _as_data(data: Any, what: str) -> Data:
     return torch.cat(xs), torch.cat(ys)
 
 
+def _check_task(task: ModelTask, model: nn.Module, data: Data) -> None:
+    """The model's output on two rows must be what the task scores, or the search stops before it starts."""
+    x, y = data
+    try:
+        with torch.no_grad():
+            output = model.eval()(x[:2])
+    except Exception as err:
+        raise AutocompError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: "
+                            f"{type(err).__name__}: {err}") from err
+    why = task.check(output, y[:2])
+    if why is not None:
+        raise AutocompError(f"task {task.NAME}: {why}")
+
+
 def _profiles(model: nn.Module, inputs: torch.Tensor, bound: BoundSpace) -> tuple[LayerProfile, ...]:
     """What an optimizer may know of each searched layer (numbers only, never the module)."""
     return tuple(LayerProfile(**row) for row in layer_profiles(model, inputs)  # type: ignore[arg-type]
                  if row["name"] in bound.layers)
+
+
+def _proxies(ref: OptimizerRef, settings: Mapping[str, Any], model: nn.Module, bound: BoundSpace, rows: Data,
+             task: ModelTask, evaluator: CompressionEvaluator, seed: int) -> dict[str, Any]:
+    """SearchContext's gradient proxies (autocomp/proxies.py) for an optimizer that wants them, else none."""
+    from autocomp.metrics import count_flops
+    from autocomp.optimizers.registry import optimizer_class
+    from autocomp.proxies import proxy_table
+
+    if not optimizer_class(ref).wants_proxies(settings):
+        return {}
+
+    def measure(compressed: nn.Module, policy: Policy) -> dict[str, float]:
+        return {"size_bytes": float(len(evaluator.artifact(compressed, policy))),
+                "flops": float(count_flops(compressed, evaluator.example)[0])}
+
+    table = proxy_table(model, bound, (rows[0][:256], rows[1][:256]), task, measure=measure,
+                        example=evaluator.example, seed=seed)
+    return {"proxies": table.entries, "proxy_info": table.info()}
 
 
 def _space_yaml(space: SearchSpace) -> str:
@@ -473,7 +551,7 @@ def search(
     val_data: Any,
     *,
     space: SearchSpace,
-    objectives: Any = ("accuracy", "size_bytes"),
+    objectives: Any = None,
     constraints: Sequence[Constraint] = (),
     optimizer: OptimizerRef | Optimizer = "random",
     optimizer_settings: Mapping[str, Any] | None = None,
@@ -494,14 +572,18 @@ def search(
     model_ref: Mapping[str, Any] | None = None,
     space_yaml: str | None = None,
     run_info: Mapping[str, Any] | None = None,
+    task: TaskRef = "classification",
+    val_batches: int | None = None,
+    batch_size: int = 1000,
 ) -> SearchResult:
     """Search compression policies for a trained `model`; the Python entry point.
 
     Args:
         model: the trained model to compress (never modified).
-        val_data: data the search scores on: (inputs, labels) tensors or a DataLoader of batches.
+        val_data: data the search scores on: (inputs, targets) tensors or a DataLoader of batches.
         space: which layers get which primitives and knob ranges.
-        objectives: metric names, `Objective`s, or a callable `f(metrics) -> float` to maximize.
+        objectives: metric names, `Objective`s, or a callable `f(metrics) -> float` to maximize (default: the
+            task's primary metric and size_bytes).
         constraints: bounds on metrics; violating trials are kept but never on the Pareto front.
         optimizer: an optimizer name (see `autocomp.optimizers.OPTIMIZERS`), an `Optimizer` subclass (built
             here on the bound space with `optimizer_settings`), or an `Optimizer` instance already built on
@@ -525,9 +607,18 @@ def search(
         model_ref: how to rebuild the architecture (zoo name + kwargs), recorded in artifacts' headers.
         space_yaml: the space's YAML text, saved in the run directory (a placeholder when given as objects).
         run_info: extra entries for run.json (the CLI records its run file, model and data here).
+        task: what the model is for: "classification" (accuracy), "language-model" (perplexity),
+            "regression" (mse), "pkg.module:attr" or a `autocomp.tasks.Task`; its loss trains and distils,
+            its metrics score every candidate.
+        val_batches: score each candidate on only the first this many validation batches; the test
+            measurement always uses all of the test data.
+        batch_size: rows per evaluation batch.
     """
-    objectives = as_objectives(objectives)
+    model_task = get_task(task)
+    objectives = as_objectives(objectives if objectives is not None else (model_task.PRIMARY, "size_bytes"),
+                               known=model_task.METRICS)
     val = _as_data(val_data, "val_data")
+    _check_task(model_task, model, val)
     test = _as_data(test_data, "test_data") if test_data is not None else None
     train = _as_data(train_data, "train_data") if train_data is not None else None
     if finetune.epochs > 0 and train is None:
@@ -549,6 +640,8 @@ def search(
         "optimizer": optimizer_label, "optimizer_settings": dict(optimizer_settings or {}), "seed": seed,
         "objectives": [[o.name, o.direction] for o in objectives], "constraints": [vars(c) for c in constraints],
         "params": [[p.name, repr(p.domain)] for p in bound.params], "entropy": entropy,
+        "task": model_task.NAME, "val_batches": val_batches, "precision": execution.precision,
+        **({"batch_size": batch_size} if val_batches else {}),  # which rows are scored
         "finetune": vars(finetune),
         # a user objective is its code: a resumed run must score its trials with the same function
         # keyed by position: every unnamed callable is called "objective" or "<lambda>"
@@ -585,7 +678,9 @@ def search(
         evaluator = CompressionEvaluator(model, val, latency=latency, model_ref=model_ref,
                                          extra_metrics=extra_metrics, calibration=calibration,
                                          entropy=entropy, train=train, finetune=finetune, latency_table=table,
-                                         test=test)
+                                         test=test, task=model_task, val_batches=val_batches,
+                                         eval_batch_size=batch_size,
+                                         device=execution.device, precision=execution.precision)
         baseline = evaluator(Policy.of({}))
         anchor = None
         if table is not None:  # budgets relative to the baseline are relative to its measured latency
@@ -610,12 +705,15 @@ def search(
                 "settings": {"optimizer": optimizer_label, "optimizer_settings": dict(optimizer_settings or {}),
                              "trials": trials, "seed": seed},
                 "signature": signature,
+                "task": task if isinstance(task, str) else model_task.NAME,  # how finalize finds it again
                 "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
                 "constraints": [vars(c) for c in constraints],
                 "latency": {**vars(latency), **vars(evaluator.conditions),
                             "measured": "median wall time of the compressed model's forward pass"
                             + (" (predicted from the layer table during the search)" if table else "")},
                 "machine": machine_info(),
+                "device": {"setting": execution.device, "evaluated_on": device_name(evaluator.device),
+                           "precision": execution.precision},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             store = RunStore.create(run_dir, space_yaml=space_yaml or _space_yaml(space),
@@ -629,9 +727,15 @@ def search(
         info["executor"] = describe(executor)  # the latest; a run may be resumed elsewhere
         store.write_json("run.json", info)
         opt = given or make_optimizer(ref, bound, directions=directions, seed=seed,
-                                      context=SearchContext(layers=profiles, workdir=str(store.path)), **settings)
+                                      context=SearchContext(
+                                          layers=profiles, workdir=str(store.path),
+                                          objectives=tuple(o.name for o in objectives),
+                                          **_proxies(ref, settings, model, bound, calibration or val, model_task,
+                                                     evaluator, seed)), **settings)
         done = run_loop(store, bound, opt, executor, objectives, resolved, trials, progress=progress,
-                        bars=_bars_rule(finetune))
+                        bars=_bars_rule(finetune, model_task.PRIMARY, model_task.METRICS[model_task.PRIMARY]))
+        if val_batches is not None:  # the front was chosen on the first batches: choose it again on all
+            done, baseline = rescore_front(executor, done, objectives, resolved, baseline)
         tested = measure_test(executor, front_of(done, objectives)) if test is not None else None
         executor.close()
         executor = None
@@ -639,8 +743,8 @@ def search(
             table.save(store.path / LatencyTable.FILE)
             _save_to_cache(table, Path(runs_dir))
         title = f"{run_dir.name}: {optimizer_label}, {len(done)} trials"
-        return write_front(store, done, objectives, baseline, evaluator=evaluator, test_accuracy=tested,
-                           title=title)
+        return write_front(store, done, objectives, baseline, evaluator=evaluator, test_metrics=tested,
+                           title=title, task=model_task.NAME, metric=model_task.PRIMARY)
     finally:
         if executor is not None:  # Ctrl-C or an error: workers are stopped before we return
             executor.close()
@@ -686,15 +790,16 @@ def _anchor(table: LatencyTable, evaluator: CompressionEvaluator, bound: BoundSp
     return anchor
 
 
-def _bars_rule(spec: FineTuneSpec) -> Callable[[Sequence[Trial]], dict[int, float]] | None:
-    """The multi-fidelity rule of a run: journaled learning curves -> early-stopping bars."""
+def _bars_rule(spec: FineTuneSpec, metric: str = "accuracy",
+               direction: str = "maximize") -> Callable[[Sequence[Trial]], dict[int, float]] | None:
+    """The multi-fidelity rule of a run: journaled learning curves of `metric` -> early-stopping bars."""
     if spec.early_stop == "none" or spec.epochs < 2:
         return None
 
     def rule(trials: Sequence[Trial]) -> dict[int, float]:
-        curves = (early_stop.curve(t.metrics) for t in trials if t.status in ("complete", "pruned"))
+        curves = (early_stop.curve(t.metrics, metric) for t in trials if t.status in ("complete", "pruned"))
         return early_stop.bars(curves, spec.early_stop, spec.epochs, min_epochs=spec.min_epochs, eta=spec.eta,
-                    startup=spec.startup)
+                               startup=spec.startup, maximize=direction == "maximize")
     return rule
 
 

@@ -26,10 +26,10 @@ from autocomp import outputs
 from autocomp.config import RunSpec, dump_run_spec, load_run_spec, parse_run_spec
 from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.execution import ExecutionSpec
-from autocomp.metrics import accuracy
 from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
 from autocomp.runner import SearchResult, check_optimizer, search
 from autocomp.store import write_atomic
+from autocomp.tasks import get_task
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
 
 if TYPE_CHECKING:  # the space is the run file's; session only passes its coverage rows on
@@ -96,6 +96,7 @@ def _load_weights(model: nn.Module, path: str | os.PathLike, *, trust_code: bool
 
 def _baseline_key(spec: RunSpec, splits: Splits) -> str:
     what = {"model": asdict(spec.model), "data": splits.description, "train": asdict(spec.train),
+            **({"task": spec.task} if spec.task != "classification" else {}),  # old keys stay valid
             "val_fraction": spec.data.val_fraction, "n_train": len(splits.train[1]), "torch": torch.__version__}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -121,7 +122,7 @@ def prepare_baseline(spec: RunSpec, splits: Splits, run_dir: Path, cache_dir: Pa
         else:
             start = time.perf_counter()
             log(f"baseline: training {spec.model.name} for {spec.train.epochs} epochs (seed {spec.train.seed})")
-            train_baseline(model, splits.train, spec.train)
+            train_baseline(model, splits.train, spec.train, get_task(spec.task))
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -139,14 +140,18 @@ def check_model(spec: RunSpec, splits: Splits, *, trust_code: bool = False) -> n
         _load_weights(model, spec.model.weights, trust_code=trust_code)
     x, y = splits.val
     try:
-        with torch.no_grad():  # a tensor, tuple, dict or ModelOutput; per-position logits count per position
-            logits, _ = outputs.per_position(outputs.logits(model.eval()(x[:2])), y[:2])
+        with torch.no_grad():  # a tensor, tuple, dict or ModelOutput (the task finds the logits)
+            output = model.eval()(x[:2])
+            found = outputs.logits(output)
     except Exception as err:
         raise AutocompError(f"model '{spec.model.name}' cannot run on {spec.data.name} inputs of shape "
                             f"{tuple(x.shape[1:])}: {err}") from err
-    if logits.dim() != 2 or logits.shape[1] <= int(y.max()):
-        raise AutocompError(f"model '{spec.model.name}' gives outputs of shape {tuple(logits.shape[1:])}, "
-                            f"but {spec.data.name} has {int(y.max()) + 1} classes")
+    task = get_task(spec.task)
+    why = task.check(output, y[:2])
+    if task.NAME == "classification" and int(y.max()) >= found.shape[-1]:  # every row's label, not two rows'
+        why = f"it gives outputs of shape {tuple(found.shape[1:])}, but the data has {int(y.max()) + 1} classes"
+    if why is not None:
+        raise AutocompError(f"model '{spec.model.name}' on {spec.data.name} for task {task.NAME}: {why}")
     return model
 
 
@@ -294,7 +299,9 @@ def run_spec_search(
     with _removed_unless_started(run_dir):
         model = prepare_baseline(spec, splits, run_dir, Path(runs_dir) / ".cache", log=log, trust_code=trust_code)
         # the test split is not looked at here: `autocomp finalize` measures it once, for chosen points
-        log(f"baseline: val accuracy {accuracy(model, splits.val):.4f}")
+        task = get_task(spec.task)
+        measured = task.evaluate(model, splits.val)
+        log(f"baseline: val {task.PRIMARY} {measured[task.PRIMARY]:.4f}")
         model_ref = {"name": spec.model.name, "kwargs": dict(spec.model.kwargs)}
         run_info = {
             "origin": "cli",
@@ -314,7 +321,8 @@ def run_spec_search(
             train_data=splits.train if spec.finetune.epochs > 0 else None, finetune=spec.finetune,
             runs_dir=runs_dir, name=name, resume=resume, progress=progress, entropy=spec.artifact.entropy,
             model_ref=model_ref,
-            space_yaml=dump_run_spec(spec), run_info=run_info,
+            space_yaml=dump_run_spec(spec), run_info=run_info, task=spec.task, val_batches=spec.data.val_batches,
+            batch_size=spec.data.batch_size,
         )
 
 
@@ -374,7 +382,8 @@ def load_run_calibration(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torc
 
 def spec_splits(spec: RunSpec, data_dir: str | None) -> Splits:
     """The train/val/test splits a file describes (the validation carve seeded by its train.seed)."""
-    return load_dataset(spec.data.name, data_dir, val_fraction=spec.data.val_fraction, seed=spec.train.seed)
+    return load_dataset(spec.data.name, data_dir, val_fraction=spec.data.val_fraction, seed=spec.train.seed,
+                        **spec.data.options)
 
 
 def load_run_splits(run_dir: str | os.PathLike) -> Splits:

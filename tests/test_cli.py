@@ -309,20 +309,22 @@ def test_finalize_chooses_before_it_looks_at_the_test_split(finished_run, monkey
     """Every test-split measurement comes after the selection: none can have informed it."""
     import autocomp.finalize as finalize
     from autocomp.session import load_run_splits
+    from autocomp.tasks import Classification
 
     test_inputs = load_run_splits(finished_run).test[0]
-    events, real_accuracy, real_select = [], finalize.accuracy, finalize.select
+    events, real_evaluate, real_select = [], Classification.evaluate, finalize.select
 
-    def accuracy(model, data):
+    def evaluate(self, model, data, **kw):  # every measurement finalize makes goes through the task
         events.append("test" if torch.equal(data[0], test_inputs) else "val")
-        return real_accuracy(model, data)
+        return real_evaluate(self, model, data, **kw)
 
-    def select(rows, baseline_accuracy, tolerance):
+    def select(rows, baseline_value, tolerance, metric, maximize):
+        assert metric == "accuracy" and maximize
         assert all("test_accuracy" not in r for r in rows)
         events.append("select")
-        return real_select(rows, baseline_accuracy, tolerance)
+        return real_select(rows, baseline_value, tolerance, metric, maximize)
 
-    monkeypatch.setattr(finalize, "accuracy", accuracy)
+    monkeypatch.setattr(Classification, "evaluate", evaluate)
     monkeypatch.setattr(finalize, "select", select)
     assert main(["finalize", str(finished_run), "--top", "2", "--epochs", "1"]) == 0
     assert "select" in events and "test" in events

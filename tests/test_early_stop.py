@@ -18,6 +18,15 @@ def test_rungs_and_bars_follow_the_median_and_halving_rules():
     assert curve({"accuracy@2": 0.5, "accuracy@10": 0.7, "accuracy": 0.9}) == {2: 0.5, 10: 0.7}
 
 
+def test_curve_reads_the_named_metric_and_skips_suffixes_that_are_not_epochs():
+    # a capped run's re-scored front point: `<metric>@capped` is the value the search saw, not an epoch
+    metrics = {"perplexity@1": 9.0, "perplexity@2": 7.5, "perplexity@capped": 7.9, "perplexity": 7.0,
+               "accuracy@1": 0.5, "token_accuracy@1": 0.4, "perplexity@-1": 1.0, "perplexity@": 2.0}
+    assert curve(metrics, "perplexity") == {1: 9.0, 2: 7.5}
+    assert curve(metrics) == {1: 0.5}  # accuracy by default; token_accuracy@1 is another metric
+    assert curve({"accuracy@capped": 0.8, "accuracy@3": 0.7}) == {3: 0.7}
+
+
 def test_weak_candidates_stop_early_and_are_recorded_as_pruned(tmp_path, tiny):
     model, data = tiny
     spec = FineTuneSpec(epochs=3, batch_size=32, lr=1e-3, early_stop="median", startup=2)

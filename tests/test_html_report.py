@@ -16,6 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from autocomp.cli import main
 from autocomp.html_report import TEST_COLUMN, build_html, write_html_report
@@ -193,6 +194,122 @@ def test_report_cli_html_and_html_out(run, tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
 
 
+# --- a language model: the page follows the run's primary metric (perplexity, lower is better) ----------------
+
+
+class _TinyLM(torch.nn.Module):
+    """A causal model over 16 tokens that sees one token back: logits (B, T, V) for token ids (B, T)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.hidden = torch.nn.Embedding(16, 16), torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 16)
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+
+def _tokens(n: int, seed: int):
+    """Sequences where each token is mostly the previous plus one; (inputs, next tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    seq = (torch.randint(0, 16, (n, 1), generator=g)
+           + (1 + (torch.rand(n, 12, generator=g) < 0.1).long()).cumsum(1)) % 16
+    return seq[:, :-1], seq[:, 1:]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """A tiny language-model search through the Python API: fine-tuned 2 epochs, the test split measured."""
+    import autocomp
+    from autocomp.tasks import LanguageModel
+    from autocomp.testing.tiny import fast_latency
+
+    torch.manual_seed(0)
+    model, data = _TinyLM(), _tokens(96, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        LanguageModel().loss(model(data[0]), data[1]).backward()
+        optimizer.step()
+    space = autocomp.SearchSpace.from_yaml('- name: all\n  layers: ["type:Linear", "type:Embedding"]\n'
+                                           "  primitives:\n    quantize: {bits: {choice: [2, 3, 8]}}\n")
+    result = autocomp.search(model.eval(), data, space=space, task="language-model", trials=4, train_data=data,
+                             finetune=autocomp.FineTuneSpec(epochs=2, batch_size=32), test_data=_tokens(48, seed=1),
+                             latency=fast_latency(), runs_dir=tmp_path_factory.mktemp("lm"), name="lm",
+                             progress=False)
+    return result.run_dir
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_a_language_model_run_shows_perplexity_where_a_classifier_shows_accuracy(lm_run):
+    from autocomp.early_stop import curve
+
+    pareto = json.loads((lm_run / "pareto.json").read_text())
+    assert pareto["metric"] == "perplexity"
+    text = write_html_report(lm_run).read_text()
+    assert "validation accuracy" not in text and "val accuracy" not in text and "val acc<" not in text
+    head = re.search(r'<table class="front"><thead>(.*?)</thead>', text, re.S)[1]
+    assert re.findall(r"<th[^>]*>([^<]*)</th>", head)[:2] == ["trial", "validation perplexity"]
+    assert f'<th class="test">{TEST_COLUMN}</th>' in head
+    # the test column: the baseline's and each front point's test_perplexity, as numbers (not percentages)
+    front = pareto["trials"]
+    cells = re.findall(r'<td class="test">([^<]*)</td>', re.search(r'<table class="front">.*?</table>', text,
+                                                                   re.S)[0])
+    expected = [pareto["baseline"]["test_perplexity"]] + [t["test_perplexity"] for t in front]
+    assert len(cells) == len(expected) and not any("%" in c for c in cells)
+    assert [_number(c) for c in cells] == pytest.approx(expected, rel=1e-3)
+    assert "baseline val perplexity" in text
+    assert f"{_number(re.search(r'<b>([^<]*)</b>baseline val perplexity', text)[1]):.4g}" == \
+        f"{pareto['baseline']['perplexity']:.4g}"
+    # the first scatter plots perplexity against size, its axis saying that lower is better
+    first = re.search(r'<div class="pair" data-pair="0">(.*?)</div>', text, re.S)[1]
+    assert 'data-x="size_bytes" data-y="perplexity"' in first and "validation perplexity (lower is better)" in first
+    # the learning curves come from perplexity@N (the last epoch: the trial's perplexity)
+    trials = {t["id"]: t for t in map(json.loads, (lm_run / "trials.jsonl").read_text().splitlines())}
+    curves_svg = re.search(r'<svg class="chart curves".*?</svg>', text, re.S)[0]
+    assert "validation perplexity (lower is better)" in curves_svg and "%" not in curves_svg
+    lines = re.findall(r'<polyline class="hov curve[^"]*" points="([^"]*)" data-id="(\d+)"', curves_svg)
+    assert lines and {int(i) for _, i in lines} == {i for i, t in trials.items() if curve(t["metrics"],
+                                                                                         "perplexity")}
+    values, heights = [], []
+    for points, trial_id in lines:
+        metrics = trials[int(trial_id)]["metrics"]
+        epochs = curve(metrics, "perplexity")
+        assert sorted(epochs) == [1]
+        ys = [float(p.split(",")[1]) for p in points.split()]
+        assert len(ys) == 2  # epoch 1 from the journal, epoch 2 the trial's own score
+        values += [epochs[1], metrics["perplexity"]]
+        heights += ys
+    # higher perplexity sits lower on the chart (larger y pixel): the points were placed by these values
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    assert [heights[k] for k in order] == sorted(heights, reverse=True)
+    data = json.loads(re.search(r'id="ac-data">(.*?)</script>', text, re.S)[1])
+    shown = dict(data[str(front[0]["id"])]["metrics"])
+    assert _number(shown["val perplexity"]) == pytest.approx(front[0]["metrics"]["perplexity"], rel=1e-3)
+
+
+def test_a_capped_front_point_and_finalized_language_model_rows(lm_run, tmp_path):
+    copy = tmp_path / "lm"
+    shutil.copytree(lm_run, copy, ignore=shutil.ignore_patterns(".lock", "*.pt"))
+    pareto = json.loads((copy / "pareto.json").read_text())
+    point = pareto["trials"][0]
+    point["metrics"]["perplexity@capped"] = 123.0  # the capped value a re-scored point keeps: no epoch
+    (copy / "pareto.json").write_text(json.dumps(pareto))
+    (copy / "final.json").write_text(json.dumps({
+        "metric": "perplexity", "settings": {"epochs": 3}, "baseline": pareto["baseline"], "selected": point["id"],
+        "trials": [{"id": point["id"], "policy": point["policy"], "size_bytes": 1234, "compression_ratio": 9.5,
+                    "perplexity": 2.345678, "search_perplexity": 3.456789, "test_perplexity": 4.567891,
+                    "token_accuracy": 0.75, "artifact": "final/trial.acz", "seconds": 1.5}]}))
+    text = build_html(copy)
+    data = json.loads(re.search(r'id="ac-data">(.*?)</script>', text, re.S)[1])
+    assert dict(data[str(point["id"])]["metrics"])["epochs fine-tuned"] == "2"
+    final = re.search(r'<section id="final">.*?</section>', text, re.S)[0]
+    assert "<th>val perplexity at search</th><th>val perplexity retrained</th>" in final
+    assert "<td>3.457</td><td>2.346</td>" in final and '<td class="test">4.568</td>' in final
+    assert "accuracy" not in final
 # --- a real browser ------------------------------------------------------------------------------------------
 
 
@@ -373,3 +490,22 @@ def test_page_runs_in_chromium_without_errors_and_hover_shows_the_trial(run, ric
             assert page.evaluate("getComputedStyle(document.getElementById('ac-tip')).display") == "none"
             assert page.evaluate("document.querySelectorAll('img').length") == 0
             assert page.errors() == []
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=NO_CHROMIUM)
+def test_language_model_page_runs_in_chromium_and_hover_shows_perplexity(lm_run):
+    page_path = write_html_report(lm_run)
+    with chromium_page() as page:
+        page.call("Page.navigate", url=page_path.resolve().as_uri())
+        page.wait_for("Page.loadEventFired")
+        assert page.evaluate("document.body.dataset.ready") == "1" and page.errors() == []
+        point = page.evaluate("""(() => {
+            const c = document.querySelector('#front .pair:not([hidden]) circle.front');
+            c.scrollIntoView({block: 'center'});
+            const r = c.getBoundingClientRect();
+            return {id: c.dataset.id, x: r.x + r.width / 2, y: r.y + r.height / 2};
+        })()""")
+        page.call("Input.dispatchMouseEvent", type="mouseMoved", x=point["x"], y=point["y"])
+        tip = page.evaluate("document.getElementById('ac-tip').textContent")
+        assert f"trial {point['id']} · Pareto front" in tip and "val perplexity" in tip and "accuracy" not in tip
+        assert page.errors() == []

@@ -136,6 +136,48 @@ def test_dump_parse_round_trip(tmp_path: Path) -> None:
     assert dump_run_spec(again) == text
 
 
+@pytest.mark.parametrize("data", [
+    "{name: text, dir: corpus, block_size: 64, tokenizer: gpt2, test_fraction: 0.05}",
+    "{name: imagefolder, dir: pets, image_size: [32, 48], channels: 3}",
+    '{name: "my_data.sets:build", kwargs: {n: 10, names: [a, b]}, val_fraction: 0.2}',
+])
+def test_data_options_and_task_round_trip(tmp_path: Path, data: str) -> None:
+    text = BASE.replace("data:\n  name: mnist\n", f"data: {data}\ntask: language-model\n")
+    spec = load_run_spec(write(tmp_path, text))
+    assert spec.task == "language-model" and spec.data.options
+    if "dir" in data:  # relative to the file, like data.dir; a tokenizer name that is no file stays a name
+        assert spec.data.dir is not None and spec.data.dir.startswith(str(tmp_path))
+    assert spec.data.options.get("tokenizer", "gpt2") == "gpt2"
+    dumped = dump_run_spec(spec)
+    again = parse_run_spec(dumped)
+    assert strip_where(again) == strip_where(spec)
+    assert dump_run_spec(again) == dumped
+    assert "task:" not in dump_run_spec(dataclasses.replace(spec, task="classification"))  # the default
+
+
+def test_task_names(tmp_path, monkeypatch) -> None:
+    assert parse_run_spec(BASE + "task: regression\n").task == "regression"
+    (tmp_path / "segtasks.py").write_text("from autocomp.tasks import Regression\n"
+                                         "class Seg(Regression):\n    METRICS = {'iou': 'maximize'}\n"
+                                         "    PRIMARY = 'iou'\n")
+    monkeypatch.chdir(tmp_path)
+    spec = parse_run_spec(BASE + "task: segtasks:Seg\n")  # the user's task: its metrics become objectives
+    assert spec.task == "segtasks:Seg" and [o.name for o in spec.objectives] == ["iou", "size_bytes"]
+    assert spec.objectives[0].direction == "maximize"
+    with pytest.raises(SpaceError, match="cannot be imported: ModuleNotFoundError") as info:
+        parse_run_spec(BASE + "task: my.tasks:Seg\n")
+    assert (info.value.line, info.value.key) == (12, "task")
+    lm = parse_run_spec(BASE + "task: language-model\nconstraints: {perplexity: {max: 1.02x}}\n")
+    assert [(o.name, o.direction) for o in lm.objectives] == [("perplexity", "minimize"), ("size_bytes", "minimize")]
+    assert lm.constraints[0].max == "1.02x"
+    assert parse_run_spec(BASE).task == "classification"
+    with pytest.raises(SpaceError, match="unknown task .did you mean 'regression'.*or a 'pkg.module:attr'") as info:
+        parse_run_spec(BASE + "task: regresion\n")
+    assert (info.value.line, info.value.key, info.value.value) == (12, "task", "regresion")
+    with pytest.raises(SpaceError, match="written 'pkg.module:attr'"):
+        parse_run_spec(BASE + "task: 'my tasks:x'\n")
+
+
 def test_log_ranges_round_trip() -> None:
     text = BASE.replace("{float: [0.0, 0.9]}", "{float: [0.01, 0.9], log: true}").replace(
         "{int: [2, 8]}", "{int: [2, 8], step: 2}")

@@ -4,4 +4,5 @@ BENCHES = {"primitives": "autocomp.bench.primitives", "search": "autocomp.bench.
            "parallel": "autocomp.bench.parallel", "deep-compression": "autocomp.bench.deep_compression",
            "latency": "autocomp.bench.latency", "soak": "autocomp.bench.soak",
            "architectures": "autocomp.bench.architectures",
-           "models": "autocomp.bench.models"}
+           "models": "autocomp.bench.models", "lm": "autocomp.bench.lm",
+           "efficiency": "autocomp.bench.efficiency"}

@@ -565,6 +565,8 @@ def run_models(cases: Iterable[ModelCase], runs_dir: str = "runs", *, quick: boo
         "notes": ["transformers has no MobileNetV3 here: MobileNet V1/V2 (HF and zoo) and EfficientNet stand in",
                   "reach: parameter bytes in the layers a primitive accepts (each tensor once) / all parameter "
                   "bytes; skip's is the bytes its branch removal takes out",
+                  "norms, position embeddings, cls tokens and layer scales are reached as Params layers (one "
+                  "tensor each is coded: a norm's bias stays fp32, as a Linear's does)",
                   "channels counts for a family where it works on each of its models and removes parameters"]})
     result.rows = rows
     add_targets(result, rows, columns)

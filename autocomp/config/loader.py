@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from autocomp.artifacts import ArtifactSpec
-from autocomp.config.run import DataSpec, ModelSpec, RunSpec
-from autocomp.errors import SpaceError
+from autocomp.config.run import DEFAULT_TASK, DataSpec, ModelSpec, RunSpec
+from autocomp.errors import AutocompError, SpaceError
 from autocomp.execution import ExecutionSpec
 from autocomp.finetune import FineTuneSpec
 from autocomp.objective import DIRECTIONS, METRICS, RELATIVE, Constraint, Objective, parse_bound
 from autocomp.optimizers import OptimizerSpec
+from autocomp.refs import REFERENCE, is_reference
 from autocomp.runtimes import LatencySpec
 from autocomp.schema import (
     At,
@@ -31,6 +32,7 @@ from autocomp.schema import (
     integer,
     mapping,
     number,
+    optional,
     plain,
     read_settings,
     read_yaml,
@@ -41,16 +43,18 @@ from autocomp.schema import (
 )
 from autocomp.space import SearchSpace
 from autocomp.space.schema import dump_groups, read_groups
+from autocomp.tasks import TASKS, Task, get_task
+from autocomp.zoo.sources import PATH_OPTIONS, source_options
 from autocomp.zoo.train import TrainSpec
 
 VERSION = 1
 # sections read straight from a settings dataclass: key (= RunSpec field) -> class
 SETTINGS_SECTIONS: dict[str, type] = {"train": TrainSpec, "finetune": FineTuneSpec, "latency": LatencySpec,
                                       "artifact": ArtifactSpec, "execution": ExecutionSpec}
-TOP_KEYS = ("version", "model", "data", "train", "finetune", "latency", "artifact", "optimizer", "execution",
+TOP_KEYS = ("version", "model", "data", "task", "train", "finetune", "latency", "artifact", "optimizer", "execution",
             "objectives", "constraints", "trials", "groups")
 MODEL_KEYS = tuple(f.name for f in fields(ModelSpec))
-DATA_KEYS = tuple(f.name for f in fields(DataSpec))
+DATA_KEYS = tuple(f.name for f in fields(DataSpec) if f.name != "options")  # a source's options sit beside them
 
 
 def load_run_spec(
@@ -108,10 +112,12 @@ def dump_run_spec(spec: RunSpec) -> str:
         model["kwargs"] = plain(spec.model.kwargs)
     if spec.model.weights is not None:
         model["weights"] = spec.model.weights
-    doc: dict[str, Any] = {
-        "version": VERSION,
-        "model": model,
-        "data": asdict(spec.data),
+    data: dict[str, Any] = {k: getattr(spec.data, k) for k in DATA_KEYS}
+    data.update(plain(spec.data.options))
+    doc: dict[str, Any] = {"version": VERSION, "model": model, "data": data}
+    if spec.task != DEFAULT_TASK:
+        doc["task"] = spec.task
+    doc |= {
         "train": dump_settings(spec.train),
         "latency": dump_settings(spec.latency),
         "artifact": dump_settings(spec.artifact),
@@ -143,6 +149,7 @@ class _RunFile:
         self.file = file
         self.models = models
         self.datasets = datasets
+        self.metrics: dict[str, str] = dict(METRICS)  # and the task's, once `read` knows it
         # "<string>" and the like are not paths: keep relative paths as written
         self.base = None if file.startswith("<") else os.path.dirname(os.path.abspath(file))
 
@@ -159,9 +166,18 @@ class _RunFile:
         if type(version) is not int or version != VERSION:  # type(): `true` must not pass for 1
             raise at.value_of(doc, "version").fail(f"unsupported version (this autocomp reads version {VERSION})",
                                                    version)
+        extra: dict[str, Any] = {}
+        if "task" in doc:  # first: objectives and constraints may name the task's metrics
+            extra["task"] = self.task(doc["task"], at.value_of(doc, "task"))
+        task = get_task(extra.get("task", DEFAULT_TASK)) if "task" not in doc or extra["task"] in TASKS \
+            else self.user_task(extra["task"], at.value_of(doc, "task"))
+        self.metrics = {**METRICS, **task.METRICS}
+        if "objectives" not in doc and task.PRIMARY != "accuracy":  # the task's own metric, then size
+            extra["objectives"] = (Objective(name=task.PRIMARY, direction=task.METRICS[task.PRIMARY]),
+                                   Objective(name="size_bytes", direction="minimize"))
         readers: dict[str, Callable[[Any, At], Any]] = {
             "optimizer": self.optimizer, "objectives": self.objectives, "constraints": self.constraints}
-        extra = {key: read(doc[key], at.value_of(doc, key)) for key, read in readers.items() if key in doc}
+        extra.update({key: read(doc[key], at.value_of(doc, key)) for key, read in readers.items() if key in doc})
         extra.update({key: read_settings(cls, doc[key], at.value_of(doc, key))
                       for key, cls in SETTINGS_SECTIONS.items() if key in doc})
         if "trials" in doc:
@@ -203,8 +219,25 @@ class _RunFile:
         return ModelSpec(name=name, kwargs=kwargs, weights=weights)
 
     def data(self, value: Any, at: At) -> DataSpec:
-        m = mapping(value, at, DATA_KEYS)
-        require(m, at, "name")
+        """name/dir/val_fraction/batch_size, and beside them the options the named source declares."""
+        if not isinstance(value, LinedMap):
+            raise at.fail(f"expected a mapping, got {type_name(value)}", value)
+        require(value, at, "name")
+        name = string(value["name"], at.value_of(value, "name"))
+        # "module:factory" names the user's function; other names must be known (when a list is given)
+        if self.datasets and not is_reference(name) and name not in self.datasets:
+            known = ", ".join(sorted(self.datasets))
+            raise at.value_of(value, "name").fail(f"unknown dataset{hint(name, self.datasets)}; known: {known}, "
+                                                  "or a 'pkg.module:factory' reference", name)
+        if is_reference(name) and not REFERENCE.fullmatch(name):
+            raise at.value_of(value, "name").fail("a data factory is written 'pkg.module:function'", name)
+        option_rules = source_options(name)
+        allowed = DATA_KEYS + tuple(option_rules)
+        for k in value:  # each source declares its keys: name the source and the value written
+            if k not in allowed:
+                raise at.key_of(value, k).fail(f"unknown key '{k}'{hint(k, allowed)} for data source '{name}'; "
+                                               f"allowed: {', '.join(allowed)}", value[k])
+        m = mapping(value, at, allowed)
 
         def fraction(v: Any, where: At) -> float:
             result = number(v, where)
@@ -214,17 +247,43 @@ class _RunFile:
 
         rules: dict[str, Callable[[Any, At], Any]] = {
             "name": string, "dir": lambda v, where: None if v is None else self.path(v, where),
-            "val_fraction": fraction, "batch_size": integer(1)}
-        kw = {k: rules[k](v, at.value_of(m, k)) for k, v in m.items()}
-        if self.datasets and kw["name"] not in self.datasets:
-            known = ", ".join(sorted(self.datasets))
-            raise at.value_of(m, "name").fail(f"unknown dataset{hint(kw['name'], self.datasets)}; known: {known}",
-                                              kw["name"])
-        return DataSpec(**kw)
+            "val_fraction": fraction, "batch_size": integer(1), "val_batches": optional(integer(1))}
+        kw = {k: rules[k](v, at.value_of(m, k)) for k, v in m.items() if k in rules}
+        options = {k: self.option(k, option_rules[k], v, at.value_of(m, k)) for k, v in m.items() if k not in rules}
+        return DataSpec(**kw, options=options)
+
+    def option(self, key: str, rule: Callable[[Any, At], Any], value: Any, at: At) -> Any:
+        """A data source's option, checked by its rule; a path option is resolved against the run file."""
+        checked = rule(value, at)
+        kind = PATH_OPTIONS.get(key)
+        if kind is None or not isinstance(checked, str):
+            return checked
+        resolved = self.path(checked, at)
+        return resolved if kind == "path" or os.path.exists(resolved) else checked
+
+    def task(self, value: Any, at: At) -> str:
+        """A built-in task name or a "pkg.module:attr" reference to the user's task."""
+        name = string(value, at)
+        if is_reference(name):
+            if not REFERENCE.fullmatch(name):
+                raise at.fail("a task reference is written 'pkg.module:attr'", name)
+            return name
+        known = tuple(TASKS)
+        if name not in known:
+            raise at.fail(f"unknown task{hint(name, known)}; known: {', '.join(known)}, or a 'pkg.module:attr' "
+                          "reference", name)
+        return name
+
+    def user_task(self, ref: str, at: At) -> Task:
+        """The user's task a reference names, imported now: its metrics are what objectives may name."""
+        try:
+            return get_task(ref)
+        except AutocompError as err:
+            raise at.fail(str(err), ref) from None
 
     def metric(self, value: Any, at: At) -> str:
-        if not isinstance(value, str) or value not in METRICS:
-            raise at.fail(f"unknown metric{hint(value, METRICS)}; known: {', '.join(METRICS)}", value)
+        if not isinstance(value, str) or value not in self.metrics:
+            raise at.fail(f"unknown metric{hint(value, self.metrics)}; known: {', '.join(self.metrics)}", value)
         return value
 
     def bound(self, value: Any, at: At) -> float | str:
@@ -245,14 +304,14 @@ class _RunFile:
                 require(m, where, "metric")
                 metric_at = where.value_of(m, "metric")
                 metric = self.metric(m["metric"], metric_at)
-                direction = m.get("direction", METRICS[metric])
+                direction = m.get("direction", self.metrics[metric])
                 if direction not in DIRECTIONS:
                     raise where.value_of(m, "direction").fail(f"direction must be one of {', '.join(DIRECTIONS)}",
                                                               direction)
             else:
                 metric_at = where
                 metric = self.metric(item, where)
-                direction = METRICS[metric]
+                direction = self.metrics[metric]
             if any(o.name == metric for o in out):
                 raise At(self.file, metric_at.line, where.key).fail("duplicate objective", metric)
             out.append(Objective(name=metric, direction=direction))
@@ -278,7 +337,7 @@ class _RunFile:
         return OptimizerSpec(name=name, settings=settings, lines=lines)
 
     def constraints(self, value: Any, at: At) -> tuple[Constraint, ...]:
-        m = mapping(value, at, METRICS, what="metric")
+        m = mapping(value, at, self.metrics, what="metric")
         out: list[Constraint] = []
         for metric, bounds in m.items():
             where = at.value_of(m, metric)

@@ -27,15 +27,23 @@ class ModelSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """A dataset name (`mnist5k` ships with the install; `mnist` needs a directory) and its splits."""
+    """A dataset or data source and its splits.
+
+    `name` is a built-in dataset (`mnist5k` ships with the install; `mnist`, `cifar10` need a directory), a data
+    source (`imagefolder`, `npz`, `idx`, `text`) or a `"pkg.module:factory"`; `options` holds the source's own
+    keys (written flat under `data:` in a run file, e.g. `block_size` for `text`, `kwargs` for a factory).
+    """
 
     name: str
     dir: str | None = None
     val_fraction: float = 0.1
-    batch_size: int = 500
+    batch_size: int = 500  # rows per evaluation batch
+    val_batches: int | None = None  # score candidates on only the first this many validation batches
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 DEFAULT_TRIALS = 40
+DEFAULT_TASK = "classification"
 DEFAULT_OBJECTIVES = (Objective(name="accuracy", direction="maximize"),
                       Objective(name="size_bytes", direction="minimize"))
 
@@ -50,6 +58,7 @@ class RunSpec:
     model: ModelSpec
     data: DataSpec
     space: SearchSpace
+    task: str = DEFAULT_TASK  # a built-in task name or a "pkg.module:attr" reference
     objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
     constraints: tuple[Constraint, ...] = ()
     train: TrainSpec = field(default_factory=TrainSpec)

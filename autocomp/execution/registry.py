@@ -10,9 +10,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autocomp.devices import DEVICES, PRECISIONS, valid_device
 from autocomp.execution.base import EvaluateFn, Executor
 from autocomp.execution.inprocess import InProcessExecutor
-from autocomp.schema import integer, non_negative, one_of, optional, positive, setting, string
+from autocomp.schema import At, integer, non_negative, one_of, optional, positive, setting, string
 
 # (settings, evaluate, log_dir) -> a started executor
 ExecutorFactory = Callable[..., Executor]
@@ -29,6 +30,13 @@ def executor_names() -> list[str]:
     return list(EXECUTORS)
 
 
+def _device(value: object, at: At) -> str:
+    """A device setting: auto, cpu, cuda, cuda:N or mps (whether this machine has it is checked at start)."""
+    if not isinstance(value, str) or not valid_device(value):
+        raise at.fail(f"unknown device; known: {', '.join(DEVICES)}", value)
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecutionSpec:
     """Where candidates are evaluated: in this process, or on Ray workers (a local Ray or a cluster).
@@ -36,7 +44,10 @@ class ExecutionSpec:
     `workers` evaluations run at once, each with `threads` torch threads and `num_cpus`/`num_gpus` Ray
     resources; unset, they follow from the cores (workers x threads <= cores). `timeout` (seconds) fails an
     evaluation that runs longer; `retries` is how often a trial whose worker died is run again.
-    Not part of a run's identity: a run started here may be resumed on a cluster.
+    `device` is where evaluation and fine-tuning run (`auto`: a GPU if there is one; each Ray worker with
+    `num_gpus` sees its own), `precision` the autocast precision of their forward passes (fp32, bf16, fp16).
+    Apart from `precision` (which changes the metrics), not part of a run's identity: a run started here may
+    be resumed on a cluster.
     """
 
     executor: str = setting("inprocess", one_of(executor_names, "executor"))
@@ -47,6 +58,8 @@ class ExecutionSpec:
     num_gpus: float = setting(0.0, non_negative)
     timeout: float | None = setting(None, optional(positive))
     retries: int = setting(1, integer(0, 100))
+    device: str = setting("cpu", _device)
+    precision: str = setting("fp32", one_of(tuple(PRECISIONS), "precision"))
 
 
 DEFAULT_EXECUTION = ExecutionSpec()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from autocomp.space import BoundSpace
@@ -41,10 +41,19 @@ class SearchContext:
 
     `layers`: profiles of the compressible layers, in forward order (RL observations, cost estimates).
     `workdir`: the run directory, for optimizers that keep files of their own there (Optuna's study).
+    `objectives`: the objectives' names, in order (what a proxy entry predicts is named by them).
+    `proxies`: cheap gradient proxies (autocomp/proxies.py), given only to an optimizer whose
+    `wants_proxies(settings)` is true: param name -> repr(value) -> {"loss": the Fisher-predicted loss
+    increase with only that value changed, and the change of each metric known without data, e.g.
+    "size_bytes"}. `proxy_info`: per layer its Hessian trace ("trace") and weights, and the wall time
+    ("seconds") the proxies took.
     """
 
     layers: tuple[LayerProfile, ...] = ()
     workdir: str | None = None
+    objectives: tuple[str, ...] = ()
+    proxies: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
+    proxy_info: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Optimizer(ABC):
@@ -62,6 +71,11 @@ class Optimizer(ABC):
         self.directions = tuple(directions)
         self.seed = seed
         self.context = context or SearchContext()
+
+    @classmethod
+    def wants_proxies(cls, settings: Mapping[str, Any]) -> bool:
+        """Whether, with these settings, the runner should compute `SearchContext.proxies` (it costs passes)."""
+        return False
 
     @abstractmethod
     def ask(self, n: int) -> list[Params]:

@@ -12,6 +12,7 @@ this process or after a resume.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from autocomp.optimizers.base import Optimizer, Params, Told
+from autocomp.optimizers.guided import GUIDE_SETTINGS, guide_wants_proxies, make_guide
 from autocomp.space.params import Choice, IntRange, Param
 
 STUDY = "autocomp"
@@ -46,16 +48,28 @@ def _unscored_state(told: Told) -> TrialState:
 
 
 class OptunaSearch(Optimizer):
-    """Optuna sampler behind the ask/tell interface. `initial` candidates (e.g. a greedy result) go first."""
+    """Optuna sampler behind the ask/tell interface. `initial` candidates (e.g. a greedy result) go first.
+
+    With `guided: true` (`tpe` only; and the guide's settings, see `autocomp.optimizers.guided`) the knapsack
+    allocator's measurements and solutions come first and are told to the study; later asks are screened
+    by the additive surrogate, and the screened-out trials are told with their predicted values (user
+    attribute `predicted`).
+    """
 
     name = "tpe"
     SETTINGS = {"n_startup_trials": int, "multivariate": bool, "population_size": int, "pruner": str,
-                "initial": list}
+                "initial": list, **GUIDE_SETTINGS}
+
+    @classmethod
+    def wants_proxies(cls, settings: Mapping[str, Any]) -> bool:
+        """True when guided with `sensitivity: fisher` (the runner then computes the gradient proxies)."""
+        return "guided" in cls.SETTINGS and guide_wants_proxies(settings)
 
     def __init__(self, space, *, directions, seed=0, context=None, n_startup_trials: int = 10,
                  multivariate: bool = False, population_size: int = 12, pruner: str = "none",
-                 initial: list[Params] | None = None) -> None:
+                 initial: list[Params] | None = None, **guide: Any) -> None:
         super().__init__(space, directions=directions, seed=seed, context=context)
+        self.guide = make_guide(self, dict(guide))
         if pruner not in PRUNERS:
             raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, not '{pruner}'")
         self.n_startup_trials = n_startup_trials
@@ -104,6 +118,29 @@ class OptunaSearch(Optimizer):
 
     # -- ask / tell ----------------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Params]:
+        """Up to `n` candidates: the guide's start first when guided, then the study's, screened."""
+        if self.guide is None:
+            return self._ask(n)
+        if self.guide.phase == "start":
+            picks = self.guide.start_ask(n)
+            if picks or self.guide.phase == "start":
+                return picks
+        return self.guide.screen_ask(n, self._ask, self._reject)
+
+    def tell(self, results: list[Told]) -> None:
+        """Tell the guide (when guided), then the study."""
+        if self.guide is not None:
+            self.guide.tell(results)
+        self._tell(results)
+
+    def _reject(self, params: Params, predicted: list[float]) -> None:
+        """A candidate the surrogate screened out: told to the study with its predicted values."""
+        trial = next((t for t in self.live.values() if self._params(t.params) == params), None)
+        if trial is not None:
+            trial.set_user_attr("predicted", True)
+        self._tell([Told(params, tuple(predicted))])
+
+    def _ask(self, n: int) -> list[Params]:
         """Ask the study `n` trials (queued initial points first), each with a sampler seeded by its number."""
         out = []
         for _ in range(n):
@@ -120,7 +157,7 @@ class OptunaSearch(Optimizer):
         return {p.name: p.domain.nearest(raw[p.name]) if not isinstance(p.domain, Choice) else raw[p.name]
                 for p in self.space.params}
 
-    def tell(self, results: list[Told]) -> None:
+    def _tell(self, results: list[Told]) -> None:
         """Tell the study each result with its violation; one it never asked for is added as a finished trial."""
         for told in results:
             number = next((k for k, t in self.live.items() if self._params(t.params) == told.params), None)
@@ -162,13 +199,16 @@ class OptunaSearch(Optimizer):
         for t in self.study.get_trials(deepcopy=False):
             trials.append({"number": t.number, "state": t.state.name, "params": t.params, "values": t.values,
                            "user_attrs": t.user_attrs, "system_attrs": t.system_attrs})
-        return json.loads(json.dumps({"trials": trials, "queue": self.queue}))
+        guide = self.guide.state_dict() if self.guide is not None else None
+        return json.loads(json.dumps({"trials": trials, "queue": self.queue, "guide": guide}))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the study from saved trials; trials running at the checkpoint are asked again, same params."""
         self.study = self._new_study()
         self.live = {}
         self.queue = [dict(p) for p in state["queue"]]
+        if self.guide is not None and state.get("guide"):
+            self.guide.load_state_dict(state["guide"])
         for t in sorted(state["trials"], key=lambda t: t["number"]):
             if t["state"] in ("RUNNING", "WAITING"):  # asked before the checkpoint: ask it again, same params
                 self.study.sampler = self._sampler(t["number"])
@@ -185,6 +225,7 @@ class GPSearch(OptunaSearch):
     """Optuna's Gaussian-process sampler (log EI; constrained and multi-objective variants)."""
 
     name = "gp"
+    SETTINGS = {k: v for k, v in OptunaSearch.SETTINGS.items() if k not in GUIDE_SETTINGS}  # guided: tpe only
 
     def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
         seed = (self.seed * 1_000_003 + number) % 2**32
@@ -196,6 +237,7 @@ class OptunaNSGA2(OptunaSearch):
     """Optuna's NSGA-II sampler (generations kept in the trials' system attributes)."""
 
     name = "optuna-nsga2"
+    SETTINGS = {k: v for k, v in OptunaSearch.SETTINGS.items() if k not in GUIDE_SETTINGS}  # guided: tpe only
 
     def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
         seed = (self.seed * 1_000_003 + number) % 2**32

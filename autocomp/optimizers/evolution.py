@@ -16,13 +16,14 @@ import copy
 import json
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from deap import base, tools
 
 from autocomp.optimizers.base import Optimizer, Params, Told
+from autocomp.optimizers.guided import GUIDE_SETTINGS, guide_wants_proxies, make_guide
 from autocomp.space.params import Choice, FloatRange, IntRange, Param
 
 
@@ -96,16 +97,27 @@ class _Gene:
 
 
 class EvolutionSearch(Optimizer):
-    """NSGA-II (several objectives) or a GA with elitism (one objective), through DEAP."""
+    """NSGA-II (several objectives) or a GA with elitism (one objective), through DEAP.
+
+    With `guided: true` (see `autocomp.optimizers.guided`) the knapsack allocator's measurements and
+    solutions are the first generation's pool the next one is bred from (instead of random individuals),
+    and children are screened by the additive surrogate: a screened-out child gets its predicted fitness.
+    """
 
     name = "nsga2"
     SETTINGS = {"population": int, "crossover": float, "mutation": float, "eta": float, "seed_uniform": int,
-                "initial": list}
+                "initial": list, **GUIDE_SETTINGS}
+
+    @classmethod
+    def wants_proxies(cls, settings: Mapping[str, Any]) -> bool:
+        """True when guided with `sensitivity: fisher` (the runner then computes the gradient proxies)."""
+        return "guided" in cls.SETTINGS and guide_wants_proxies(settings)
 
     def __init__(self, space, *, directions, seed=0, context=None, population: int = 12,
                  crossover: float = 0.9, mutation: float = 1.0, eta: float = 15.0, seed_uniform: int = 0,
-                 initial: list[Params] | None = None) -> None:
+                 initial: list[Params] | None = None, **guide: Any) -> None:
         super().__init__(space, directions=directions, seed=seed, context=context)
+        self.guide = make_guide(self, dict(guide))
         if population < 4:
             raise ValueError("population must be at least 4")
         self.population_size = population + (-population % 4)  # NSGA-II's tournament pairs need 4k
@@ -170,6 +182,46 @@ class EvolutionSearch(Optimizer):
 
     # -- ask / tell ------------------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Params]:
+        """Up to `n` candidates: the guide's start first when guided, then this generation's, screened."""
+        if self.guide is None:
+            return self._ask(n)
+        if self.guide.phase == "start":
+            picks = self.guide.start_ask(n)
+            if picks or self.guide.phase == "start":
+                return picks
+            self._start_from(self.guide.start_points())
+        return self.guide.screen_ask(n, self._ask, self._reject)
+
+    def tell(self, results: list[Told]) -> None:
+        """Tell the guide (when guided), then set the fitness of asked individuals."""
+        if self.guide is not None:
+            self.guide.tell(results)
+        self._tell(results)
+
+    def _start_from(self, points: list[tuple[Params, list[float] | None]]) -> None:
+        """The guided start: the measured points are the pool the next generation is bred from."""
+        self.queue, self.asked, self.evaluated = [], [], []
+        failed = []
+        for params, values in points:
+            if not self.space.contains(params):
+                continue
+            ind = self._individual(params)
+            if values is None:  # failed: it loses to every scored one, as a told failure does
+                ind.fitness.violation, ind.fitness.scored = math.inf, False
+                failed.append(ind)
+            else:
+                ind.fitness.values = tuple(values)
+            self.evaluated.append(ind)
+        for ind in failed:
+            ind.fitness.values = self._worst()
+        with self._random():  # too few to select a generation from: random ones make up the rest
+            self.queue = [self._random_individual() for _ in range(self.population_size - len(self.evaluated))]
+
+    def _reject(self, params: Params, predicted: list[float]) -> None:
+        """A child the surrogate screened out: its predicted values are its fitness."""
+        self._tell([Told(params, tuple(predicted))])
+
+    def _ask(self, n: int) -> list[Params]:
         """The next `n` of this generation, breeding the next one once every asked individual is told."""
         if not self.queue and not self.asked:
             self._breed()
@@ -177,7 +229,7 @@ class EvolutionSearch(Optimizer):
         self.asked += picks
         return [self._params(ind) for ind in picks]
 
-    def tell(self, results: list[Told]) -> None:
+    def _tell(self, results: list[Told]) -> None:
         """Set the fitness of asked individuals; failed or unscored ones get the worst values seen."""
         for told in results:
             i = next((k for k, ind in enumerate(self.asked) if self._params(ind) == told.params), None)
@@ -296,7 +348,8 @@ class EvolutionSearch(Optimizer):
         """Generation, random state and every individual (parents, queued, asked, evaluated) as JSON."""
         state = {"generation": self.generation, "random": self.random_state, "parents": self._dump(self.parents),
                  "queue": self._dump(self.queue), "asked": self._dump(self.asked),
-                 "evaluated": self._dump(self.evaluated)}
+                 "evaluated": self._dump(self.evaluated),
+                 "guide": self.guide.state_dict() if self.guide is not None else None}
         return json.loads(json.dumps(state))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -306,6 +359,8 @@ class EvolutionSearch(Optimizer):
         self.generation = state["generation"]
         for key in ("parents", "queue", "asked", "evaluated"):
             setattr(self, key, self._load(state[key]))
+        if self.guide is not None and state.get("guide"):
+            self.guide.load_state_dict(state["guide"])
 
 
 class GeneticSearch(EvolutionSearch):

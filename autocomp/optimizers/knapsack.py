@@ -31,7 +31,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from autocomp.optimizers.base import Params, SearchContext
-from autocomp.optimizers.greedy import SensitivitySearch
+from autocomp.optimizers.greedy import FISHER, SensitivitySearch
 from autocomp.space import BoundSpace
 
 
@@ -142,29 +142,74 @@ def budget_sweep(start: float, end: float, count: int) -> list[float]:
 class KnapsackAllocation(SensitivitySearch):
     """Measure each knob alone, then allocate one value per knob exactly (an integer program) per budget.
 
-    Settings: `levels` (grid values measured per knob, besides the reference) and `sweep` (how many
-    budgets on the second objective). `plan` holds each asked allocation with its budget and predictions.
+    Settings: `levels` (grid values measured per knob, besides the reference), `sweep` (how many
+    budgets on the second objective) and `sensitivity`: "measured" (the default), "fisher" (no
+    sensitivity phase: each value's loss is the runner's Fisher proxy and its second objective's change
+    is computed without data, so the reference and the allocations are the only evaluations), or a
+    `sensitivity.json` (or a run directory holding one) to reuse instead of measuring. `plan` holds each
+    asked allocation with its budget and predictions.
     """
 
     name = "knapsack"
-    SETTINGS = {"levels": int, "sweep": int}
+    SETTINGS = {"levels": int, "sweep": int, "sensitivity": str}
+    FISHER = True
 
     def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int = 0,
-                 context: SearchContext | None = None, levels: int = 10, sweep: int = 20) -> None:
+                 context: SearchContext | None = None, levels: int = 10, sweep: int = 20,
+                 sensitivity: str | None = None) -> None:
         if len(directions) < 2:
             raise ValueError("knapsack needs two objectives: the first to keep, the second to budget "
                              f"(got {len(directions)})")
         if levels < 2 or sweep < 2:
             raise ValueError("levels must be at least 2 and sweep at least 2")
-        super().__init__(space, directions=directions, seed=seed, context=context, levels=levels)
+        super().__init__(space, directions=directions, seed=seed, context=context, levels=levels,
+                         sensitivity=sensitivity)
         self.sweep = sweep
         # per asked allocation: {"params", "budget", "capacity", "predicted": [objective 1, objective 2]}
         self.plan: list[dict[str, Any]] = []
 
     def _combinations(self) -> list[Params]:
-        ref, measured = self.one_knob_moves()
-        if ref is None:
-            return []  # the reference failed: nothing to measure changes against
+        if self.source == FISHER:
+            options = self._proxy_options()
+            if options is None:
+                return []
+            knobs, choices, losses, costs, reference_value = options
+            ref: list[float] | None = None
+        else:
+            ref, measured = self.one_knob_moves()
+            if ref is None:
+                return []  # the reference failed: nothing to measure changes against
+            knobs, choices, losses, costs = self._measured_options(ref, measured)
+            reference_value = float(ref[1])
+        # budgets in the second objective's units; capacity = how much worse than the reference it may get
+        worse = 1.0 if self.directions[1] == "minimize" else -1.0
+        cheapest = math.fsum(min(group) for group in costs)
+        seen = {_key(p) for p, _ in self.measured}
+        # with proxies nothing is measured yet: the reference is asked beside the allocations
+        out: list[Params] = [dict(self.reference)] if self.source == FISHER else []
+        seen.update(_key(p) for p in out)
+        for budget in budget_sweep(reference_value, reference_value + worse * cheapest, self.sweep):
+            capacity = max(worse * (budget - reference_value), cheapest)  # rounding never below the cheapest
+            choice = solve_allocation(losses, costs, capacity)
+            if choice is None:
+                continue
+            candidate = {**self.reference, **{k: options[i] for k, options, i in zip(knobs, choices, choice)}}
+            if _key(candidate) in seen:
+                continue
+            seen.add(_key(candidate))
+            out.append(candidate)
+            loss, cost = predicted_total(losses, choice), predicted_total(costs, choice)
+            if ref is None:  # proxy units: the loss is the Fisher prediction, no first-objective value yet
+                first: float | None = None
+            else:
+                first = float(ref[0]) - loss if self.directions[0] == "maximize" else float(ref[0]) + loss
+            self.plan.append({"params": candidate, "budget": budget, "capacity": capacity, "proxy_loss": loss,
+                              "predicted": [first, reference_value + worse * cost]})
+        return out
+
+    def _measured_options(self, ref: list[float], measured: list[tuple[str, Any, list[float]]]
+                          ) -> tuple[list[str], list[list[Any]], list[list[float]], list[list[float]]]:
+        """Per knob its values (the reference's first) with the measured loss and cost of each."""
         base = self._signed(ref)[:2]
         # per knob, in the space's order: its values, the reference's first, with the loss (objective 1
         # worse) and cost (objective 2 worse) each predicts; a value measured twice gets the mean
@@ -180,27 +225,93 @@ class KnapsackAllocation(SensitivitySearch):
             choices.append(values)
             losses.append([float(p[0]) for p in pairs])
             costs.append([float(p[1]) for p in pairs])
-        # budgets in the second objective's units; capacity = how much worse than the reference it may get
-        worse = 1.0 if self.directions[1] == "minimize" else -1.0
-        reference_value = float(ref[1])
-        cheapest = math.fsum(min(group) for group in costs)
-        seen = {_key(p) for p, _ in self.measured}
-        out: list[Params] = []
-        for budget in budget_sweep(reference_value, reference_value + worse * cheapest, self.sweep):
-            capacity = max(worse * (budget - reference_value), cheapest)  # rounding never below the cheapest
-            choice = solve_allocation(losses, costs, capacity)
-            if choice is None:
+        return knobs, choices, losses, costs
+
+    def second_metric(self) -> str:
+        """The name of the second objective, which the proxies must predict (`sensitivity: fisher`).
+
+        Raises:
+            ValueError: Without proxies, or when they do not predict the second objective.
+        """
+        if not self.context.proxies:
+            raise ValueError("sensitivity: fisher needs the runner's gradient proxies (SearchContext.proxies); "
+                             "run it through autocomp.search or use sensitivity: measured")
+        name = self.context.objectives[1] if len(self.context.objectives) > 1 else "size_bytes"
+        known = {k for row in self.context.proxies.values() for entry in row.values() for k in entry} - {"loss"}
+        if name not in known:
+            raise ValueError(f"sensitivity: fisher predicts {', '.join(sorted(known)) or 'no metric'} without "
+                             f"evaluations, not the second objective '{name}': use sensitivity: measured")
+        return name
+
+    def proxy_options(self) -> dict[str, list[tuple[Any, float, float]]]:
+        """Per compressing param, (value, proxy loss, change of the second objective) of each predicted value.
+
+        The reference's value comes first (0, 0); a value the proxies leave out (no weight comparison) is
+        not an option.
+        """
+        metric = self.second_metric()
+        out: dict[str, list[tuple[Any, float, float]]] = {}
+        for p in self.space.params:
+            row = self.context.proxies.get(p.name)
+            if not p.compresses or not row:
                 continue
-            candidate = {**self.reference, **{k: options[i] for k, options, i in zip(knobs, choices, choice)}}
-            if _key(candidate) in seen:
-                continue
-            seen.add(_key(candidate))
-            out.append(candidate)
-            loss, cost = predicted_total(losses, choice), predicted_total(costs, choice)
-            first = float(ref[0]) - loss if self.directions[0] == "maximize" else float(ref[0]) + loss
-            self.plan.append({"params": candidate, "budget": budget, "capacity": capacity,
-                              "predicted": [first, reference_value + worse * cost]})
+            options = [(self.reference[p.name], 0.0, 0.0)]
+            for value in p.ordered():
+                entry = row.get(repr(value), {})
+                if value != self.reference[p.name] and "loss" in entry and metric in entry:
+                    options.append((value, max(0.0, float(entry["loss"])), float(entry[metric])))
+            if len(options) > 1:
+                out[p.name] = options
         return out
+
+    def _proxy_options(self) -> tuple[list[str], list[list[Any]], list[list[float]], list[list[float]], float] | None:
+        """`_measured_options` from the proxies, and the reference's second objective (0 when unknown)."""
+        options = self.proxy_options()
+        if not options:
+            return None
+        worse = 1.0 if self.directions[1] == "minimize" else -1.0
+        knobs = list(options)
+        choices = [[v for v, _, _ in options[k]] for k in knobs]
+        losses = [[loss for _, loss, _ in options[k]] for k in knobs]
+        costs = [[worse * change for _, _, change in options[k]] for k in knobs]
+        reference = self.context.proxy_info.get("reference", {}).get(self.second_metric(), 0.0)
+        return knobs, choices, losses, costs, float(reference)
+
+    def proxy_moves(self, measured: Sequence[tuple[Params, Sequence[float]]]
+                    ) -> tuple[list[float] | None, list[tuple[str, Any, list[float]]]]:
+        """One-knob moves predicted from the proxies, as `one_knob_moves` returns measured ones.
+
+        The Fisher loss is mapped to the first objective by one factor, fitted (least squares through the
+        origin) on the measured candidates: the measured drop against the reference over their summed proxy
+        loss. The second objective's change is the proxies' own; later objectives do not change.
+
+        Args:
+            measured: Real (params, objective values), the reference's among them.
+
+        Returns:
+            The reference's values (None before it is measured) and (param, value, predicted values) per
+            predicted one-knob move.
+        """
+        ref = next((list(map(float, v)) for p, v in measured if p == self.reference), None)
+        if ref is None:
+            return None, []
+        options = self.proxy_options()
+        sign = 1.0 if self.directions[0] == "maximize" else -1.0
+        num = den = 0.0
+        for params, values in measured:
+            loss = math.fsum(next((o[1] for o in options.get(k, []) if o[0] == v), 0.0)
+                             for k, v in params.items() if v != self.reference.get(k))
+            num += loss * sign * (ref[0] - float(values[0]))
+            den += loss * loss
+        factor = max(num / den, 0.0) if den > 0 else 0.0
+        moves = []
+        for name, rows in options.items():
+            for value, loss, change in rows[1:]:
+                values = list(ref)
+                values[0] = ref[0] - sign * factor * loss
+                values[1] = ref[1] + change
+                moves.append((name, value, values))
+        return ref, moves
 
     def state_dict(self) -> dict[str, Any]:
         """The sensitivity state (queue, measurements, phase, outstanding asks) and the plan."""

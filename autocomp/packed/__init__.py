@@ -11,15 +11,18 @@ with one row per ``state_dict`` entry, in ``state_dict`` order::
 
 ``extensions`` (version 2 only) is a non-empty dict: ``"cb"``: the weight is codebook-coded with that
 many fp32 centroids; ``"s1"``: every output channel has the same scale (per-tensor quantization), stored
-once; ``"al"``: the tensor is the very tensor of row ``al - 1`` (cross-layer tying), stored there
-only; ``"hi"`` / ``"hv"``: the relative index stream / the code stream is Huffman-coded
+once; ``"g"``: group-wise quantization, one scale per ``g`` consecutive weights of each row (see
+:class:`WeightCoding`), the rows being the slices along dim 0, or along dim 1 where ``"gx"`` is 1 (weights
+stored (in, out, ...)); ``"al"``: the tensor is the very tensor of row ``al - 1`` (cross-layer tying),
+stored there only; ``"hi"`` / ``"hv"``: the relative index stream / the code stream is Huffman-coded
 and its section has that many bytes. :func:`pack` writes version 1 when no row needs extensions (such
 files are byte-identical to what older autocomp wrote and reads), else version 2; both are read.
 
 A tensor's payload is ``head | positions | values``, each section padded to a whole byte; their lengths
 follow from the row, and the row's ``payload bytes`` is checked against them on read.
 
-* head: for a weight with a :class:`WeightCoding`, its fp32 scales (one per output channel); for a
+* head: for a weight with a :class:`WeightCoding`, its fp32 scales (one per output channel, or with
+  ``"g"`` one per group, row after row); for a
   :class:`CodebookCoding`, its fp32 codebook (up to ``2**bits`` centroids); else empty.
 * positions: one of three codings, chosen per tensor by exact byte cost (ties go to the first):
 

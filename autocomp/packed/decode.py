@@ -27,6 +27,7 @@ from autocomp.packed.format import (
     Coding,
     WeightCoding,
     dequantize,
+    group_count,
     is_int,
 )
 
@@ -45,10 +46,21 @@ class _Row(NamedTuple):
     value_huffman: int | None = None  # bytes of the Huffman-coded code section
     one_scale: bool = False  # one scale for every channel (per-tensor quantization)
     alias: int = 0  # 1 + the index of the row holding this very tensor (cross-layer tying), 0 for none
+    group_size: int = 0  # group-wise scales: the length of a group (0: one scale per dim-0 channel)
+    group_axis: int = 0  # with groups, the output dim whose slices are the rows
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def scale_count(self) -> int:
+        """How many fp32 scales a quantized row's head holds."""
+        if self.one_scale:
+            return 1
+        if self.group_size:
+            rows, groups = group_count(self.shape, self.group_size, self.group_axis)
+            return rows * groups
+        return self.shape[0]
 
     @property
     def coding(self) -> str:
@@ -61,7 +73,7 @@ class _Row(NamedTuple):
         if self.codebook:
             head = 4 * self.codebook
         else:
-            head = 4 * (1 if self.one_scale else self.shape[0]) if self.bits else 0
+            head = 4 * self.scale_count() if self.bits else 0
         index = {"dense": 0, "bitmask": (self.numel + 7) // 8, "relative": (self.entries * self.k + 7) // 8}
         values = value_bytes(self.entries, self.bits, DTYPES[self.dtype].itemsize)
         return head, index[self.position], values
@@ -111,11 +123,13 @@ def _check_row(row: Any, version: int) -> _Row:
         and (value_huffman is None or bits)
         and (not ext.get("s1") or (ext["s1"] == 1 and bits and not codebook))
         and (not ext.get("al") or (len(ext) == 1 and position == "dense" and entries == bits == nbytes == 0))
+        and (not ext.get("g") or (bits and not codebook and not ext.get("s1")))
+        and (not ext.get("gx") or (ext["gx"] == 1 and ext.get("g") and len(shape) >= 2))
     )
     if not ok:
         raise bad
     parsed = _Row(name, dtype, tuple(shape), position, k, entries, bits, nbytes, codebook, index_huffman,
-                  value_huffman, bool(ext.get("s1")), ext.get("al", 0))
+                  value_huffman, bool(ext.get("s1")), ext.get("al", 0), ext.get("g", 0), ext.get("gx", 0))
     if parsed.alias:
         return parsed  # its tensor is checked against the row it names in _parse_header
     if sum(parsed.sections()) != nbytes or (position == "dense" and entries != parsed.numel):
@@ -181,7 +195,9 @@ def _decode_tensor(row: _Row, buf: bytes) -> tuple[torch.Tensor, Coding | None]:
         return weight, coding
 
     scale = torch.from_numpy(np.frombuffer(head, "<f4").astype(np.float32))
-    if row.one_scale:
+    if row.group_size:
+        scale = scale.reshape(group_count(row.shape, row.group_size, row.group_axis))
+    elif row.one_scale:
         scale = scale.expand(row.shape[0]).contiguous()
     if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
         raise PackedFormatError(f"corrupt data: scales of '{row.name}' are not finite and positive")
@@ -194,8 +210,8 @@ def _decode_tensor(row: _Row, buf: bytes) -> tuple[torch.Tensor, Coding | None]:
     full = q if positions is None else np.zeros(numel, np.int64)
     if positions is not None:
         full[positions] = q
-    weight = dequantize(torch.from_numpy(full).reshape(row.shape), scale)
-    return weight, WeightCoding(row.bits, scale)
+    weight = dequantize(torch.from_numpy(full).reshape(row.shape), scale, row.group_size, row.group_axis)
+    return weight, WeightCoding(row.bits, scale, row.group_size, row.group_axis)
 
 
 def _parse_header(data: bytes) -> tuple[dict, int, list[_Row], int]:

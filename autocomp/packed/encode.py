@@ -23,7 +23,9 @@ from autocomp.packed.format import (
     Coding,
     WeightCoding,
     dequantize,
+    group_count,
     is_int,
+    scale_map,
 )
 
 
@@ -36,17 +38,21 @@ def _check_bits(name: str, weight: torch.Tensor, bits: Any) -> None:
 
 def _codes(name: str, weight: torch.Tensor, coding: WeightCoding) -> np.ndarray:
     """Recovers and verifies the integer codes of a quantized weight (flat int64)."""
-    bits, scale = coding.bits, coding.scale
+    bits, scale, group, axis = coding.bits, coding.scale, coding.group_size, coding.axis
     _check_bits(name, weight, bits)
-    if not isinstance(scale, torch.Tensor) or tuple(scale.shape) != (weight.shape[0],):
-        raise PackedFormatError(f"'{name}': weight_coding.scale must have shape ({weight.shape[0]},)")
+    if not is_int(group) or group < 0 or axis not in ((0, 1) if group and weight.dim() >= 2 else (0,)):
+        raise PackedFormatError(f"'{name}': weight_coding.group_size must be an int >= 0 and axis 0 (or 1 with "
+                                f"groups on a weight of rank >= 2), got {group!r} and {axis!r}")
+    expected = group_count(weight.shape, group, axis) if group else (weight.shape[0],)
+    if not isinstance(scale, torch.Tensor) or tuple(scale.shape) != expected:
+        raise PackedFormatError(f"'{name}': weight_coding.scale must have shape {expected}")
     scale = scale.detach().cpu()
     if scale.dtype != torch.float32 or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
         raise PackedFormatError(f"'{name}': weight_coding.scale must be finite positive float32")
     w = weight.detach().cpu()
-    q = torch.round(w / scale.view(-1, *[1] * (w.dim() - 1)))
+    q = torch.round(w / scale_map(scale, w.shape, group, axis))
     top = max(2 ** (bits - 1) - 1, 1)
-    if not bool((q.abs() <= top).all()) or not torch.equal(dequantize(q, scale), w):
+    if not bool((q.abs() <= top).all()) or not torch.equal(dequantize(q, scale, group, axis), w):
         raise PackedFormatError(f"'{name}': weights are not {bits}-bit codes times weight_coding.scale")
     return q.to(torch.int64).reshape(-1).numpy()
 
@@ -96,8 +102,12 @@ def _encode(name: str, tensor: torch.Tensor, coding: Coding | None, entropy: boo
         # Offset binary; for 1 bit the sign, which has no zero code.
         values = (q > 0).astype(np.int64) if bits == 1 else q + (2 ** (bits - 1) - 1)
         zero_symbol = None if bits == 1 else 2 ** (bits - 1) - 1
-        scales = coding.scale.detach().cpu().numpy().astype("<f4")
-        if len(scales) > 1 and (scales == scales[0]).all():  # per-tensor: one scale, not one per channel
+        scales = coding.scale.detach().cpu().numpy().astype("<f4").reshape(-1)  # groups: row by row
+        if coding.group_size:
+            extensions["g"] = coding.group_size
+            if coding.axis:
+                extensions["gx"] = coding.axis
+        elif len(scales) > 1 and (scales == scales[0]).all():  # per-tensor: one scale, not one per channel
             scales = scales[:1]
             extensions["s1"] = 1
         head = scales.tobytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ VERSIONS = (1, 2)
 PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 MAX_K = 16
 POSITIONS = ("dense", "bitmask", "relative")
-EXTENSIONS = ("cb", "hi", "hv", "s1", "al")
+EXTENSIONS = ("cb", "hi", "hv", "s1", "al", "g", "gx")
 PLAIN_ROW = 8  # fields of a row without extensions
 DTYPES = {
     str(d).removeprefix("torch."): d
@@ -39,16 +40,29 @@ assert sys.byteorder == "little", "autocomp.packed assumes a little-endian host"
 
 @dataclass(frozen=True, eq=False)
 class WeightCoding:
-    """How a layer's weight is quantized: ``weight == dequantize(q, scale)`` exactly.
+    """How a layer's weight is quantized: ``weight == dequantize(q, scale, group_size, axis)`` exactly.
 
     Attributes:
         bits: code width, 1..8. Codes q lie in [-(2**(bits-1) - 1), 2**(bits-1) - 1]; for
             ``bits == 1`` they are signs {-1, +1} and zeros exist only as pruned positions.
-        scale: float32, shape (out_channels,), > 0; per output channel (dim 0 of the weight).
+        scale: float32, > 0. Without groups, shape (out_channels,): per output channel (dim 0 of the
+            weight). With groups, shape (rows, ceil(row_length / group_size)): see `group_size`.
+        group_size: 0 for one scale per dim-0 channel; else group-wise scales: the weight's row ``r`` is
+            its slice ``r`` along ``axis`` (an output channel), flattened in memory order (the input
+            dimension, a convolution's fan-in), and each run of ``group_size`` consecutive weights of a row
+            has its own scale (the last run may be shorter).
+        axis: the output dim whose slices are the rows: 0, or 1 for weights stored (in, out, ...)
+            (`transformers`' Conv1D, ConvTranspose2d). Used only with groups.
     """
 
     bits: int
     scale: torch.Tensor
+    group_size: int = 0
+    axis: int = 0
+
+    def scales(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Each weight's scale, as a tensor that broadcasts to `shape` (see :func:`scale_map`)."""
+        return scale_map(self.scale, shape, self.group_size, self.axis)
 
     def __eq__(self, other: object) -> bool:
         # Tensors have no truth value, so the generated __eq__ would raise; compare exactly instead.
@@ -56,12 +70,13 @@ class WeightCoding:
             return NotImplemented
         return (
             self.bits == other.bits
+            and (self.group_size, self.axis) == (other.group_size, other.axis)
             and self.scale.shape == other.scale.shape
             and torch.equal(self.scale.detach().cpu(), other.scale.detach().cpu())
         )
 
     def __hash__(self) -> int:
-        return hash((self.bits, tuple(self.scale.shape)))
+        return hash((self.bits, tuple(self.scale.shape), self.group_size, self.axis))
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,17 +111,51 @@ class CodebookCoding:
 Coding = WeightCoding | CodebookCoding
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The one definition of a quantized weight: ``q * scale[c]`` in float32, c = dim 0.
+def group_count(shape: tuple[int, ...] | torch.Size, group_size: int, axis: int = 0) -> tuple[int, int]:
+    """(rows, groups per row) of a weight of `shape` quantized in groups of `group_size` (see WeightCoding)."""
+    rows = shape[axis]
+    length = math.prod(shape[:axis]) * math.prod(shape[axis + 1 :])
+    return rows, -(-length // group_size)
+
+
+def scale_map(scale: torch.Tensor, shape: tuple[int, ...] | torch.Size, group_size: int = 0,
+              axis: int = 0) -> torch.Tensor:
+    """Each weight's scale, broadcastable to `shape`, in float32.
+
+    Args:
+        scale: per-channel scales (out_channels,) when `group_size` is 0, else (rows, groups per row).
+        shape: the weight's shape.
+        group_size: 0 (per dim-0 channel) or the group length along each row (see WeightCoding).
+        axis: the output dim whose slices are the rows (groups only).
+
+    Returns:
+        Per channel, a view of shape (out_channels, 1, ...); with groups, a tensor of `shape` itself.
+    """
+    scale = scale.to(torch.float32)
+    if not group_size:
+        return scale.view(-1, *[1] * (len(shape) - 1))
+    if not math.prod(shape):
+        return scale.new_zeros(shape)
+    rows_first = (shape[axis], *shape[:axis], *shape[axis + 1 :])  # the weight with its rows first
+    length = math.prod(rows_first[1:])
+    full = scale.reshape(shape[axis], -1).repeat_interleave(group_size, dim=1)[:, :length]
+    return full.reshape(rows_first).movedim(0, axis)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, group_size: int = 0, axis: int = 0) -> torch.Tensor:
+    """The one definition of a quantized weight: ``q * scale`` of its channel or group, in float32.
 
     Args:
         q: integer codes, shape (out_channels, ...).
-        scale: per-output-channel scales, shape (out_channels,).
+        scale: per-output-channel scales, shape (out_channels,); with `group_size`, group scales of shape
+            (rows, groups per row) (see WeightCoding).
+        group_size: 0 for per-channel scales, else the length of a group.
+        axis: the output dim whose slices hold the groups (0, or 1 for (in, out, ...) weights).
 
     Returns:
         The float32 weight.
     """
-    view = scale.to(device=q.device, dtype=torch.float32).view(-1, *[1] * (q.dim() - 1))
+    view = scale_map(scale.to(device=q.device), q.shape, group_size, axis)
     return q.to(torch.float32) * view
 
 

@@ -1,4 +1,4 @@
-"""Structured channel pruning: physically remove output channels (filters / neurons) of Conv2d and Linear layers.
+"""Structured channel pruning: physically remove output channels (filters / neurons) of Conv and Linear layers.
 
 Built on Torch-Pruning's DependencyGraph, used at its low level: the graph is traced once on
 `context.example`, every coupled group of channels is scored here, and each group is pruned with
@@ -55,7 +55,7 @@ from autocomp.outputs import logits, per_position
 from autocomp.primitives.configs import Channels
 from autocomp.primitives.registry import CompressContext, model_handler, supports
 
-LAYER_TYPES = (nn.Conv2d, nn.Linear)
+LAYER_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
 CALIBRATION_CHUNK = 256  # rows per forward/backward in the taylor pass
 ANALYSIS_SECONDS = 30.0  # the dependency analysis of one model may take this long; longer, it is refused
 
@@ -73,6 +73,40 @@ def kept_channels(n: int, ratio: float, round_to: int = 1) -> int:
 
 class AnalysisTimeout(AutocompError):
     """The dependency analysis ran past its time limit."""
+
+
+class AnalysisDiverged(AutocompError):
+    """A channel group of the dependency analysis grew without bound (its index mappings never settle)."""
+
+
+# (dependency, indices) items one channel group may hold. A plain group holds a few per layer it touches (a
+# residual stream: a few hundred in a deep net); on grouped-query attention (Llama, Mistral, Qwen2) the
+# index mappings through repeat_kv never settle and Torch-Pruning's group grows past 10^5 items for minutes
+GROUP_ITEMS_LIMIT = 20_000
+
+
+def _has_pruning_op(self: Any, dep: Any, idxs: Any) -> bool:
+    """Torch-Pruning's `Group.has_pruning_op` (is this (target, handler, indices) already in the group?).
+
+    The same answer from a set kept beside the group instead of a scan of it (the scan made the analysis
+    quadratic in the group's size), and a group past GROUP_ITEMS_LIMIT stops the analysis.
+    """
+    items = self._group
+    if len(items) > GROUP_ITEMS_LIMIT:
+        raise AnalysisDiverged(f"channel removal's dependency analysis does not converge: a channel group "
+                               f"grew past {GROUP_ITEMS_LIMIT} dependencies (e.g. grouped-query attention)")
+    seen = self.__dict__.setdefault("_autocomp_seen", set())
+    done = self.__dict__.get("_autocomp_done", 0)
+    if done > len(items):  # items were replaced: start over
+        seen.clear()
+        done = 0
+    for known, known_idxs in items[done:]:
+        seen.add((known.target, known.handler, tuple(known_idxs)))
+    self._autocomp_done = len(items)
+    return (dep.target, dep.handler, tuple(idxs)) in seen
+
+
+tp.dependency.group.Group.has_pruning_op = _has_pruning_op
 
 
 @contextmanager
@@ -103,7 +137,7 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 def _is_grouped(module: nn.Module) -> bool:
     """A grouped conv whose groups constrain channel counts (depthwise ones follow their input instead)."""
-    return (isinstance(module, nn.Conv2d) and module.groups > 1
+    return (isinstance(module, (nn.Conv2d, nn.Conv1d)) and module.groups > 1
             and not module.groups == module.out_channels)  # Torch-Pruning's own depthwise test
 
 
@@ -363,7 +397,7 @@ def analyse(model: nn.Module, example: Any, *, seconds: float = ANALYSIS_SECONDS
     try:
         with _deadline(seconds):
             result = Analysis(seconds=0.0, refused=_refusals(model, example))
-    except AnalysisTimeout as err:
+    except (AnalysisTimeout, AnalysisDiverged) as err:
         result = Analysis(seconds=0.0, error=str(err))
     except Exception as err:  # a model Torch-Pruning cannot trace: refused, with Torch-Pruning's words
         result = Analysis(seconds=0.0, error=f"the dependency analysis failed: {type(err).__name__}: {err}")
@@ -390,7 +424,7 @@ def _refusals(model: nn.Module, example: Any) -> dict[str, str]:
     cut = "its outputs cannot be followed through the model's forward (a detach or an untraced operation)"
     refused = {name: cut for name, m in work.named_modules()
                if isinstance(m, LAYER_TYPES) and m not in graph.module2node}
-    trials: list[tuple[list[str], str, list[int]]] = []  # (members, root name, root channels to remove)
+    trials: list[tuple[list[str], str, int, int]] = []  # (members, root name, channels, channel groups)
     for group in graph.get_all_groups(root_module_types=LAYER_TYPES):
         members, _, reaches_output, untraced = _group_parts(graph, group, names, width)
         refused.update(dict.fromkeys(untraced, cut))
@@ -406,24 +440,48 @@ def _refusals(model: nn.Module, example: Any) -> dict[str, str]:
         if reason:
             refused.update(dict.fromkeys(member_names, reason))
         elif len(remove) < n:
-            trials.append((member_names, names[group.items[0].dep.target.module], remove))
-    # dry run: remove the fewest channels group by group; a forward that fails refuses that group's layers
-    for members, root_name, remove in trials:
-        root = work.get_submodule(root_name)
-        try:
-            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=remove)
-            if not graph.check_pruning_group(group):
+            trials.append((member_names, names[group.items[0].dep.target.module], n, chunks))
+    # dry runs: remove the fewest channels group by group, then (on a fresh copy) half of each group's; a
+    # forward that fails refuses that group's layers. Both, because a view with -1 can absorb one lost channel
+    # and not more (LeViT's subsampling attention), and head reshapes can take whole heads and not one channel.
+    for size in ("fewest", "half"):
+        if size == "half":
+            work, graph, names = _traced(model, example)
+        for members, root_name, n, chunks in trials:
+            if any(m in refused for m in members):
                 continue
-            group.prune(record_history=False)
-            with torch.no_grad():
-                got = tuple(logits(work(*example)).shape)
-            if got != shape:
-                raise AutocompError(f"the model's output shape becomes {list(got)} (was {list(shape)})")
-        except Exception as err:
-            reason = f"removing its channels breaks the model's forward: {type(err).__name__}: {err}"
-            refused.update(dict.fromkeys(members, reason.splitlines()[0][:300]))
-            work, graph, names = _traced(model, example)  # start the rest again on an intact copy
+            count = chunks if size == "fewest" else n - kept_channels(n, 0.5, chunks)
+            if count < 1 or count >= n:
+                continue
+            remove = _pattern(torch.arange(n, dtype=torch.float64), count, chunks)
+            work, graph, names = _dry_run(model, example, work, graph, names, members, root_name, remove, shape,
+                                          refused)
     return refused
+
+
+def _dry_run(model: nn.Module, example: tuple, work: nn.Module, graph: tp.DependencyGraph,
+             names: dict[nn.Module, str], members: list[str], root_name: str, remove: list[int],
+             shape: tuple[int, ...], refused: dict[str, str]) -> tuple[nn.Module, tp.DependencyGraph,
+                                                                       dict[nn.Module, str]]:
+    """Remove `remove` from the group of `root_name` on `work` and run it.
+
+    A failure (or a changed output shape) refuses `members`, and a fresh copy is returned to go on with.
+    """
+    root = work.get_submodule(root_name)
+    try:
+        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=remove)
+        if not graph.check_pruning_group(group):
+            return work, graph, names
+        group.prune(record_history=False)
+        with torch.no_grad():
+            got = tuple(logits(work(*example)).shape)
+        if got != shape:
+            raise AutocompError(f"the model's output shape becomes {list(got)} (was {list(shape)})")
+    except Exception as err:
+        reason = f"removing its channels breaks the model's forward: {type(err).__name__}: {err}"
+        refused.update(dict.fromkeys(members, reason.splitlines()[0][:300]))
+        return _traced(model, example)  # start the rest again on an intact copy
+    return work, graph, names
 
 
 @supports(Channels)
@@ -435,5 +493,5 @@ def channels_supports(module: Any, name: str, model: Any, example: Any) -> str |
     return analysis.error or analysis.refused.get(name)
 
 
-__all__ = ["ANALYSIS_SECONDS", "Analysis", "AnalysisTimeout", "analyse", "channels_supports", "kept_channels",
-           "prune_channels"]
+__all__ = ["ANALYSIS_SECONDS", "Analysis", "AnalysisDiverged", "AnalysisTimeout", "analyse", "channels_supports",
+           "kept_channels", "prune_channels"]

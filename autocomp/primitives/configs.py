@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 # the primitives that act on weights element by element take every kind (autocomp.layers.KINDS); the
 # attention kind is MultiheadAttention's packed in_proj_weight
-ELEMENTWISE_KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention")
+ELEMENTWISE_KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention",
+                     "Params")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,9 +79,11 @@ class Channels(PrimitiveConfig):
     it. `criterion` ranks channels: l1 / l2 weight norm, bn_scale (network slimming: |gamma| of the
     following BatchNorm) or taylor (first-order |w * dL/dw|, needs calibration data). The kept count is
     rounded to a multiple of `round_to`. Applied to the whole model at once (a dependency graph), first.
+    Takes Conv1d layers (1-D audio nets) as it takes Conv2d ones.
     """
 
     NAME: ClassVar[str] = "channels"
+    APPLIES_TO: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d", "Conv1d")
     KNOBS: ClassVar[dict[str, KnobRange]] = {
         "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True, compresses=1),
         "criterion": KnobRange(kind=str, extra=("l1", "l2", "bn_scale", "taylor")),
@@ -179,6 +182,11 @@ class Prune(PrimitiveConfig):
     at least as large, which makes scores comparable across layers. scope layer prunes each layer to its
     own ratio; global pools every layer whose policy says global and prunes `ratio` of the pool by one
     threshold (with lamp, the per-layer amounts then follow from the scores).
+
+    pattern "N:M" (semi-structured sparsity, e.g. 2:4 as sparse tensor cores run it): in every run of M
+    consecutive weights along the layer's input dimension the N largest |w| are kept and the rest zeroed
+    (ties: the first); a last, shorter run of r weights keeps min(N, r). The pattern fixes the amount
+    (1 - N/M), so `ratio`, `score` and `scope` are ignored while it is set; "none" prunes by `ratio`.
     """
 
     NAME: ClassVar[str] = "prune"
@@ -187,14 +195,23 @@ class Prune(PrimitiveConfig):
         "ratio": KnobRange(kind=float, low=0.0, high=1.0, high_open=True, compresses=1),
         "score": KnobRange(kind=str, extra=("magnitude", "lamp")),
         "scope": KnobRange(kind=str, extra=("layer", "global")),
+        "pattern": KnobRange(kind=str, extra=("none", "1:2", "2:4", "1:4", "4:8", "2:8", "1:8")),
     }
     ratio: float = 0.0
     score: str = "magnitude"
     scope: str = "layer"
+    pattern: str = "none"
 
     def is_identity(self) -> bool:
-        """Identity at ratio 0: no weight is zeroed."""
-        return self.ratio <= 0.0
+        """Identity at ratio 0 without a pattern: no weight is zeroed."""
+        return self.ratio <= 0.0 and self.pattern == "none"
+
+    def n_m(self) -> tuple[int, int] | None:
+        """(N, M) of the pattern, or None for "none"."""
+        if self.pattern == "none":
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +245,17 @@ class Quantize(PrimitiveConfig):
     Bits: 1 = sign x scale; 2 = ternary {-s, 0, s}; 32 keeps fp32. Per output channel or per tensor;
     `act_bits` < 32 fake-quantizes the layer's input with a range calibrated on sample data. On a layer
     whose weights are shared (a k-means codebook) the codebook indices already are the weight code: `bits`
-    is then ignored and `act_bits` still applies.
+    is then ignored and `act_bits` still applies. A Params tensor (a norm's gain, position embeddings) is
+    always quantized per tensor: per-channel scales would cost as much as its values.
+
+    `group_size` > 0 (e.g. 32, 64, 128; 0 = off) gives group-wise scales, as GPTQ / AWQ / NNCF group
+    quantization does: each output channel's weights along its input dimension (a convolution's in x kh x
+    kw fan-in in memory order; an Embedding row's embedding dim; the columns of `transformers`' Conv1D,
+    stored (in, out)) are cut into runs of `group_size` consecutive weights, the last possibly shorter, and
+    each run has its own fp32 scale (stored in the packed file, so counted in the size). It overrides
+    `per_channel`; a group as long as the input dimension or longer is per-channel quantization (for Conv1D:
+    one scale per output column). 1 and 2 bits scale per group as they do per channel; pruned zeros stay
+    zero; a shared layer and a Params tensor ignore it.
     """
 
     NAME: ClassVar[str] = "quantize"
@@ -238,14 +265,18 @@ class Quantize(PrimitiveConfig):
         "MultiheadAttention": "attention takes three inputs (query, key, value); quantize its in-projection's "
                               "weights with bits",
         "NonDynamicallyQuantizableLinear": "MultiheadAttention reads its out_proj's weight and never calls it",
+        "Params": "a Params module (a norm, an embeddings block) is quantized in its own tensor, not its input",
     }}
     KNOBS: ClassVar[dict[str, KnobRange]] = {
         "bits": KnobRange(kind=int, low=1, high=8, extra=(32,), compresses=-1),
         "per_channel": KnobRange(kind=int, low=0, high=1),
+        # 0 (off) is not the end of a monotone scale: neither direction is "more compressive"
+        "group_size": KnobRange(kind=int, low=0, high=65_536),
         "act_bits": KnobRange(kind=int, low=2, high=8, extra=(32,), compresses=-1),
     }
     bits: int = 32
     per_channel: int = 1
+    group_size: int = 0
     act_bits: int = 32
 
     def is_identity(self) -> bool:

@@ -2,7 +2,8 @@
 
 Scores: magnitude |w|, or LAMP (Lee et al. 2021) |w|^2 / sum of the squares of the layer's weights at
 least as large. Within one layer both rank weights identically; pooled across layers (scope global), LAMP
-makes the scores comparable, so the per-layer amounts follow from one global threshold.
+makes the scores comparable, so the per-layer amounts follow from one global threshold. A pattern N:M
+(semi-structured sparsity) keeps the N largest of every M consecutive weights along the input dimension.
 """
 
 from __future__ import annotations
@@ -12,14 +13,32 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from autocomp.layers import compressible_parts, weight_of
+from autocomp.layers import compressible_parts, input_dim, root_problem, weight_of
 from autocomp.primitives.configs import Prune
-from autocomp.primitives.registry import CompressContext, model_handler
+from autocomp.primitives.registry import CompressContext, model_handler, supports
 
 
 def magnitude_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean mask keeping all but the round(ratio * n) smallest |w| (ties broken by position)."""
     return _mask_from_scores(weight.detach().abs(), ratio)
+
+
+def n_m_mask(weight: torch.Tensor, n: int, m: int, dim: int) -> torch.Tensor:
+    """Boolean mask keeping the n largest |w| of every m consecutive weights along `dim` (ties: the first).
+
+    A last run shorter than m (the dim not a multiple of m) keeps min(n, its length).
+    """
+    scores = weight.detach().abs().movedim(dim, -1)
+    length = scores.shape[-1]
+    pad = (-length) % m
+    rows = scores.reshape(-1, length)
+    if pad:  # below every |w|: a padded slot is only ever "kept" where the run has fewer than n weights
+        rows = torch.nn.functional.pad(rows, (0, pad), value=-1.0)
+    runs = rows.reshape(rows.shape[0], -1, m)
+    order = torch.argsort(-runs, dim=-1, stable=True)[..., :n]
+    keep = torch.zeros_like(runs, dtype=torch.bool).scatter_(-1, order, True)
+    keep = keep.reshape(rows.shape)[:, :length].reshape(scores.shape)
+    return keep.movedim(-1, dim).contiguous()
 
 
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -53,13 +72,22 @@ def _parts(model: nn.Module, name: str) -> list[nn.Module]:
     return compressible_parts(model.get_submodule(name))
 
 
+@supports(Prune)
+def prune_supports(module: nn.Module, name: str, model: nn.Module, example: object = None) -> str | None:
+    """Refuses only the model itself (a top-level module holding parameters of its own)."""
+    return root_problem(name)
+
+
 @model_handler(Prune)
 def prune_model(model: nn.Module, configs: Mapping[str, Prune], context: CompressContext) -> nn.Module:
     """Zero each configured layer's lowest-scored weights: per layer, or by one threshold per global pool."""
     pools: dict[tuple[float, str], list[nn.Module]] = {}
     for name, config in configs.items():
         for layer in _parts(model, name):
-            if config.scope == "global":  # layers sharing (ratio, score) are pruned by one threshold
+            pattern = config.n_m()
+            if pattern is not None:
+                _apply(layer, n_m_mask(weight_of(layer), *pattern, input_dim(layer)))
+            elif config.scope == "global":  # layers sharing (ratio, score) are pruned by one threshold
                 pools.setdefault((config.ratio, config.score), []).append(layer)
             else:
                 _apply(layer, magnitude_mask(weight_of(layer), config.ratio))

@@ -1,10 +1,12 @@
 """Symmetric weight quantization (w -> q * scale) and calibrated fake quantization of layer inputs.
 
-Weights: q in [-(2^(b-1)-1), 2^(b-1)-1] per output channel or per tensor; b = 2 is ternary {-s, 0, s};
-b = 1 is sign(w) x the mean |w| of the channel (the scale that minimises the squared error of a sign
-code), pruned zeros staying zero. A layer whose weights are already shared (a k-means codebook) keeps
-its codebook: its indices are its weight bits. Activations: an affine `act_bits` grid per tensor, its range
-the min and max the layer's input takes on calibration data, applied in evaluation as fake quantization.
+Weights: q in [-(2^(b-1)-1), 2^(b-1)-1] per output channel, per tensor, or per group of `group_size`
+consecutive weights along each output channel's inputs (GPTQ / AWQ-style group-wise scales); b = 2 is
+ternary {-s, 0, s}; b = 1 is sign(w) x the mean |w| of the channel or group (the scale that minimises the
+squared error of a sign code), pruned zeros staying zero. A layer whose weights are already shared (a
+k-means codebook) keeps its codebook: its indices are its weight bits. Activations: an affine `act_bits`
+grid per tensor, its range the min and max the layer's input takes on calibration data, applied in
+evaluation as fake quantization.
 """
 
 from __future__ import annotations
@@ -16,28 +18,57 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.layers import compressible_parts, layer_kind, stored_weight_problem, weight_of
+from autocomp.layers import (
+    PARAMS,
+    compressible_parts,
+    input_dim,
+    layer_kind,
+    root_problem,
+    stored_weight_problem,
+    weight_of,
+)
 from autocomp.packed import WeightCoding, dequantize
+from autocomp.packed.format import group_count, scale_map
 from autocomp.primitives.configs import Quantize
 from autocomp.primitives.registry import CompressContext, model_handler, supports
 
 
-def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_scales(blocks: torch.Tensor, bits: int) -> torch.Tensor:
+    """One fp32 scale per row of `blocks`: max |w| over qmax, or for 1 bit the mean |w| of the nonzeros.
+
+    A row of zeros gets scale 1 (its codes are all 0).
+    """
+    if bits == 1:
+        nonzero = (blocks != 0).sum(dim=1).clamp(min=1)
+        scale = blocks.abs().sum(dim=1) / nonzero
+    else:
+        scale = blocks.abs().amax(dim=1) / (2 ** (bits - 1) - 1)
+    return torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True, group_size: int = 0,
+                    axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer codes and fp32 scales (one per output channel; the same one repeated when per tensor).
 
-    A channel (or tensor) of zeros gets scale 1, its codes all 0.
+    With `group_size` > 0 (which overrides `per_channel`) the scales are group-wise: the weight's rows are
+    its slices along `axis` (the output dim), each flattened in memory order, and every run of
+    `group_size` consecutive weights of a row (the last one possibly shorter) gets its own scale; the
+    scales then have shape (rows, groups per row), as `WeightCoding` holds them.
+    A channel, group (or tensor) of zeros gets scale 1, its codes all 0.
     """
     w = weight.detach()
-    flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
-    if bits == 1:
-        nonzero = (flat != 0).sum(dim=1).clamp(min=1)
-        scale = flat.abs().sum(dim=1) / nonzero
+    if group_size:
+        rows, groups = group_count(w.shape, group_size, axis)
+        flat = w.movedim(axis, 0).reshape(rows, -1) if rows else w.new_zeros(0, 0)
+        # zero padding of the last, shorter group changes neither its max |w| nor its nonzeros' mean |w|
+        padded = nn.functional.pad(flat, (0, groups * group_size - flat.shape[1]))
+        scale = _block_scales(padded.reshape(rows * groups, group_size), bits).reshape(rows, groups)
+        view = scale_map(scale, w.shape, group_size, axis)
     else:
-        scale = flat.abs().amax(dim=1) / (2 ** (bits - 1) - 1)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
-    if not per_channel:
-        scale = scale.expand(w.shape[0]).contiguous()
-    view = scale.view(-1, *([1] * (w.dim() - 1)))
+        scale = _block_scales(w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1), bits)
+        if not per_channel:
+            scale = scale.expand(w.shape[0]).contiguous()
+        view = scale.view(-1, *([1] * (w.dim() - 1)))
     if bits == 1:
         codes = torch.sign(w).to(torch.int32)
     else:
@@ -46,16 +77,40 @@ def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool = True) -
     return codes, scale
 
 
-def quantize_layer(layer: nn.Module, bits: int, per_channel: bool = True) -> None:
-    """Round the layer's weights to `bits` in place and record the coding (skipped for shared weights)."""
+def group_layout(layer: nn.Module, group_size: int) -> tuple[int, int]:
+    """(group size, output axis) that `group_size` gives `layer`'s weight; (0, 0) means per-channel scales.
+
+    The rows are the output channels: dim 0, or dim 1 for weights stored (in, out, ...) (Conv1D,
+    ConvTranspose2d); the groups run along the rest (a convolution's fan-in). A group as long as a row or
+    longer is one scale per row: per-channel scales when the rows are dim 0. A Params tensor (a norm's gains)
+    keeps its one scale per tensor.
+    """
+    weight = weight_of(layer)
+    if not group_size or layer_kind(layer) == PARAMS or weight.dim() < 2:
+        return 0, 0
+    axis = 1 if input_dim(layer) == 0 else 0
+    length = weight.numel() // weight.shape[axis] if weight.shape[axis] else 0
+    if axis == 0 and group_size >= length:
+        return 0, 0
+    return min(group_size, max(length, 1)), axis
+
+
+def quantize_layer(layer: nn.Module, bits: int, per_channel: bool = True, group_size: int = 0) -> None:
+    """Round the layer's weights to `bits` in place and record the coding (skipped for shared weights).
+
+    `group_size` > 0: group-wise scales along each output channel's inputs (see `group_layout`).
+    """
     coding = getattr(layer, "weight_coding", None)
     if coding is not None and not isinstance(coding, WeightCoding):
         return  # shared weights: the codebook indices are already the weight's code
     weight = weight_of(layer)
-    codes, scale = quantize_weight(weight, bits, per_channel)
+    # groups imply per-channel scales at least; a norm's gains: one scale, not one per value
+    per_channel = (per_channel or group_size > 0) and layer_kind(layer) != PARAMS
+    group, axis = group_layout(layer, group_size)
+    codes, scale = quantize_weight(weight, bits, per_channel, group, axis)
     with torch.no_grad():
-        weight.copy_(dequantize(codes, scale))
-    layer.weight_coding = WeightCoding(bits=bits, scale=scale)
+        weight.copy_(dequantize(codes, scale, group, axis))
+    layer.weight_coding = WeightCoding(bits=bits, scale=scale, group_size=group, axis=axis)
 
 
 # what model code reads from a layer it calls (ViT: projection.weight.dtype; MobileNet: conv.stride)
@@ -155,7 +210,7 @@ def _calibrate(model: nn.Module, wrappers: list[QuantizedInput], inputs: torch.T
 @supports(Quantize)
 def quantize_supports(module: nn.Module, name: str, model: nn.Module, example: object = None) -> str | None:
     """Refuses layers whose weight the packed file could not hold as codes (see `stored_weight_problem`)."""
-    return stored_weight_problem(module)
+    return root_problem(name) or stored_weight_problem(module)
 
 
 @model_handler(Quantize)
@@ -165,10 +220,13 @@ def quantize_model(model: nn.Module, configs: Mapping[str, Quantize], context: C
     done: dict[int, nn.Module] = {}  # a weight tied across layers is quantized once (first config wins)
     for name, config in configs.items():
         module = model.get_submodule(name)
+        if not Quantize.KNOBS["group_size"].allows(config.group_size):  # a policy written by hand
+            raise AutocompError(f"quantize group_size={config.group_size!r} on '{name}': must be "
+                                f"{Quantize.KNOBS['group_size'].describe()} (0 = off)")
         if config.bits < 32:
             for layer in compressible_parts(module):
                 if id(weight_of(layer)) not in done:
-                    quantize_layer(layer, config.bits, bool(config.per_channel))
+                    quantize_layer(layer, config.bits, bool(config.per_channel), config.group_size)
                     done[id(weight_of(layer))] = layer
         if config.act_bits < 32:
             limits = Quantize.KIND_LIMITS["act_bits"]

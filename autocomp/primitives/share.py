@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocomp.layers import compressible_parts, layer_kind, stored_weight_problem, weight_name, weight_of
+from autocomp.layers import (
+    compressible_parts,
+    layer_kind,
+    root_problem,
+    stored_weight_problem,
+    weight_name,
+    weight_of,
+)
 from autocomp.packed import CodebookCoding
 from autocomp.primitives.configs import Share
 from autocomp.primitives.registry import CompressContext, handler, model_handler, supports
@@ -120,7 +127,7 @@ def share_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, Codeboo
 @supports(Share)
 def share_supports(module: nn.Module, name: str, model: nn.Module, example: object = None) -> str | None:
     """Refuses layers whose weight the packed file could not hold as a codebook (see `stored_weight_problem`)."""
-    return stored_weight_problem(module)
+    return root_problem(name) or stored_weight_problem(module)
 
 
 @handler(Share)

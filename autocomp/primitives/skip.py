@@ -49,6 +49,21 @@ def _depends_on(node: fx.Node, ancestor: fx.Node) -> bool:
     return False
 
 
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.all_input_nodes)
+    return seen
+
+
+def _layer_calls(traced: fx.GraphModule, nodes: set[fx.Node]) -> int:
+    return sum(n.op == "call_module" and isinstance(traced.get_submodule(n.target), LAYER_TYPES) for n in nodes)
+
+
 def _remove_branch(traced: fx.GraphModule, layer: str) -> None:
     graph = traced.graph
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
@@ -75,6 +90,13 @@ def _remove_branch(traced: fx.GraphModule, layer: str) -> None:
     if len(others) != 1 or _depends_on(others[0], start) or len(user.args) != 2 or user.kwargs:
         raise AutocompError(f"skip: the addition after layer '{layer}' does not add one shortcut to its "
                             "branch")
+    # The branch is the operand with more layers of its own than the other (ResNet's 1x1 projection shortcut
+    # has one, the branch two): naming the shortcut's layer would remove the branch's partner, and two such
+    # layers of one addition could not both be removed.
+    mine, theirs = _ancestors(current), _ancestors(others[0])
+    if _layer_calls(traced, mine - theirs) <= _layer_calls(traced, theirs - mine):
+        raise AutocompError(f"skip: layer '{layer}' is on the shortcut of its residual addition (the other operand "
+                            "holds as many layers or more); name a layer of the branch")
     user.replace_all_uses_with(others[0])
     graph.erase_node(user)
 

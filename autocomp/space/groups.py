@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from autocomp.layers import KINDS, module_kind
+from autocomp.layers import KINDS, PARAMS, module_kind
 from autocomp.primitives.configs import KnobRange
 from autocomp.space.params import Choice, Domain, FloatRange
 
@@ -44,6 +44,9 @@ class Where:
 class Selector:
     """Picks layers: an exact module name, `re:<regex>` (full match) or `type:<ModuleClass>`.
 
+    A `re:` pattern never picks a Params layer (a norm's or an embedding block's own tensors): those are
+    chosen by `type:Params` or by name, so patterns written for the weight layers keep meaning those.
+
     `type:` matches the module's own class name or its layer kind, so `type:Linear` picks Linear subclasses
     too (MultiheadAttention's out_proj) and `type:NonDynamicallyQuantizableLinear` picks only those.
     """
@@ -53,8 +56,9 @@ class Selector:
 
     def matches(self, name: str, module: Any) -> bool:
         """Whether the layer `name` (the module `module`) is picked."""
-        if self.text.startswith("re:"):
-            return re.fullmatch(self.text[3:], name) is not None
+        if self.text.startswith("re:"):  # a Params module (norms...) only by type:Params or its name:
+            # patterns written for the weight layers keep meaning just those
+            return module_kind(module) != PARAMS and re.fullmatch(self.text[3:], name) is not None
         if self.text.startswith("type:"):
             return self.text[5:] in (type(module).__name__, module_kind(module))
         return name == self.text

@@ -9,9 +9,10 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +28,18 @@ CIFAR10_TEST_BATCH = "test_batch"
 
 @dataclass(frozen=True)
 class Splits:
-    """Normalised float32 images (N, C, H, W) and int64 labels for each split."""
+    """Inputs and labels (or targets) for each split, and what they are.
+
+    The built-in image datasets hold normalised float32 images (N, C, H, W) and int64 labels; other sources
+    hold what they document (e.g. `text`: int64 token blocks and the next tokens). `info` carries what a model
+    or task may need (`classes`, `vocab_size`, normalisation `mean`/`std`...).
+    """
 
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
     description: str
+    info: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -57,7 +64,7 @@ def _find(folder: Path, stem: str) -> Path:
     for candidate in (folder / stem, folder / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{folder}: missing MNIST file '{stem}' (or '{stem}.gz')")
+    raise DataError(f"{folder}: missing idx file '{stem}' (or '{stem}.gz')")
 
 
 def _dataset_dir(data_dir: str | Path | None, name: str, marker: str, subdirs: tuple[str, ...] | None = None) -> Path:
@@ -222,8 +229,12 @@ def load_cifar10(data_dir: str | Path | None, *, val_fraction: float = 0.1, seed
 DATASETS: dict[str, Callable[..., Splits]] = {"mnist": load_mnist, "mnist5k": load_mnist5k, "cifar10": load_cifar10}
 
 
-def load_dataset(name: str, data_dir: str | Path | None, *, val_fraction: float, seed: int = 0) -> Splits:
-    """The named dataset's train/val/test splits, `val_fraction` of training held out (seeded) for validation."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset '{name}'; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](data_dir, val_fraction=val_fraction, seed=seed)
+def load_dataset(name: str, data_dir: str | Path | None, *, val_fraction: float, seed: int = 0,
+                 **options: Any) -> Splits:
+    """The named dataset's train/val/test splits, `val_fraction` of training held out (seeded) for validation.
+
+    Same as `autocomp.zoo.sources.load_dataset`, which also knows the user-data sources and factories.
+    """
+    from autocomp.zoo import sources  # it registers into DATASETS and imports this module: import on use
+
+    return sources.load_dataset(name, data_dir, val_fraction=val_fraction, seed=seed, **options)

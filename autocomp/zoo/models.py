@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
+from autocomp.refs import import_reference, is_reference
 from autocomp.zoo.efficient import MobileNetV1, ShuffleNetV1, SqueezeNet, resize
 
 
@@ -221,12 +221,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build_model(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build a zoo model by name, or a user's model from a `package.module:factory` string."""
     kwargs = dict(kwargs or {})
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise AutocompError(f"model factory '{name}' cannot be imported: {err}") from err
+    if is_reference(name):  # modules in the working directory import, as under `python -m`
+        factory = import_reference(name, "model factory")
     elif name in MODELS:
         factory = MODELS[name]
     else:

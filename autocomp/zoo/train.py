@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from autocomp.outputs import IGNORE_INDEX, logits, per_position
 from autocomp.schema import integer, positive, setting
 from autocomp.schema.rules import MAX_SEED
+from autocomp.tasks import CLASSIFICATION, Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,8 +22,9 @@ class TrainSpec:
     seed: int = setting(0, integer(0, MAX_SEED))
 
 
-def train_baseline(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec) -> nn.Module:
-    """Train `model` in place with Adam and cross-entropy; the same seed gives the same weights."""
+def train_baseline(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec,
+                   task: Task = CLASSIFICATION) -> nn.Module:
+    """Train `model` in place with Adam on `task`'s loss; the same seed gives the same weights."""
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     x, y = data
@@ -35,8 +36,7 @@ def train_baseline(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], sp
         for start in range(0, len(y), spec.batch_size):
             batch = order[start : start + spec.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            scores, labels = per_position(logits(model(x[batch])), y[batch])
-            nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX).backward()
+            task.loss(model(x[batch]), y[batch]).backward()
             optimizer.step()
         schedule.step()
     model.eval()

@@ -24,7 +24,7 @@ import base64
 import io
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +34,9 @@ from stable_baselines3 import DDPG, TD3
 from stable_baselines3.common.logger import configure
 
 from autocomp.optimizers.base import Optimizer, Params, Told
+from autocomp.optimizers.guided import GUIDE_SETTINGS, guide_wants_proxies, make_guide
 from autocomp.optimizers.rl.env import CompressionEnv
+from autocomp.space.params import Choice, Param
 
 AGENTS = {"td3": TD3, "ddpg": DDPG}
 MODES = ("accuracy", "resource")
@@ -47,14 +49,18 @@ class RLSearch(Optimizer):
 
     name = "rl"
     SETTINGS = {"agent": str, "mode": str, "resource": str, "budget": (float, list), "warmup": int, "noise": float,
-                "noise_decay": float, "hidden": int, "lr": float, "batch_size": int, "updates": int}
+                "noise_decay": float, "hidden": int, "lr": float, "batch_size": int, "updates": int,
+                **GUIDE_SETTINGS}
 
     def __init__(self, space, *, directions, seed=0, context=None, agent: str = "td3", mode: str = "resource",
                  resource: str = "size", budget: float | list[float] | None = None, warmup: int = 20,
                  noise: float = 0.5,
                  noise_decay: float = 0.97, hidden: int = 64, lr: float = 1e-3, batch_size: int = 64,
-                 updates: int = 0) -> None:
+                 updates: int = 0, **guide: Any) -> None:
         super().__init__(space, directions=directions, seed=seed, context=context)
+        # guided: the allocator's measurements and solutions are replayed as the first episodes, in place of
+        # the random warmup, and later episodes are screened by the surrogate (autocomp.optimizers.guided)
+        self.guide = make_guide(self, dict(guide))
         if agent not in AGENTS:
             raise ValueError(f"agent must be one of {', '.join(AGENTS)}, not '{agent}'")
         if mode not in MODES:
@@ -101,8 +107,57 @@ class RLSearch(Optimizer):
         """The exploration noise now: `noise` decayed by `noise_decay` per episode after the warmup."""
         return self.noise * self.noise_decay ** max(0, self.episodes - self.warmup)
 
+    @classmethod
+    def wants_proxies(cls, settings: Mapping[str, Any]) -> bool:
+        """True when guided with `sensitivity: fisher` (the runner then computes the gradient proxies)."""
+        return guide_wants_proxies(settings)
+
     def ask(self, n: int) -> list[Params]:
-        """Roll out `n` episodes with the actor plus exploration noise (random during warmup); each is a policy."""
+        """Up to `n` episodes (each a policy): guided, the allocator's replayed first, then screened rollouts."""
+        if self.guide is None:
+            return self._rollouts(n)
+        if self.guide.phase == "start":
+            picks = self.guide.start_ask(n)
+            if picks or self.guide.phase == "start":
+                with self._generators():
+                    for params in picks:
+                        self._replay(params)
+                return picks
+        return self.guide.screen_ask(n, self._rollouts, self._reject)
+
+    def _reject(self, params: Params, predicted: list[float]) -> None:
+        """A screened-out episode: trained on with its predicted objectives (never evaluated)."""
+        self._learn([Told(params, tuple(predicted))])
+
+    def _replay(self, params: Params) -> None:
+        """Store the episode that sets exactly `params` (the actions that select its values), without noise.
+
+        The budget the agent observes is the episode's own estimated cost, so the env's budget rule keeps
+        every replayed action as it is.
+        """
+        self.env.reset(options={"budget": 1.0})  # no draw: the budget is set from the episode below
+        if self.env.bounds:
+            cost = sum(self.env._cost(u, self._action_of(params, u), 1.0)[0] for u in range(len(self.env.units)))
+            self.env.budget = min(1.0, cost / self.env.total * (1 + 1e-6) + 1e-12)
+        obs = self.env.observation()
+        steps, done = [], False
+        for unit in range(len(self.env.units)):
+            action = self._action_of(params, unit)
+            nxt, _, done, _, info = self.env.step(action)
+            steps.append({"obs": obs.tolist(), "action": info["action"].tolist(), "next": nxt.tolist()})
+            obs = nxt
+        self.episodes += 1
+        self.pending.append({"params": dict(params), "steps": steps})
+
+    def _action_of(self, params: Params, unit: int) -> np.ndarray:
+        """The action of step `unit` that selects `params`' values of that layer's knobs."""
+        action = np.zeros(len(self.env.knobs), dtype=np.float32)
+        for p in self.env.units[unit][1]:
+            action[self.env.knobs.index(p.knob)] = _action_for(p, params[p.name])
+        return action
+
+    def _rollouts(self, n: int) -> list[Params]:
+        """Roll out `n` episodes with the actor plus exploration noise (random during an unguided warmup)."""
         out = []
         with self._generators():
             for _ in range(n):
@@ -113,7 +168,7 @@ class RLSearch(Optimizer):
                 obs, _ = self.env.reset(options={"budget": budget} if budget is not None else None)
                 steps, done, info = [], False, {}
                 while not done:
-                    if self.episodes < self.warmup:
+                    if self.episodes < self.warmup and self.guide is None:
                         action = np.random.uniform(0.0, 1.0, len(self.env.knobs)).astype(np.float32)
                     else:
                         action, _ = self.model.predict(obs, deterministic=True)
@@ -138,6 +193,11 @@ class RLSearch(Optimizer):
 
     def tell(self, results: list[Told]) -> None:
         """Store each episode's transitions with its reward (less the moving baseline), then train the agent."""
+        if self.guide is not None:
+            self.guide.tell(results)
+        self._learn(results)
+
+    def _learn(self, results: list[Told]) -> None:
         trained = 0
         with self._generators():
             for told in results:
@@ -181,6 +241,7 @@ class RLSearch(Optimizer):
             "baseline": self.baseline, "worst": self.worst, "pending": self.pending,
             "n_updates": self.model._n_updates, "buffer_pos": buffer.pos, "buffer_full": buffer.full,
             "np_rng": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+            "guide": self.guide.state_dict() if self.guide is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -200,3 +261,14 @@ class RLSearch(Optimizer):
         self.model._n_updates = int(state["n_updates"])
         self.episodes, self.baseline, self.worst = state["episodes"], state["baseline"], state["worst"]
         self.pending = state["pending"]
+        if self.guide is not None and state.get("guide"):
+            self.guide.load_state_dict(state["guide"])
+
+
+def _action_for(param: Param, value: Any) -> float:
+    """The action in [0, 1] whose `knob_value` is `value` (the inverse of env.knob_value on the grid)."""
+    if isinstance(param.domain, Choice):
+        values = param.ordered()
+        return values.index(value) / max(len(values) - 1, 1) if value in values else 0.0
+    a = float(param.domain.to_unit(value))
+    return 1.0 - a if param.compresses < 0 else a

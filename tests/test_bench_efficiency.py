@@ -1,0 +1,49 @@
+"""`autocomp bench efficiency --quick` end to end on tiny data: the contract and targets from the rows."""
+
+import json
+
+from autocomp.bench.common import OPS
+from autocomp.testing.tiny import fit, tiny_data, tiny_mlp, tiny_space
+from autocomp.zoo import Splits
+
+
+def contract(path, name):
+    """results.json's structure, and every target's `met` as its comparison gives it."""
+    doc = json.loads(path.read_text())
+    assert {"name", "machine", "settings", "rows", "targets"} <= set(doc) and doc["name"] == name and doc["rows"]
+    for target in doc["targets"].values():
+        op, bound = target["target"].split(" ", 1)
+        assert target["met"] is OPS[op](target["value"], float(bound))
+    return doc
+
+
+def test_bench_efficiency_quick(tmp_path, monkeypatch):
+    import autocomp.bench.efficiency as bench
+
+    data = tiny_data(256)
+    splits = Splits(train=data, val=data, test=data, description="tiny")
+    monkeypatch.setattr(bench, "cached_baseline", lambda *a, **k: (fit(tiny_mlp(), data), splits))
+    monkeypatch.setattr(bench.search_bench, "space", tiny_space)
+    monkeypatch.setattr(bench, "QUICK_BUDGET", 24)  # 13 sensitivity points, the allocations, then screened asks
+    bench.main(quick=True, data_dir=None, runs_dir=str(tmp_path))
+    doc = contract(tmp_path / "bench-efficiency" / "results.json", "efficiency")
+    rows = {r["strategy"]: r for r in doc["rows"]}
+    assert set(rows) == set(bench.STRATEGIES)
+    assert rows["tpe"]["evals"] == 24 and rows["tpe"]["evals_to_tpe_hv"] <= 24  # TPE reaches its own final
+    assert rows["knapsack"]["evals"] < 24  # the allocator stops after its sweep
+    # with the proxies: no sensitivity phase, only the reference and the allocations, and their wall time
+    assert rows["knapsack-fisher"]["evals"] <= 1 + bench.SWEEP and rows["knapsack-fisher"]["proxy_s"] > 0
+    assert rows["knapsack"]["proxy_s"] is None and rows["tpe-guided-fisher"]["proxy_s"] > 0
+    per = doc["settings"]["per_seed"]
+    for label in bench.GUIDED:  # the surrogate's figures come from the run's surrogate.json
+        summary = json.loads((tmp_path / "bench-efficiency" / "runs" / f"{label}-s0" / "surrogate.json")
+                             .read_text())["summary"]
+        assert per[label][0]["screened_share"] == summary["screened_share"]
+        assert rows[label]["acc_err_median"] == summary["error"]["median"][0]
+    best = next(k for k in doc["targets"] if k.startswith("best_guided_"))
+    label = best[len("best_guided_"):].split("_fewer")[0]
+    reached = per[label][0]["evals_to_tpe_hv"] or 24
+    assert doc["targets"][best]["value"] == 24 / reached
+    knapsack = per["knapsack"][0]["hv_final"]
+    for label in bench.GUIDED:
+        assert doc["targets"][f"{label}_final_hv_minus_knapsack"]["value"] == per[label][0]["hv_final"] - knapsack

@@ -1,0 +1,212 @@
+"""Guided joint search: the allocator's start, the additive surrogate and its screen, state and resume."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from autocomp.errors import AutocompError
+from autocomp.optimizers import SearchContext, Told, make_optimizer
+from autocomp.optimizers.guided import AdditiveSurrogate
+from autocomp.pareto import dominates
+from autocomp.testing.conformance import check_optimizer, reference_space, run_steps
+from autocomp.testing.fake import fake_metrics
+from autocomp.testing.processes import MNIST_SPACE, cli, journal
+from autocomp.testing.tiny import write_fake_mnist
+
+MO = ("maximize", "minimize")
+GUIDED = ("tpe", "nsga2", "ga")
+
+
+def make(name, seed=0, space=None, workdir=None, **settings):
+    settings = {"guided": True, "levels": 2, "sweep": 4, **settings}
+    return make_optimizer(name, space or reference_space(), directions=MO, seed=seed,
+                          context=SearchContext(workdir=workdir), **settings)
+
+
+def fake(space, c):
+    return tuple(fake_metrics(space, c).values())
+
+
+def drive(opt, evaluations, batch=2):
+    """Ask/tell fake evaluations until `evaluations` were asked; returns (asked, told results)."""
+    space, asked, told = opt.space, [], []
+    while len(asked) < evaluations:
+        candidates = opt.ask(min(batch, evaluations - len(asked)))
+        if not candidates:
+            break
+        asked += candidates
+        results = [Told(c, fake(space, c)) for c in candidates]
+        told += results
+        opt.tell(results)
+    return asked, told
+
+
+@pytest.mark.parametrize("name", (*GUIDED, "rl"))
+def test_conformance_and_a_round_trip_while_screening(name):
+    check_optimizer(lambda space, seed: make(name, seed, space))
+    opt = make(name)
+    drive(opt, 40)
+    assert opt.guide.phase == "search" and opt.guide.counts["proposed"] > 0
+    state = json.loads(json.dumps(opt.state_dict()))
+    expected = run_steps(opt, 10, fail_every=4)
+    clone = make(name)
+    clone.load_state_dict(state)
+    assert run_steps(clone, 10, fail_every=4) == expected
+    assert clone.guide.counts == opt.guide.counts and clone.guide.records == opt.guide.records
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_the_search_starts_from_the_allocators_measurements_and_solutions(name):
+    space = reference_space()
+    knapsack = make_optimizer("knapsack", space, directions=MO, seed=0, levels=2, sweep=4)
+    start, _ = drive(knapsack, 200)
+    opt = make(name)
+    asked, _ = drive(opt, len(start))
+    assert asked == start and opt.guide.allocations() == [e["params"] for e in knapsack.plan]
+    drive(opt, 2)  # the first screened asks
+    if name in ("nsga2", "ga"):  # the first generation was selected from the start's pool, none of it random
+        assert opt.parents and all(opt._params(p) in start for p in opt.parents)
+    else:  # every start point is a trial of the study, scored as measured
+        trials = {json.dumps(t.params, sort_keys=True): t.values for t in opt.study.get_trials()}
+        assert all(trials[json.dumps(c, sort_keys=True)] == list(fake(space, c)) for c in start)
+
+
+def test_guided_rl_replays_the_allocators_points_as_its_first_episodes():
+    from autocomp.optimizers.rl.env import knob_value
+
+    space = reference_space()
+    knapsack = make_optimizer("knapsack", space, directions=MO, seed=0, levels=2, sweep=4)
+    start, _ = drive(knapsack, 200)
+    opt = make("rl", warmup=50)
+    asked, _ = drive(opt, len(start))
+    assert asked == start and opt.episodes == len(start)
+    # each replayed episode's stored actions select exactly the evaluated values, layer by layer
+    state = opt.state_dict()
+    assert state["guide"]["phase"] == "start" or opt.guide.phase == "search"
+    assert opt.model.replay_buffer.size() == len(start) * len(opt.env.units)
+    actions = opt.model.replay_buffer.actions[: opt.model.replay_buffer.size(), 0]
+    for e, params in enumerate(start):
+        for u, (_, knobs) in enumerate(opt.env.units):
+            action = opt.model.policy.unscale_action(actions[e * len(opt.env.units) + u])
+            assert all(knob_value(p, action[opt.env.knobs.index(p.knob)]) == params[p.name] for p in knobs)
+    after, _ = drive(opt, 4)  # then the actor's own episodes (no random warmup), screened
+    assert opt.guide.phase == "search" and opt.guide.counts["proposed"] >= len(after) == 4
+
+
+def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction():
+    space = reference_space()
+    reference = {p.name: p.least_compressive() for p in space.params}
+    rng = np.random.default_rng(0)
+    weights = {p.name: rng.uniform(0.1, 1.0) for p in space.params}
+
+    def additive(c, bend=0.0):
+        terms = [weights[k] * abs(p.domain.to_unit(c[k]) - p.domain.to_unit(reference[k]))
+                 for k, p in ((q.name, q) for q in space.params)]
+        return (1.0 - sum(terms) - bend * sum(terms) ** 2, 10.0 + sum(terms))
+
+    moves = [(p.name, v, additive({**reference, p.name: v})) for p in space.params for v in p.ordered()[1:]]
+    model = AdditiveSurrogate(space, reference, additive(reference), moves)
+    for c in (space.sample(np.random.default_rng(s)) for s in range(20)):
+        assert model.additive(c) == pytest.approx(additive(c), abs=1e-9)  # every grid value measured
+    # a compounding loss: the additive part misses it, the refitted correction learns it
+    samples = [space.sample(np.random.default_rng(s)) for s in range(200)]
+    data = [(c, additive(c, bend=0.2)) for c in samples[:150]]
+    model = AdditiveSurrogate(space, reference, additive(reference), moves)
+    model.fit(data)
+    held = samples[150:]
+    before = np.median([abs(model.additive(c)[0] - additive(c, 0.2)[0]) for c in held])
+    after = np.median([abs(model.predict(c)[0] - additive(c, 0.2)[0]) for c in held])
+    assert after < 0.2 * before
+
+
+def test_only_candidates_predicted_non_dominated_are_evaluated_and_each_is_recorded(tmp_path):
+    opt = make("tpe", workdir=str(tmp_path), tries=50)
+    rejected = []
+    original = opt._reject
+
+    def spy(params, predicted):
+        margin = opt.guide._margin()
+        front = [v for _, v in opt.guide.measured]
+        rejected.append((params, predicted, margin, front))
+        original(params, predicted)
+
+    opt._reject = spy
+    _, told = drive(opt, 80)
+    guide = opt.guide
+    assert guide.counts["screened"] == len(rejected) > 0
+    assert guide.counts["proposed"] == guide.counts["screened"] + guide.counts["asked"]
+    for _params, predicted, margin, front in rejected:  # dominated even when moved by the margin
+        optimistic = (predicted[0] + margin[0], predicted[1] - margin[1])
+        assert any(dominates(tuple(v), optimistic, MO) for v in front)
+    predicted_trials = [t for t in opt.study.get_trials() if t.user_attrs.get("predicted")]
+    assert len(predicted_trials) == len(rejected)
+    doc = json.loads((tmp_path / "surrogate.json").read_text())
+    after_start = told[len(told) - guide.counts["asked"]:]
+    assert [r["params"] for r in doc["records"]] == [t.params for t in after_start]
+    assert all(r["measured"] == list(t.values) for r, t in zip(doc["records"], after_start))
+    errors = [abs(r["predicted"][0] - r["measured"][0]) for r in doc["records"]]
+    assert doc["summary"]["error"]["median"][0] == pytest.approx(float(np.median(errors)))
+    assert doc["summary"]["screened_share"] == pytest.approx(len(rejected) / guide.counts["proposed"])
+
+
+def test_without_screening_nothing_is_screened_and_settings_are_checked():
+    opt = make("nsga2", screen=False)
+    drive(opt, 60)
+    assert opt.guide.counts["screened"] == 0 and opt.guide.counts["asked"] > 0
+    with pytest.raises(AutocompError, match="only apply with guided: true"):
+        make_optimizer("tpe", reference_space(), directions=MO, seed=0, levels=3)
+    with pytest.raises(AutocompError, match="guided needs two objectives"):
+        make_optimizer("tpe", reference_space(), directions=("maximize",), seed=0, guided=True)
+    with pytest.raises(AutocompError, match="setting 'guided' must be bool"):
+        make_optimizer("nsga2", reference_space(), directions=MO, seed=0, guided="yes")
+
+
+GUIDED_SPACE = MNIST_SPACE.replace("groups:", "optimizer:\n  name: tpe\n  tpe: {guided: true, levels: 2, sweep: 3}\n"
+                                   "groups:")
+TRIALS = 22  # 13 sensitivity points, up to 3 allocations, then screened TPE asks
+
+
+def test_a_guided_run_resumes_after_sigkill_to_the_same_trials(tmp_path):
+    write_fake_mnist(tmp_path / "mnist", n_train=400, n_test=100)
+    (tmp_path / "space.yaml").write_text(GUIDED_SPACE)
+    common = ["--data-dir", str(tmp_path / "mnist"), "--trials", str(TRIALS), "--runs-dir", str(tmp_path),
+              "--quiet", "--seed", "5"]
+    subprocess.run(cli("search", str(tmp_path / "space.yaml"), "--name", "whole", *common), check=True,
+                   capture_output=True)
+    whole = journal(tmp_path / "whole")
+    surrogate = json.loads((tmp_path / "whole" / "surrogate.json").read_text())
+    assert surrogate["records"] and (tmp_path / "whole" / "sensitivity.json").is_file()
+    run_dir = tmp_path / "cut"
+    rng = random.Random(1)
+    proc = subprocess.Popen(cli("search", str(tmp_path / "space.yaml"), "--name", "cut", *common),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kills = 0
+    while kills < 3:
+        target = len(journal(run_dir)) + rng.randint(3, 7)  # kills spread over the start and the screened search
+        deadline = time.time() + 120
+        while len(journal(run_dir)) < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.05))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        proc = subprocess.Popen(cli("resume", str(run_dir), "--quiet"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert kills >= 2
+    resumed = journal(run_dir)
+    # a repeated ask is journaled as a copy and not counted against the budget: TRIALS evaluated, maybe more rows
+    assert [r["id"] for r in resumed] == list(range(len(whole)))
+    assert sum(not r["worker"].startswith("journal") for r in resumed) == TRIALS
+    assert [r["params"] for r in resumed] == [r["params"] for r in whole]
+    again = json.loads((run_dir / "surrogate.json").read_text())
+    assert again["records"] == surrogate["records"] and again["summary"] == surrogate["summary"]

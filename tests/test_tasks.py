@@ -1,0 +1,220 @@
+"""Tasks: a language model is scored by perplexity and a regressor by its error, through the whole search."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import autocomp
+from autocomp.early_stop import bars
+from autocomp.errors import AutocompError
+from autocomp.metrics import accuracy
+from autocomp.tasks import Classification, LanguageModel, Regression, Task, get_task
+from autocomp.testing.tiny import fast_latency, fit, tiny_data, tiny_mlp
+
+SPACE = """
+- name: all
+  layers: ["type:Linear", "type:Embedding"]
+  primitives:
+    quantize: {bits: {choice: [2, 3, 8]}}
+"""
+
+
+class Bigram(nn.Module):
+    """A causal language model that sees one token back: logits (B, T, V) for token ids (B, T)."""
+
+    def __init__(self, vocab: int = 16, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(torch.relu(self.hidden(self.embed(ids))))}  # a dict, as HF models give
+
+
+def token_blocks(n: int = 96, length: int = 12, vocab: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences where each token is mostly the previous plus one: learnable by a bigram model."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, vocab, (n, 1), generator=g)
+    steps = 1 + (torch.rand(n, length, generator=g) < 0.1).long()
+    seq = (start + steps.cumsum(1)) % vocab
+    return seq[:, :-1], seq[:, 1:]  # inputs and the next tokens
+
+
+def train_lm(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], steps: int = 150) -> nn.Module:
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        LanguageModel().loss(model(data[0]), data[1]).backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    data = token_blocks()
+    return train_lm(Bigram(), data), data
+
+
+def test_classification_metrics_match_the_definitions():
+    data = tiny_data()
+    model = fit(tiny_mlp(), data, steps=20)
+    got = Classification().evaluate(model, data, batch_size=100)
+    assert got["accuracy"] == pytest.approx(accuracy(model, data))
+    with torch.no_grad():
+        out = model(data[0])
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(out, data[1])), rel=1e-5)
+    top5 = float((out.topk(4, dim=1).indices == data[1][:, None]).any(1).float().mean())  # 4 classes: all
+    assert got["top5_accuracy"] == pytest.approx(top5) == pytest.approx(1.0)
+
+
+def test_perplexity_is_exp_of_the_mean_token_cross_entropy_and_ignores_padding(lm):
+    model, (x, y) = lm
+    y = y.clone()
+    y[:, -3:] = -100  # padding: not scored
+    got = LanguageModel().evaluate(model, (x, y), batch_size=40)  # batches that split the rows unevenly
+    with torch.no_grad():
+        logits = model(x)["logits"]
+    kept = y != -100
+    nll = nn.functional.cross_entropy(logits[kept], y[kept])
+    assert got["loss"] == pytest.approx(float(nll), rel=1e-5)
+    assert got["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    assert got["token_accuracy"] == pytest.approx(float((logits[kept].argmax(-1) == y[kept]).float().mean()))
+    assert got["perplexity"] < 4  # it learnt the data (16 tokens: 16 would be chance)
+
+
+def test_regression_metrics_and_capped_evaluation():
+    torch.manual_seed(0)
+    x = torch.randn(50, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
+    model = nn.Linear(3, 1)
+    got = Regression().evaluate(model, (x, y), batch_size=20)
+    with torch.no_grad():
+        error = model(x).squeeze(1) - y
+    assert got["mse"] == pytest.approx(float((error**2).mean()), rel=1e-5)
+    assert got["mae"] == pytest.approx(float(error.abs().mean()), rel=1e-5)
+    first = Regression().evaluate(model, (x, y), batch_size=20, max_batches=1)
+    assert first["mse"] == pytest.approx(float((error[:20] ** 2).mean()), rel=1e-5)
+
+
+def test_bf16_autocast_changes_the_arithmetic_not_the_result(lm):
+    model, data = lm
+    fp32 = LanguageModel().evaluate(model, data)
+    bf16 = LanguageModel().evaluate(model, data, precision="bf16")
+    assert bf16["loss"] != fp32["loss"]  # the forward pass really ran in bfloat16
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+
+
+def test_a_language_model_search_scores_perplexity_and_measures_it_on_test_once(lm, tmp_path):
+    model, data = lm
+    test = token_blocks(48, seed=1)
+    result = autocomp.search(model, data, space=autocomp.SearchSpace.from_yaml(SPACE), task="language-model",
+                             trials=6, optimizer="random", latency=fast_latency(), runs_dir=tmp_path, name="lm",
+                             progress=False, test_data=test)
+    assert [(o.name, o.direction) for o in result.objectives] == [("perplexity", "minimize"),
+                                                                   ("size_bytes", "minimize")]
+    assert result.baseline["perplexity"] == pytest.approx(LanguageModel().evaluate(model, data)["perplexity"])
+    for trial in result.trials:  # each trial's perplexity is its compressed model's, measured again here
+        if trial.status == "complete":
+            again = LanguageModel().evaluate(autocomp.compress(model, trial.policy), data)
+            assert trial.metrics["perplexity"] == pytest.approx(again["perplexity"], rel=1e-6)
+    worst = max(t.metrics["perplexity"] for t in result.trials if t.status == "complete")
+    assert worst > result.baseline["perplexity"]  # 2-bit weights cost perplexity: the metric sees compression
+    assert set(result.test_metrics) == {t.id for t in result.pareto}
+    point = result.pareto[0]
+    again = LanguageModel().evaluate(autocomp.compress(model, point.policy), test)
+    assert result.test_metrics[point.id]["test_perplexity"] == pytest.approx(again["perplexity"], rel=1e-6)
+    assert "val perplexity" in result.table() and "test (measured once" in result.table()
+
+
+def test_regression_search_fine_tunes_on_mse(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(200, 8)
+    y = torch.stack([x[:, :4].sum(1), x[:, 4:].sum(1)], 1)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
+    tuned = autocomp.FineTuneSpec(epochs=2, lr=1e-3, batch_size=50)
+    result = autocomp.search(model.eval(), (x, y), space=space, task="regression", trials=4, optimizer="random",
+                             train_data=(x, y), finetune=tuned, latency=fast_latency(), runs_dir=tmp_path,
+                             name="reg", progress=False)
+    assert [o.name for o in result.objectives] == ["mse", "size_bytes"]
+    complete = [t for t in result.trials if t.status == "complete"]
+    assert complete and all("mse@1" in t.metrics for t in complete)  # the learning curve is the task's metric
+    assert all("accuracy" not in t.metrics for t in complete)
+
+
+def test_a_task_that_cannot_score_the_model_is_refused_before_anything_is_written(tmp_path):
+    data = tiny_data()
+    with pytest.raises(AutocompError, match="language model must give logits"):
+        autocomp.search(tiny_mlp(), data, space=autocomp.SearchSpace.from_yaml(SPACE), task="language-model",
+                        trials=2, runs_dir=tmp_path, name="bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(AutocompError, match="unknown task 'clasification'"):
+        get_task("clasification")
+
+
+def test_a_users_task_is_named_by_module_and_attribute_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "mytasks.py").write_text(
+        "from autocomp.tasks import Regression\n"
+        "class Huber(Regression):\n"
+        "    NAME = 'huber'\n"
+        "    METRICS = {'mse': 'minimize', 'mae': 'minimize', 'loss': 'minimize'}\n"
+        "not_a_task = 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    task = get_task("mytasks:Huber")
+    assert isinstance(task, Task) and task.NAME == "huber"
+    with pytest.raises(AutocompError, match="gives a int, not an autocomp.tasks.Task"):
+        get_task("mytasks:not_a_task")
+    with pytest.raises(AutocompError, match="cannot be imported"):
+        get_task("mytasks:missing")
+
+
+def test_early_stopping_bars_for_a_metric_to_minimize():
+    curves = [{1: 10.0}, {1: 20.0}, {1: 30.0}, {1: 40.0}]
+    assert bars(curves, "median", 3, startup=2, maximize=False) == {1: 25.0}
+    # halving keeps the best third: for perplexity the lowest values
+    assert bars(curves, "halving", 3, startup=2, eta=3, maximize=False)[1] == 10.0
+    assert bars(curves, "halving", 3, startup=2, eta=3)[1] == 40.0
+
+
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = tiny_data()
+    with pytest.raises(AutocompError, match="device 'cuda' is not available here"):
+        space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
+        autocomp.search(tiny_mlp(), data, space=space, trials=2, runs_dir=tmp_path, name="gpu", progress=False,
+                        execution=autocomp.ExecutionSpec(device="cuda"))
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_a_capped_search_scores_on_the_first_batches_and_rescores_its_front_on_all(tmp_path):
+    data = tiny_data(n=200)
+    model = fit(tiny_mlp(), data, steps=30)
+    space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
+    result = autocomp.search(model, data, space=space, trials=6, val_batches=1, batch_size=40,
+                             latency=fast_latency(), runs_dir=tmp_path, name="capped", progress=False)
+    first = (data[0][:40], data[1][:40])
+    journal = {t.id: t for t in result.trials}
+    assert result.baseline["accuracy"] == pytest.approx(accuracy(model, data))  # the baseline on all rows too
+    assert result.baseline["accuracy@capped"] == pytest.approx(accuracy(model, first))
+    for point in result.pareto:
+        compressed = autocomp.compress(model, point.policy)
+        assert point.metrics["accuracy"] == pytest.approx(accuracy(compressed, data))
+        assert point.metrics["accuracy@capped"] == pytest.approx(accuracy(compressed, first))
+        assert point.values[0] == point.metrics["accuracy"]  # the front was chosen on the full numbers
+    for trial in result.trials:  # the journal keeps what the search saw: the first 40 rows
+        if trial.status == "complete" and trial.id not in {p.id for p in result.pareto}:
+            assert "accuracy@capped" not in journal[trial.id].metrics
