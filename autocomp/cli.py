@@ -23,7 +23,6 @@ from autocomp.compress import compress
 from autocomp.errors import AutocompError
 from autocomp.execution.registry import executor_names
 from autocomp.finalize import final_table, finalize_run
-from autocomp.finetune import finetune_as_evaluated
 from autocomp.html_report import write_html_report
 from autocomp.optimizers import OPTIMIZERS
 from autocomp.plugins import load_plugins
@@ -32,13 +31,12 @@ from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
 from autocomp.runner import trial_record
 from autocomp.session import (
     check_search,
+    finetuned_as_evaluated,
     load_run_calibration,
     load_run_model,
-    load_run_splits,
     read_spec,
     resume_run,
     run_info,
-    run_spec,
     run_spec_search,
 )
 from autocomp.store import RunStore, write_atomic
@@ -83,6 +81,13 @@ def _unit(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -193,9 +198,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     # the same calls the evaluator made, so the bytes are the very ones the trial measured
     model = load_run_model(args.run_dir)
     compressed = compress(model, policy, example=example, calibration=calibration)
-    tuning = run_spec(args.run_dir).finetune
-    if tuning.epochs > 0:
-        finetune_as_evaluated(compressed, load_run_splits(args.run_dir).train, tuning, teacher=model)
+    compressed = finetuned_as_evaluated(args.run_dir, compressed, model)  # its task, device and precision
     if args.format == "packed":
         meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
         size = write_bytes(args.out, pack_model(compressed, meta, entropy=info["signature"].get("entropy", False)))
@@ -331,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lr per retraining step: decays to 0 (cosine, default) or stays at --lr")
     p.add_argument("--retrain-optimizer", choices=("adam", "sgd"),
                    help="adam or sgd (momentum 0.9); default: the run's finetune.optimizer")
-    p.add_argument("--tolerance", type=_unit, default=0.001,
-                   help="select the smallest retrained point within this much validation accuracy of the "
-                        "baseline's (default 0.001 = 0.1 pt)")
+    p.add_argument("--tolerance", type=_non_negative_float, default=0.001,
+                   help="select the smallest retrained point within this much of the baseline's validation value "
+                        "of the task's metric, in its units (default 0.001 = 0.1 pt of accuracy; for perplexity "
+                        "e.g. 0.5)")
     p.set_defaults(fn=cmd_finalize)
 
     p = sub.add_parser("bench", help="run a benchmark; prints a table, writes <runs-dir>/bench-NAME/results.json")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from autocomp.artifacts import artifact_meta, pack_model
+from autocomp.batches import Data, head
 from autocomp.compress import compress
 from autocomp.devices import resolve_device
 from autocomp.early_stop import curve_key
@@ -56,17 +57,17 @@ class CompressionEvaluator:
     def __init__(
         self,
         model: nn.Module,
-        data: tuple[torch.Tensor, torch.Tensor],
+        data: Data,
         *,
         latency: LatencySpec = DEFAULT_LATENCY,
         model_ref: Mapping[str, Any] | None = None,
         extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
         calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
         entropy: bool = False,
-        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+        train: Data | None = None,
         finetune: FineTuneSpec = DEFAULT_FINETUNE,
         latency_table: LatencyTable | None = None,
-        test: tuple[torch.Tensor, torch.Tensor] | None = None,
+        test: Data | None = None,
         task: Task = CLASSIFICATION,
         val_batches: int | None = None,
         eval_batch_size: int = 1000,
@@ -79,6 +80,7 @@ class CompressionEvaluator:
         self.device_setting, self.precision = device, precision
         self._device: torch.device | None = None  # resolved where the evaluation runs (a Ray worker's own GPU)
         self._on_device: nn.Module | None = None  # the uncompressed model there: the teacher, the baseline
+        self._baseline_full: dict[str, float] | None = None  # its metrics on all validation rows (capped runs)
         if finetune.epochs > 0 and train is None:
             raise AutocompError("fine-tuning needs training data (train=...)")
         self.model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and everything else
@@ -86,12 +88,12 @@ class CompressionEvaluator:
         self.data = data
         self.entropy = entropy
         # calibration rows (activation ranges, Taylor scores); the first validation rows if none are given
-        self.calibration = calibration if calibration is not None else (data[0][:256], data[1][:256])
+        self.calibration = calibration if calibration is not None else head(data, 256)
         self.latency = latency
         self.model_ref = dict(model_ref) if model_ref else None
         self.extra_metrics = dict(extra_metrics or {})
-        self.example = data[0][:1]
-        self.latency_input = latency_batch(data[0], latency.batch_size)
+        self.example = head(data, 1)[0]
+        self.latency_input = latency_batch(head(data, latency.batch_size)[0], latency.batch_size)
         self.conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
         self.table = latency_table if latency.table else None
         self.model_key = model_key(self.model, self.example)
@@ -120,7 +122,7 @@ class CompressionEvaluator:
             self._on_device = copy.deepcopy(self.model).to(self.device)
         return self._on_device
 
-    def score(self, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], *,
+    def score(self, model: nn.Module, data: Data, *,
               capped: bool = True) -> dict[str, float]:
         """The task's metrics of `model` (on the device) on `data` (its first `val_batches` batches if `capped`)."""
         return self.task.evaluate(model, data, batch_size=self.eval_batch_size,
@@ -196,7 +198,12 @@ class CompressionEvaluator:
             return {f"test_{name}": value for name, value in measured.items()}
         if split == "val-full":  # a capped search's front, scored again on all of the validation data
             tuned = self._finetuned(self._compress(policy).to(self.device), None)
-            return self.score(tuned, self.data, capped=False)
+            full = self.score(tuned, self.data, capped=False)
+            if "accuracy" in full:
+                if self._baseline_full is None:
+                    self._baseline_full = self.score(self.uncompressed_on_device(), self.data, capped=False)
+                full["accuracy_drop"] = self._baseline_full["accuracy"] - full["accuracy"]
+            return full
         compressed = self._compress(policy)
         structure = self.structure_metrics(compressed)
         broken = [c for c in limits if c.metric in structure and c.violation(structure) > 0]

@@ -12,6 +12,7 @@ written as a packed artifact whose length is the size reported for it.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -24,15 +25,16 @@ from torch import nn
 
 from autocomp.artifacts import artifact_meta, pack_model, write_bytes
 from autocomp.compress import compress
+from autocomp.devices import resolve_device
 from autocomp.errors import RunError
 from autocomp.finetune import FineTuneSpec, finetune_as_evaluated
 from autocomp.metrics import count_params
 from autocomp.policy import Policy
 from autocomp.primitives import Prune
-from autocomp.report import pareto_table
-from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec
+from autocomp.report import metric_text, pareto_table
+from autocomp.session import load_run_calibration, load_run_model, load_run_splits, run_info, run_spec, run_task
 from autocomp.store import write_atomic
-from autocomp.tasks import CLASSIFICATION, Task, get_task
+from autocomp.tasks import CLASSIFICATION, Task
 
 FINAL = "final.json"
 
@@ -60,20 +62,26 @@ def choose(front: list[dict[str, Any]], top: int, ids: list[int] | None) -> list
 
 def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
             iterations: int, calibration: tuple[torch.Tensor, torch.Tensor],
-            task: Task = CLASSIFICATION) -> nn.Module:
+            task: Task = CLASSIFICATION, device: torch.device | None = None, precision: str = "fp32") -> nn.Module:
     """Iterative prune and retrain, ending with the whole policy applied and retrained.
 
     Iterations-1 steps of pruning only (ratios i/iterations of the policy's), each retrained for
-    epochs/iterations, then the whole policy and retraining for the rest.
+    epochs/iterations, then the whole policy and retraining for the rest. Compression runs on the CPU,
+    retraining on `device` at `precision`; the model is returned on the CPU.
     """
+    where = device or torch.device("cpu")
+    teacher = model if where.type == "cpu" else copy.deepcopy(model).to(where)
+
+    def tuned(net: nn.Module, epochs: int) -> nn.Module:
+        return finetune_as_evaluated(net.to(where), train, replace(spec, epochs=epochs), teacher=teacher,
+                                     task=task, device=where, precision=precision).cpu()
+
     current, step_epochs = model, max(1, spec.epochs // iterations)
     for i in range(1, iterations):
-        current = compress(current, pruning_only(policy, i / iterations), example=calibration[0][:1],
-                           calibration=calibration)
-        finetune_as_evaluated(current, train, replace(spec, epochs=step_epochs), teacher=model, task=task)
+        current = tuned(compress(current, pruning_only(policy, i / iterations), example=calibration[0][:1],
+                                 calibration=calibration), step_epochs)
     final = compress(current, policy, example=calibration[0][:1], calibration=calibration)
-    remaining = max(1, spec.epochs - step_epochs * (iterations - 1))
-    return finetune_as_evaluated(final, train, replace(spec, epochs=remaining), teacher=model, task=task)
+    return tuned(final, max(1, spec.epochs - step_epochs * (iterations - 1)))
 
 
 def select(rows: list[dict[str, Any]], baseline_value: float, tolerance: float, metric: str = "accuracy",
@@ -89,9 +97,6 @@ def select(rows: list[dict[str, Any]], baseline_value: float, tolerance: float, 
         return min(within, key=lambda r: r["size_bytes"])
     return max(rows, key=lambda r: sign * r[metric])
 
-
-def _shown(value: float, metric: str) -> str:
-    return f"{100 * value:.2f}%" if metric.endswith("accuracy") else f"{value:.4g}"
 
 
 def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[int] | None = None,
@@ -114,9 +119,18 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no pareto.json yet (the run has not finished)") from None
     chosen = choose(pareto["trials"], top, trial_ids)
-    task = get_task(info.get("task", "classification"))
+    task = run_task(run_dir)
     metric = task.PRIMARY
     maximize = task.METRICS[metric] == "maximize"
+    try:  # retrained and measured where the search ran, at its precision
+        device = resolve_device(spec.execution.device)
+    except ValueError as err:
+        raise RunError(f"execution.device: {err}") from None
+    precision = spec.execution.precision
+
+    def measure(net: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        on_device = net if device.type == "cpu" else copy.deepcopy(net).to(device)
+        return task.evaluate(on_device, data, device=device, precision=precision)
     splits = load_run_splits(run_dir)
     model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
     tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none", schedule=schedule,
@@ -131,12 +145,12 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
         start = time.perf_counter()
         policy = Policy.from_dict(trial["policy"])
         final = retrain(model, policy, splits.train, tuning, iterations=iterations, calibration=calibration,
-                        task=task)
+                        task=task, device=device, precision=precision)
         meta = artifact_meta(info["model_ref"], policy, info["input_shape"])
         path = out_dir / f"trial-{trial['id']}.acz"
         size = write_bytes(path, pack_model(final, meta, entropy=info["signature"].get("entropy", False)))
         row = {"id": trial["id"], "policy": trial["policy"], "size_bytes": size,
-               "compression_ratio": fp32_bytes / size, **task.evaluate(final, splits.val),
+               "compression_ratio": fp32_bytes / size, **measure(final, splits.val),
                f"search_{metric}": trial["metrics"][metric], "artifact": str(path),
                "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
@@ -146,20 +160,20 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     # the uncompressed model's packed file, as the search's baseline row: every size here is a file's length
     unpacked = len(pack_model(model, artifact_meta(info["model_ref"], Policy.of({}), info["input_shape"]),
                               entropy=info["signature"].get("entropy", False)))
-    baseline = {**task.evaluate(model, splits.val), "size_bytes": unpacked,
+    baseline = {**measure(model, splits.val), "size_bytes": unpacked,
                 "compression_ratio": fp32_bytes / unpacked}
     selected = select(rows, baseline[metric], tolerance, metric, maximize)
     # the choice is made: now, and only now, the test split (once per model, reported as it falls)
     for row, tested in [(baseline, model), *((row, models[row["id"]]) for row in rows)]:
-        row.update({f"test_{name}": value for name, value in task.evaluate(tested, splits.test).items()})
+        row.update({f"test_{name}": value for name, value in measure(tested, splits.test).items()})
     sign = 1.0 if maximize else -1.0
     within = sign * selected[metric] >= sign * baseline[metric] - tolerance
     rule = "the smallest within" if within else "none is within"
     log(f"selected on validation ({rule} {tolerance:.2g} of the baseline's {metric} "
-        f"{_shown(baseline[metric], metric)}{'' if within else ': the best'}): trial {selected['id']}, "
-        f"{selected['compression_ratio']:.1f}x, val {_shown(selected[metric], metric)}, "
-        f"test {_shown(selected[f'test_{metric}'], metric)} (baseline test "
-        f"{_shown(baseline[f'test_{metric}'], metric)})")
+        f"{metric_text(metric, baseline[metric])}{'' if within else ': the best'}): trial {selected['id']}, "
+        f"{selected['compression_ratio']:.1f}x, val {metric_text(metric, selected[metric])}, "
+        f"test {metric_text(metric, selected[f'test_{metric}'])} (baseline test "
+        f"{metric_text(metric, baseline[f'test_{metric}'])})")
     doc = {"settings": {"epochs": epochs, "iterations": iterations, "tolerance": tolerance,
                         "finetune": vars(tuning)},
            "task": task.NAME, "metric": metric,

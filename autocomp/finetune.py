@@ -16,15 +16,17 @@ group-lasso penalties push weights (or whole output channels) towards zero for a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocomp.batches import Data, Pair, batches, is_pair
 from autocomp.devices import autocast
 from autocomp.early_stop import RULES as EARLY_STOP_RULES
+from autocomp.errors import AutocompError
 from autocomp.layers import layer_kind, weight_name, weight_of
 from autocomp.metrics import torch_threads
 from autocomp.packed import CodebookCoding, WeightCoding
@@ -185,18 +187,9 @@ def penalty(layers: list[nn.Module], l1: float, group_lasso: float) -> torch.Ten
     return total
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, alpha: float,
-                      temperature: float) -> torch.Tensor:
-    """(1 - alpha) x cross-entropy on labels + alpha x T^2 x KL(teacher || student) on softened outputs.
-
-    The classification task's distillation loss (`autocomp.tasks.Classification.distillation_loss`).
-    """
-    return CLASSIFICATION.distillation_loss(student, teacher, labels, alpha=alpha, temperature=temperature)
-
-
 def finetune(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: Data,
     spec: FineTuneSpec,
     *,
     teacher: nn.Module | None = None,
@@ -226,8 +219,7 @@ def finetune(
     where = device or torch.device("cpu")
     # fp16 gradients underflow without loss scaling; the scaler is a no-op when disabled
     scaler = torch.amp.GradScaler(where.type, enabled=precision == "fp16" and where.type == "cuda")
-    x, y = data
-    per_epoch = math.ceil(len(y) / spec.batch_size)
+    per_epoch = _batches_per_epoch(data, spec)
     planned = spec.epochs * (min(per_epoch, spec.steps) if spec.steps is not None else per_epoch)
     # cosine: the lr falls to 0 over every planned step (an early stop just ends the curve sooner)
     schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / planned)))
@@ -236,13 +228,8 @@ def finetune(
     try:
         for epoch in range(spec.epochs):
             model.train()
-            order = torch.randperm(len(y), generator=generator)
-            batches = range(0, len(y), spec.batch_size)
-            for k, start in enumerate(batches):
-                if spec.steps is not None and k >= spec.steps:
-                    break
-                index = order[start : start + spec.batch_size]
-                inputs, targets = x[index].to(where), y[index].to(where)
+            for batch_inputs, batch_targets in _epoch(data, spec, generator, epoch):
+                inputs, targets = batch_inputs.to(where), batch_targets.to(where)
                 with autocast(where, precision):
                     out = model(inputs)
                     if use_teacher:
@@ -272,7 +259,39 @@ def finetune(
     return epochs_run
 
 
-def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: FineTuneSpec, *,
+def _batches_per_epoch(data: Data, spec: FineTuneSpec) -> int:
+    if is_pair(data):
+        return math.ceil(len(data[1]) / spec.batch_size)  # type: ignore[index]
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:  # an iterable dataset's loader: its length is unknown until read
+        if spec.steps is None:
+            raise AutocompError("fine-tuning on a data source without a length needs finetune.steps "
+                                "(batches per epoch)") from None
+        return spec.steps
+
+
+def _epoch(data: Data, spec: FineTuneSpec, generator: torch.Generator, epoch: int) -> Iterator[Pair]:
+    """One epoch's training batches, at most `spec.steps`.
+
+    Tensors: a seeded shuffle. A loader: its own batches, the global generator seeded for it (so its shuffle
+    repeats) and restored afterwards.
+    """
+    if is_pair(data):
+        x, y = data  # type: ignore[misc]
+        order = torch.randperm(len(y), generator=generator)
+        for k, start in enumerate(range(0, len(y), spec.batch_size)):
+            if spec.steps is not None and k >= spec.steps:
+                return
+            index = order[start : start + spec.batch_size]
+            yield x[index], y[index]
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed * 1_000_003 + epoch)
+        yield from batches(data, spec.batch_size, limit=spec.steps)
+
+
+def finetune_as_evaluated(model: nn.Module, data: Data, spec: FineTuneSpec, *,
                           teacher: nn.Module,
                           after_epoch: Callable[[int, nn.Module], bool] | None = None,
                           task: Task = CLASSIFICATION, device: torch.device | None = None,
@@ -289,4 +308,4 @@ def finetune_as_evaluated(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     return model
 
 
-__all__ = ["distillation_loss", "finetune", "finetune_as_evaluated", "penalty"]
+__all__ = ["finetune", "finetune_as_evaluated", "penalty"]

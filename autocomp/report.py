@@ -38,6 +38,16 @@ def _cell(value: Any, kind: str) -> str:
     return str(value)
 
 
+def is_fraction(metric: str) -> bool:
+    """Whether a metric is a fraction shown in percent (accuracies and their drops), not a plain number."""
+    return metric.endswith("accuracy") or metric.endswith("accuracy_drop")
+
+
+def metric_text(metric: str, value: float) -> str:
+    """A metric's value as the tables show it: accuracies in percent, other metrics to 4 significant digits."""
+    return _cell(value, "pct" if is_fraction(metric) else "num")
+
+
 COLUMNS = (
     ("trial", "id", None),
     ("val acc", "accuracy", "pct"),  # the task's primary metric (accuracy, perplexity, mse...) in its place
@@ -60,7 +70,7 @@ def pareto_table(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] 
     a column of its own labelled as measured after the choice (never a column to pick by).
     """
     lines = []
-    kind = "pct" if metric.endswith("accuracy") else "num"
+    kind = "pct" if is_fraction(metric) else "num"
     columns = (COLUMNS[0], ("val acc" if metric == "accuracy" else f"val {metric}", metric, kind), *COLUMNS[2:])
     if any(row.get("latency_measured_ms") is not None for row in rows):  # latency predicted, front measured
         columns = (*columns, ("measured_ms", "latency_measured_ms", "ms"))

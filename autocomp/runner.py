@@ -27,7 +27,9 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from autocomp import batches as batch_data
 from autocomp import early_stop
+from autocomp.batches import Data, Pair
 from autocomp.compress import compress
 from autocomp.devices import device_name
 from autocomp.errors import AutocompError, RunError
@@ -52,11 +54,10 @@ from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
 from autocomp.runtimes import DEFAULT_LATENCY, LatencySpec
 from autocomp.space import BoundSpace, SearchSpace
 from autocomp.store import RunStore
+from autocomp.tasks import Classification, TaskRef, get_task, task_reference
 from autocomp.tasks import Task as ModelTask
-from autocomp.tasks import TaskRef, get_task
 from autocomp.version import __version__
 
-Data = tuple[torch.Tensor, torch.Tensor]
 REUSED = ("complete", "infeasible")  # outcomes an identical ask gets from the journal (a failure is retried)
 JOURNAL_COPY = "journal:"  # worker prefix of a trial answered from the journal: not an evaluation, not counted
 PATIENCE = 200  # asks in a row not evaluated (repeats, skips: each costs well under a second) before the
@@ -371,13 +372,14 @@ def write_front(
                         measured, doc.get("latency_prediction"), task=task, metric=metric)
 
 
-def measure_test(executor: Executor, front: Sequence[Trial], split: str = "test") -> dict[int, dict[str, float]]:
+def measure_test(executor: Executor, front: Sequence[Trial], split: str = "test",
+                 baseline: bool = True) -> dict[int, dict[str, float]]:
     """The task's test metrics of the front's points and of the baseline (id -1), measured once, in parallel.
 
     Each is measured exactly as evaluated (the same compression and fine-tuning) on the executor's workers.
     `split="val-full"` measures them on all of the validation data instead (see `rescore_front`).
     """
-    tasks = {-1: Policy.of({}), **{t.id: Policy.from_dict(t.policy) for t in front}}
+    tasks = {**({-1: Policy.of({})} if baseline else {}), **{t.id: Policy.from_dict(t.policy) for t in front}}
     for trial_id, policy in tasks.items():
         executor.submit(Task(trial_id, policy, split=split))
     out: dict[int, dict[str, float]] = {}
@@ -393,52 +395,71 @@ def rescore_front(executor: Executor, trials: Sequence[Trial], objectives: Seque
                   baseline: dict[str, float]) -> tuple[list[Trial], dict[str, float]]:
     """Score the front of a capped search (`val_batches`) again on all of the validation data.
 
-    Multi-fidelity on data: every candidate was scored on the first validation batches; the points that made
+    Multi-fidelity on data: every candidate was scored on the first validation batches; the points that make
     the front (and the baseline) are measured again on the whole split, in parallel, and the front is chosen
-    again from those numbers. The capped value of each re-scored metric is kept as `<metric>@capped`;
-    trials.jsonl keeps what the search saw. Returns the trials (the front's replaced) and the baseline.
+    again from those numbers, until every point on it has been measured whole. Constraints relative to the
+    baseline are resolved again on its full numbers. The capped value of each re-scored metric is kept as
+    `<metric>@capped`; trials.jsonl keeps what the search saw. Returns the trials and the baseline.
     """
-    front = front_of(trials, objectives)
-    full = measure_test(executor, front, split="val-full")
-
     def rescored(metrics: Mapping[str, float], again: Mapping[str, float]) -> dict[str, float]:
         return {**metrics, **{f"{k}@capped": metrics[k] for k in again if k in metrics}, **again}
 
-    if -1 in full:
-        baseline = rescored(baseline, full.pop(-1))
-    out = []
-    for t in trials:
-        if t.id in full:
-            metrics = rescored(t.metrics, full[t.id])
-            values, violation = evaluate_objectives(objectives, constraints, metrics)
-            t = replace(t, metrics=metrics, values=values, violation=violation)
-        out.append(t)
-    return out, baseline
+    def resolve(reference: Mapping[str, float]) -> list[Constraint]:
+        try:
+            return [c.resolved(reference) for c in constraints]
+        except ValueError as err:
+            raise AutocompError(str(err)) from None
+
+    out, done = list(trials), set[int]()
+    resolved = resolve(baseline)
+    while True:
+        todo = [t for t in front_of(out, objectives) if t.id not in done]
+        if not todo:
+            return out, baseline
+        full = measure_test(executor, todo, split="val-full", baseline=not done)
+        if -1 in full:
+            baseline = rescored(baseline, full[-1])
+            resolved = resolve(baseline)
+        done |= {t.id for t in todo}
+        for i, t in enumerate(out):
+            if t.id in full and t.id in done:
+                metrics = rescored(t.metrics, full[t.id])
+                values, violation = evaluate_objectives(objectives, resolved, metrics)
+                out[i] = replace(t, metrics=metrics, values=values, violation=violation)
+            elif t.id in done and t.id not in full:  # its full measurement failed: it cannot stay on the front
+                out[i] = replace(t, status="failed", error="re-scoring on all validation data failed")
 
 
 def _as_data(data: Any, what: str) -> Data:
-    """Accept (inputs, labels) tensors or any iterable of such batches (e.g. a DataLoader)."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
-        return data[0], data[1]
-    try:
-        xs, ys = zip(*[(x, y) for x, y in data])
-    except (TypeError, ValueError) as err:
-        raise AutocompError(f"{what}: expected (inputs, labels) tensors or batches of them") from err
-    return torch.cat(xs), torch.cat(ys)
+    """(inputs, targets) tensors, or a re-iterable source of such batches (a DataLoader), streamed as it is."""
+    return batch_data.checked(data, what)
 
 
 def _check_task(task: ModelTask, model: nn.Module, data: Data) -> None:
     """The model's output on two rows must be what the task scores, or the search stops before it starts."""
-    x, y = data
+    x, y = batch_data.head(data, 2)
     try:
         with torch.no_grad():
-            output = model.eval()(x[:2])
+            output = model.eval()(x)
     except Exception as err:
         raise AutocompError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: "
                             f"{type(err).__name__}: {err}") from err
-    why = task.check(output, y[:2])
+    why = task.check(output, y)
     if why is not None:
         raise AutocompError(f"task {task.NAME}: {why}")
+
+
+def _check_taylor(task: ModelTask, space: SearchSpace) -> None:
+    """Channel removal's Taylor scores are cross-entropy gradients: refused where the task is not scored so."""
+    if isinstance(task, Classification):  # classification and language models: cross-entropy on logits
+        return
+    for group in space.groups:
+        for knob in group.knobs:
+            values = getattr(knob.domain, "values", ())
+            if knob.primitive == "channels" and knob.knob == "criterion" and "taylor" in values:
+                raise AutocompError(f"group '{group.name}': channels criterion 'taylor' scores channels by "
+                                    f"cross-entropy gradients, which the {task.NAME} task does not train on; use "
+                                    "l1, l2 or bn_scale")
 
 
 def _profiles(model: nn.Module, inputs: torch.Tensor, bound: BoundSpace) -> tuple[LayerProfile, ...]:
@@ -461,7 +482,7 @@ def _proxies(ref: OptimizerRef, settings: Mapping[str, Any], model: nn.Module, b
         return {"size_bytes": float(len(evaluator.artifact(compressed, policy))),
                 "flops": float(count_flops(compressed, evaluator.example)[0])}
 
-    table = proxy_table(model, bound, (rows[0][:256], rows[1][:256]), task, measure=measure,
+    table = proxy_table(model, bound, batch_data.head(rows, 256), task, measure=measure,
                         example=evaluator.example, seed=seed)
     return {"proxies": table.entries, "proxy_info": table.info()}
 
@@ -619,21 +640,26 @@ def search(
                                known=model_task.METRICS)
     val = _as_data(val_data, "val_data")
     _check_task(model_task, model, val)
+    _check_taylor(model_task, space)
     test = _as_data(test_data, "test_data") if test_data is not None else None
     train = _as_data(train_data, "train_data") if train_data is not None else None
     if finetune.epochs > 0 and train is None:
         raise AutocompError("fine-tuning (finetune.epochs > 0) needs train_data")
-    calibration = _as_data(calibration_data, "calibration_data") if calibration_data is not None else None
-    bound = space.bind(model, example=val[0][:1])  # refuses layers a primitive cannot compress, by name
+    calibration: Pair | None = None
+    if calibration_data is not None:  # rows held whole: tensors as given, a loader's first 256 rows
+        rows = _as_data(calibration_data, "calibration_data")
+        calibration = batch_data.head(rows, len(rows[1]) if batch_data.is_pair(rows) else 256)  # type: ignore[index]
+    example = batch_data.head(val, 1)[0]
+    bound = space.bind(model, example=example)  # refuses layers a primitive cannot compress, by name
     run_dir = Path(runs_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
     directions, settings = [o.direction for o in objectives], dict(optimizer_settings or {})
     given = optimizer if isinstance(optimizer, Optimizer) else None
     ref: OptimizerRef = type(given) if given is not None else optimizer  # type: ignore[assignment]
     if given is not None:
         _check_instance(given, bound, settings, directions)
-        profiles = _profiles(model, val[0], bound)
+        profiles = _profiles(model, example, bound)
     else:
-        profiles = check_optimizer(ref, settings, bound, model, val[0], directions=directions, seed=seed)
+        profiles = check_optimizer(ref, settings, bound, model, example, directions=directions, seed=seed)
     optimizer_label = optimizer_name(ref)
     # what must not change between a run and its resumption, or the journal would mix two searches
     signature = {
@@ -705,7 +731,7 @@ def search(
                 "settings": {"optimizer": optimizer_label, "optimizer_settings": dict(optimizer_settings or {}),
                              "trials": trials, "seed": seed},
                 "signature": signature,
-                "task": task if isinstance(task, str) else model_task.NAME,  # how finalize finds it again
+                "task": task_reference(task),  # how finalize, export and the report find it again
                 "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
                 "constraints": [vars(c) for c in constraints],
                 "latency": {**vars(latency), **vars(evaluator.conditions),
@@ -735,7 +761,7 @@ def search(
         done = run_loop(store, bound, opt, executor, objectives, resolved, trials, progress=progress,
                         bars=_bars_rule(finetune, model_task.PRIMARY, model_task.METRICS[model_task.PRIMARY]))
         if val_batches is not None:  # the front was chosen on the first batches: choose it again on all
-            done, baseline = rescore_front(executor, done, objectives, resolved, baseline)
+            done, baseline = rescore_front(executor, done, objectives, constraints, baseline)
         tested = measure_test(executor, front_of(done, objectives)) if test is not None else None
         executor.close()
         executor = None
@@ -760,7 +786,7 @@ def _save_to_cache(table: LatencyTable, runs_dir: Path) -> None:
     cached.save(path)
 
 
-def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: Data | None, latency: LatencySpec,
+def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: Pair | None, latency: LatencySpec,
                    seed: int, run_dir: Path, runs_dir: Path) -> LatencyTable:
     """The run's layer table (on resume its own), else the machine's cached one, calibrated for `model`.
 
@@ -768,8 +794,9 @@ def _latency_table(model: nn.Module, bound: BoundSpace, val: Data, calibration: 
     the space.
     """
     conditions = Conditions.here(latency.runtime, latency.batch_size, latency.threads)
-    rows = calibration if calibration is not None else (val[0][:256], val[1][:256])
-    table = calibrated_table(model, val[0][:1], latency_batch(val[0], latency.batch_size), conditions,
+    rows = calibration if calibration is not None else batch_data.head(val, 256)
+    first = batch_data.head(val, latency.batch_size)[0]
+    table = calibrated_table(model, first[:1], latency_batch(first, latency.batch_size), conditions,
                              calibration_policies(bound, seed),
                              calibration=rows, saved=[run_dir / LatencyTable.FILE, cache_path(runs_dir, conditions)],
                              warmup=latency.warmup, repeats=latency.repeats, log=tqdm.write)

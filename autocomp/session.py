@@ -6,6 +6,7 @@ anything is written, so a bad input leaves no half-made run directory behind.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -24,12 +25,14 @@ from torch import nn
 
 from autocomp import outputs
 from autocomp.config import RunSpec, dump_run_spec, load_run_spec, parse_run_spec
+from autocomp.devices import resolve_device
 from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.execution import ExecutionSpec
+from autocomp.finetune import finetune_as_evaluated
 from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
 from autocomp.runner import SearchResult, check_optimizer, search
 from autocomp.store import write_atomic
-from autocomp.tasks import get_task
+from autocomp.tasks import Task, get_task
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
 
 if TYPE_CHECKING:  # the space is the run file's; session only passes its coverage rows on
@@ -369,6 +372,29 @@ def resume_run(run_dir: str | os.PathLike, *, trials: int | None, data_dir: str 
         runs_dir=run_dir.parent, name=run_dir.name, data_dir=data_dir or info["data"]["dir"], resume=True,
         progress=progress, execution=execution, log=log,
     )
+
+
+def run_task(run_dir: str | os.PathLike) -> Task:
+    """The task a run was scored with (run.json's; runs from before tasks: classification)."""
+    return get_task(run_info(run_dir).get("task", "classification"))
+
+
+def finetuned_as_evaluated(run_dir: str | os.PathLike, compressed: nn.Module, model: nn.Module) -> nn.Module:
+    """A trial's compressed model fine-tuned exactly as the run's evaluator did (its task, device, precision).
+
+    Returned on the CPU; `model` (the teacher) is left where it is. Without fine-tuning, `compressed` itself.
+    """
+    spec = run_spec(run_dir)
+    if spec.finetune.epochs <= 0:
+        return compressed
+    try:
+        device = resolve_device(spec.execution.device)
+    except ValueError as err:
+        raise AutocompError(f"execution.device: {err}") from None
+    teacher = model if device.type == "cpu" else copy.deepcopy(model).to(device)
+    finetune_as_evaluated(compressed.to(device), load_run_splits(run_dir).train, spec.finetune, teacher=teacher,
+                          task=run_task(run_dir), device=device, precision=spec.execution.precision)
+    return compressed.cpu()
 
 
 def load_run_calibration(run_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocomp.batches import Data, batches
 from autocomp.devices import autocast
 from autocomp.errors import AutocompError
 from autocomp.outputs import IGNORE_INDEX, logits, per_position
 from autocomp.refs import import_reference, is_reference
 
-Data = tuple[torch.Tensor, torch.Tensor]
 Sums = dict[str, tuple[float, float]]  # metric -> (summed value, count) over the batches seen so far
 
 
@@ -39,7 +39,9 @@ class Task:
     """The base of every task: subclasses set NAME, METRICS and PRIMARY and define `loss` and `batch_sums`.
 
     `METRICS` maps each metric the task reports to the direction that is better ("maximize" or
-    "minimize"); `PRIMARY` is the one a search optimizes and selects on by default.
+    "minimize"); `PRIMARY` is the one a search optimizes and selects on by default. Under `precision`
+    bf16/fp16 the outputs `loss` and `batch_sums` receive are half precision: compute in float
+    (`.float()`) where it matters.
     """
 
     NAME: str = "task"
@@ -47,15 +49,39 @@ class Task:
     PRIMARY: str = ""
 
     def loss(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of a model's raw `output` against `targets` (a differentiable scalar)."""
+        """The training loss of one batch (fine-tuning, the baseline's training).
+
+        Args:
+            output: The model's raw output (a tensor, tuple, dict or ModelOutput; `autocomp.outputs.logits`
+                finds the tensor).
+            targets: The batch's targets.
+
+        Returns:
+            A differentiable scalar.
+        """
         raise NotImplementedError
 
     def batch_sums(self, output: Any, targets: torch.Tensor) -> Sums:
-        """Per metric, the (sum, count) one batch adds; `finish` turns the totals into the metrics."""
+        """What one batch adds to each metric, so that metrics over many batches are exact.
+
+        Args:
+            output: The model's raw output for the batch.
+            targets: The batch's targets.
+
+        Returns:
+            Per metric name, (sum, count); `finish` turns the totals over all batches into the metrics.
+        """
         raise NotImplementedError
 
     def finish(self, totals: Sums) -> dict[str, float]:
-        """The metrics from the totals of every batch: each sum over its count, by default."""
+        """The metrics from the totals of every batch: each sum over its count, by default.
+
+        Args:
+            totals: Per metric, the (sum, count) summed over the batches.
+
+        Returns:
+            The metrics by name (NaN for a metric no batch counted).
+        """
         return {name: total / count if count else math.nan for name, (total, count) in totals.items()}
 
     def distillation_loss(self, output: Any, teacher: Any, targets: torch.Tensor, *, alpha: float,
@@ -73,7 +99,15 @@ class Task:
         return (1 - alpha) * hard + alpha * soft
 
     def check(self, output: Any, targets: torch.Tensor) -> str | None:
-        """Why this model's output cannot be scored against these targets, or None when it can."""
+        """Whether the model's output on a couple of rows can be scored against their targets.
+
+        Args:
+            output: The model's raw output for the rows.
+            targets: Their targets.
+
+        Returns:
+            None when it can; else why not, in one line (the search then stops before it starts).
+        """
         return None
 
     def evaluate(self, model: nn.Module, data: Data, *, batch_size: int = 1000, max_batches: int | None = None,
@@ -82,8 +116,9 @@ class Task:
 
         Args:
             model: The model to score (its mode is restored afterwards), already on `device`.
-            data: Inputs and targets, batched along the first dimension (each batch moves to `device`).
-            batch_size: Rows per forward pass.
+            data: Inputs and targets as tensors (batched here), or a DataLoader of such batches (streamed:
+                never held whole); each batch moves to `device`.
+            batch_size: Rows per forward pass of tensors.
             max_batches: Score only the first this many batches (a capped, cheaper evaluation).
             device: Where the model runs (default: the CPU).
             precision: fp32, or bf16 / fp16 under autocast.
@@ -91,16 +126,12 @@ class Task:
         Returns:
             The task's metrics by name.
         """
-        x, y = data
         totals: Sums = {}
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for k, start in enumerate(range(0, len(y), batch_size)):
-                    if max_batches is not None and k >= max_batches:
-                        break
-                    inputs, targets = x[start : start + batch_size], y[start : start + batch_size]
+                for inputs, targets in batches(data, batch_size, limit=max_batches):
                     if device is not None and device.type != "cpu":
                         inputs, targets = inputs.to(device), targets.to(device)
                     with autocast(device or torch.device("cpu"), precision):
@@ -267,10 +298,14 @@ def get_task(task: TaskRef) -> Task:
     return made
 
 
-def task_metrics(task: TaskRef) -> dict[str, str]:
-    """The metrics (name -> better direction) a task reports, for objectives and constraints."""
-    return dict(get_task(task).METRICS)
+def task_reference(task: TaskRef) -> str:
+    """The name `get_task` turns back into `task`: a built-in's name, or "module:Class" of a user's Task."""
+    if isinstance(task, str):
+        return task
+    if type(task).NAME in TASKS and type(task) is TASKS[type(task).NAME]:
+        return type(task).NAME
+    return f"{type(task).__module__}:{type(task).__qualname__}"
 
 
 __all__ = ["CLASSIFICATION", "TASKS", "Classification", "LanguageModel", "Regression", "Task", "get_task",
-           "task_metrics"]
+           "task_reference"]

@@ -85,3 +85,43 @@ def test_a_classification_model_with_a_language_model_task_is_refused_by_check(l
     (lm_run / "bad.yaml").write_text(RUN.replace("lmmodels:ByteBigram", "clf:net"))
     assert main(["check", "bad.yaml"]) == 2
     assert "a language model must give logits (B, T, vocabulary)" in capsys.readouterr().err
+
+
+REGRESSION = """\
+version: 1
+model: {name: "regmodels:mlp"}
+data: {name: npz, path: reg.npz}
+task: regression
+train: {epochs: 20, batch_size: 32, lr: 0.01}
+finetune: {epochs: 1, batch_size: 32, lr: 0.001}
+artifact: {entropy: true}
+latency: {repeats: 3, warmup: 1}
+groups:
+  - name: all
+    layers: ["type:Linear"]
+    primitives:
+      quantize: {bits: {choice: [3, 4]}}
+      prune: {ratio: {choice: [0.0, 0.5]}}
+"""
+
+
+def test_export_rebuilds_a_regression_trial_with_the_runs_own_loss_byte_for_byte(tmp_path, monkeypatch):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 2)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x_train=x[:240], y_train=x[:240] @ w, x_test=x[240:], y_test=x[240:] @ w)
+    (tmp_path / "regmodels.py").write_text("from torch import nn\n\ndef mlp():\n"
+                                           "    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))\n")
+    (tmp_path / "run.yaml").write_text(REGRESSION)
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "run.yaml", "--trials", "3", "--runs-dir", "runs", "--name", "reg", "--quiet"]) == 0
+    run = tmp_path / "runs" / "reg"
+    assert json.loads((run / "run.json").read_text())["baseline"]["mse"] < float(((x @ w) ** 2).mean())
+    trials = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+    for trial in (t for t in trials if t["status"] == "complete"):
+        out = tmp_path / f"t{trial['id']}.acz"
+        assert main(["export", str(run), "--trial", str(trial["id"]), "--out", str(out)]) == 0
+        # Huffman-coded: any other fine-tuning (another loss) would give other codes and another length
+        assert out.stat().st_size == trial["metrics"]["size_bytes"]

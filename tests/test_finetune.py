@@ -6,13 +6,15 @@ from torch import nn
 
 from autocomp.artifacts import artifact_meta, pack_model
 from autocomp.compress import compress
-from autocomp.finetune import FineTuneSpec, distillation_loss, finetune
+from autocomp.finetune import FineTuneSpec, finetune
 from autocomp.metrics import accuracy
 from autocomp.policy import Policy
 from autocomp.primitives import LowRank, Prune, Quantize
 from autocomp.primitives.configs import Share
+from autocomp.tasks import Classification
 from autocomp.testing.tiny import fit, tiny_data, tiny_mlp
 
+distillation_loss = Classification().distillation_loss
 LAYERS = ("1", "3", "5")
 SPEC = FineTuneSpec(epochs=4, batch_size=32, lr=3e-3)
 

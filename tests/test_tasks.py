@@ -204,7 +204,8 @@ def test_a_capped_search_scores_on_the_first_batches_and_rescores_its_front_on_a
     data = tiny_data(n=200)
     model = fit(tiny_mlp(), data, steps=30)
     space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
-    result = autocomp.search(model, data, space=space, trials=6, val_batches=1, batch_size=40,
+    result = autocomp.search(model, data, space=space, trials=8, val_batches=1, batch_size=40,
+                             constraints=[autocomp.Constraint(metric="accuracy", min="0.5x")],
                              latency=fast_latency(), runs_dir=tmp_path, name="capped", progress=False)
     first = (data[0][:40], data[1][:40])
     journal = {t.id: t for t in result.trials}
@@ -215,6 +216,74 @@ def test_a_capped_search_scores_on_the_first_batches_and_rescores_its_front_on_a
         assert point.metrics["accuracy"] == pytest.approx(accuracy(compressed, data))
         assert point.metrics["accuracy@capped"] == pytest.approx(accuracy(compressed, first))
         assert point.values[0] == point.metrics["accuracy"]  # the front was chosen on the full numbers
+        assert point.metrics["accuracy_drop"] == pytest.approx(result.baseline["accuracy"] - point.metrics["accuracy"])
+        # the relative bound was resolved on the baseline's full number, and every front point meets it
+        assert point.violation == 0 and point.metrics["accuracy"] >= 0.5 * result.baseline["accuracy"]
     for trial in result.trials:  # the journal keeps what the search saw: the first 40 rows
         if trial.status == "complete" and trial.id not in {p.id for p in result.pareto}:
             assert "accuracy@capped" not in journal[trial.id].metrics
+
+
+class Rows(torch.utils.data.Dataset):
+    """Rows read one at a time (as from disk), counting reads: nothing hands autocomp the whole split."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, 0
+
+    def __len__(self):
+        return len(self.data[1])
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.data[0][i], self.data[1][i]
+
+
+def test_a_dataloader_is_streamed_batch_by_batch_and_scores_as_the_tensors_do(tmp_path):
+    data = tiny_data(n=200)
+    model = fit(tiny_mlp(), data, steps=30)
+    space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
+    rows = Rows(data)
+    loader = torch.utils.data.DataLoader(rows, batch_size=50)
+    tuned = autocomp.FineTuneSpec(epochs=1, steps=2, batch_size=50)
+    train_rows = Rows(data)
+    train = torch.utils.data.DataLoader(train_rows, batch_size=25, shuffle=True)
+    streamed = autocomp.search(model, loader, space=space, trials=3, optimizer="random", train_data=train,
+                               finetune=tuned, latency=fast_latency(), runs_dir=tmp_path, name="s", progress=False)
+    assert rows.reads >= 4 * 200  # every candidate (and the baseline) read the rows again, batch by batch
+    for trial in streamed.trials:
+        if trial.status == "complete":  # the same numbers the rows give as tensors, fine-tuned the same way
+            compressed = autocomp.compress(model, trial.policy)
+            autocomp.finetune.finetune(compressed, train, tuned)
+            assert trial.metrics["accuracy"] == pytest.approx(accuracy(compressed, data))
+    # fine-tuning drew `steps` batches per epoch from the loader, not the whole split
+    per_candidate = 2 * 25
+    assert train_rows.reads % per_candidate == 0 and train_rows.reads < 8 * 200
+    with pytest.raises(AutocompError, match="one-shot iterator"):
+        autocomp.search(model, (b for b in loader), space=space, trials=1, runs_dir=tmp_path, name="g",
+                        progress=False)
+
+
+def test_taylor_channel_scores_are_refused_for_a_task_not_trained_on_cross_entropy(tmp_path):
+    x = torch.randn(64, 1, 8, 8)
+    space = autocomp.SearchSpace.from_yaml("""
+- name: convs
+  layers: ["type:Conv2d"]
+  primitives: {channels: {ratio: 0.25, criterion: {choice: [l1, taylor]}}}
+""")
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 1))
+    with pytest.raises(AutocompError, match="criterion 'taylor'.*regression"):
+        autocomp.search(model, (x, torch.randn(64, 1)), space=space, task="regression", trials=1,
+                        runs_dir=tmp_path, name="t", progress=False)
+    assert not (tmp_path / "t").exists()
+
+
+class ScaledMSE(Regression):
+    NAME = "scaled-mse"
+
+
+def test_a_task_object_is_recorded_so_that_it_can_be_found_again(tmp_path):
+    from autocomp.tasks import task_reference
+
+    assert task_reference(LanguageModel()) == "language-model"
+    ref = task_reference(ScaledMSE())
+    assert ref == f"{__name__}:ScaledMSE" and isinstance(get_task(ref), ScaledMSE)

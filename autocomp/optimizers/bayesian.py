@@ -121,11 +121,7 @@ class OptunaSearch(Optimizer):
         """Up to `n` candidates: the guide's start first when guided, then the study's, screened."""
         if self.guide is None:
             return self._ask(n)
-        if self.guide.phase == "start":
-            picks = self.guide.start_ask(n)
-            if picks or self.guide.phase == "start":
-                return picks
-        return self.guide.screen_ask(n, self._ask, self._reject)
+        return self.guide.ask(n, self._ask, self._reject)
 
     def tell(self, results: list[Told]) -> None:
         """Tell the guide (when guided), then the study."""

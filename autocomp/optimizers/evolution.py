@@ -185,12 +185,8 @@ class EvolutionSearch(Optimizer):
         """Up to `n` candidates: the guide's start first when guided, then this generation's, screened."""
         if self.guide is None:
             return self._ask(n)
-        if self.guide.phase == "start":
-            picks = self.guide.start_ask(n)
-            if picks or self.guide.phase == "start":
-                return picks
-            self._start_from(self.guide.start_points())
-        return self.guide.screen_ask(n, self._ask, self._reject)
+        guide = self.guide
+        return guide.ask(n, self._ask, self._reject, on_started=lambda: self._start_from(guide.start_points()))
 
     def tell(self, results: list[Told]) -> None:
         """Tell the guide (when guided), then set the fitness of asked individuals."""

@@ -242,6 +242,31 @@ class Guide:
         point = tuple(float(v) for v in optimistic)
         return not any(dominates(tuple(v), point, self.directions) for _, v in self.measured)
 
+    def ask(self, n: int, ask: Callable[[int], list[Params]], reject: Callable[[Params, list[float]], None], *,
+            on_start: Callable[[list[Params]], None] | None = None,
+            on_started: Callable[[], None] | None = None) -> list[Params]:
+        """A guided host's ask: the allocator's start first, then the host's own candidates, screened.
+
+        Args:
+            n: How many candidates to ask for.
+            ask: The host's own ask (`n` -> candidates).
+            reject: Tells the host a screened-out candidate with its predicted objectives.
+            on_start: Called with the start's picks (RL replays them as episodes).
+            on_started: Called once when the start is over (evolution breeds from its points).
+
+        Returns:
+            Up to `n` candidates to evaluate for real.
+        """
+        if self.phase == "start":
+            picks = self.start_ask(n)
+            if picks or self.phase == "start":
+                if on_start is not None:
+                    on_start(picks)
+                return picks
+            if on_started is not None:
+                on_started()
+        return self.screen_ask(n, ask, reject)
+
     def screen_ask(self, n: int, ask: Callable[[int], list[Params]],
                    reject: Callable[[Params, list[float]], None]) -> list[Params]:
         """Up to `n` host candidates predicted non-dominated; the others are told `reject`ed with predictions.

@@ -116,14 +116,12 @@ class RLSearch(Optimizer):
         """Up to `n` episodes (each a policy): guided, the allocator's replayed first, then screened rollouts."""
         if self.guide is None:
             return self._rollouts(n)
-        if self.guide.phase == "start":
-            picks = self.guide.start_ask(n)
-            if picks or self.guide.phase == "start":
-                with self._generators():
-                    for params in picks:
-                        self._replay(params)
-                return picks
-        return self.guide.screen_ask(n, self._rollouts, self._reject)
+        return self.guide.ask(n, self._rollouts, self._reject, on_start=self._replay_all)
+
+    def _replay_all(self, picks: list[Params]) -> None:
+        with self._generators():
+            for params in picks:
+                self._replay(params)
 
     def _reject(self, params: Params, predicted: list[float]) -> None:
         """A screened-out episode: trained on with its predicted objectives (never evaluated)."""
