@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocomp.devices import resolve_device, synchronize
+from autocomp.errors import AutocompError
 from autocomp.int8 import ENGINES, fold_batchnorm, to_int8, unwrap_fake_quant
 from autocomp.metrics import torch_threads
 from autocomp.schema import boolean, integer, one_of, setting
@@ -111,6 +113,23 @@ def _torch_int8(model: nn.Module, calibration: torch.Tensor, threads: int, engin
         return to_int8(model, calibration, engine=engine)
 
 
+def _cuda_runner(model: nn.Module, calibration: torch.Tensor, threads: int, engine: str) -> Runner:
+    """The model on the first CUDA GPU: each call moves the batch there and waits for the GPU to finish."""
+    try:
+        device = resolve_device("cuda")
+    except ValueError as err:
+        raise AutocompError(f"latency runtime 'torch-cuda': {err}") from None
+    net = copy.deepcopy(model).eval().to(device)
+
+    def run(batch: torch.Tensor) -> Any:
+        with torch.no_grad():
+            out = net(batch.to(device))
+        synchronize(device)  # kernels run asynchronously: the time is the GPU's only once it has finished
+        return out
+
+    return run
+
+
 # (model, calibration rows, threads, engine) -> what the runtime calls on a batch
 Prepare = Callable[[nn.Module, torch.Tensor, int, str], Runner]
 
@@ -177,6 +196,7 @@ register_runtime(Runtime("torch", lambda model, calibration, threads, engine: mo
 register_runtime(Runtime("torch-int8", _torch_int8, int8=True, engine=default_engine))
 register_runtime(Runtime("onnx", lambda m, c, t, e: _onnx_runner(m, c, t, e, int8=False)))
 register_runtime(Runtime("onnx-int8", lambda m, c, t, e: _onnx_runner(m, c, t, e, int8=True), int8=True))
+register_runtime(Runtime("torch-cuda", _cuda_runner, folds_batchnorm=False))
 
 
 @dataclass(frozen=True, kw_only=True)

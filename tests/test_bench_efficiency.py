@@ -2,19 +2,10 @@
 
 import json
 
-from autocomp.bench.common import OPS
+from test_bench_quick import contract  # the bench contract, as every bench's quick test checks it
+
 from autocomp.testing.tiny import fit, tiny_data, tiny_mlp, tiny_space
 from autocomp.zoo import Splits
-
-
-def contract(path, name):
-    """results.json's structure, and every target's `met` as its comparison gives it."""
-    doc = json.loads(path.read_text())
-    assert {"name", "machine", "settings", "rows", "targets"} <= set(doc) and doc["name"] == name and doc["rows"]
-    for target in doc["targets"].values():
-        op, bound = target["target"].split(" ", 1)
-        assert target["met"] is OPS[op](target["value"], float(bound))
-    return doc
 
 
 def test_bench_efficiency_quick(tmp_path, monkeypatch):

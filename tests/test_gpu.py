@@ -38,3 +38,13 @@ def test_a_search_on_the_gpu_fine_tunes_there_and_exports_for_the_cpu(tmp_path, 
     (tmp_path / "p.acz").write_bytes(packed)
     reloaded = autocomp.load_packed(tmp_path / "p.acz", model=model)
     assert torch.equal(reloaded(data[0][:16]), compressed(data[0][:16]))
+
+
+def test_latency_on_the_gpu_is_timed_to_the_end_of_its_kernels():
+    from autocomp.latency_table import Conditions, measure_model
+
+    model = tiny_mlp()
+    batch = tiny_data(64)[0]
+    times = measure_model(model, batch, Conditions.here("torch-cuda", 64, 1), calibration=batch, warmup=2,
+                          repeats=5)
+    assert len(times) == 5 and all(t > 0 for t in times)

@@ -1,11 +1,8 @@
 """Guided joint search: the allocator's start, the additive surrogate and its screen, state and resume."""
 
 import json
-import os
 import random
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ from autocomp.optimizers.guided import AdditiveSurrogate
 from autocomp.pareto import dominates
 from autocomp.testing.conformance import check_optimizer, reference_space, run_steps
 from autocomp.testing.fake import fake_metrics
-from autocomp.testing.processes import MNIST_SPACE, cli, journal
+from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when
 from autocomp.testing.tiny import write_fake_mnist
 
 MO = ("maximize", "minimize")
@@ -69,9 +66,19 @@ def test_the_search_starts_from_the_allocators_measurements_and_solutions(name):
     opt = make(name)
     asked, _ = drive(opt, len(start))
     assert asked == start and opt.guide.allocations() == [e["params"] for e in knapsack.plan]
+    first = []
+    if name in ("nsga2", "ga"):  # keep the parents of the first breeding (screened children may breed more)
+        breed = opt._breed
+
+        def spy():
+            breed()
+            if not first:
+                first.append(list(opt.parents))
+
+        opt._breed = spy
     drive(opt, 2)  # the first screened asks
     if name in ("nsga2", "ga"):  # the first generation was selected from the start's pool, none of it random
-        assert opt.parents and all(opt._params(p) in start for p in opt.parents)
+        assert first and first[0] and all(opt._params(p) in start for p in first[0])
     else:  # every start point is a trial of the study, scored as measured
         trials = {json.dumps(t.params, sort_keys=True): t.values for t in opt.study.get_trials()}
         assert all(trials[json.dumps(c, sort_keys=True)] == list(fake(space, c)) for c in start)
@@ -123,6 +130,35 @@ def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction()
     before = np.median([abs(model.additive(c)[0] - additive(c, 0.2)[0]) for c in held])
     after = np.median([abs(model.predict(c)[0] - additive(c, 0.2)[0]) for c in held])
     assert after < 0.2 * before
+
+
+@pytest.mark.parametrize("shares", ((), ({"fc1": 2000.0, "fc2": 500.0, "fc3": 125.0},)), ids=("measured", "profiles"))
+def test_structural_size_is_exact_where_a_layers_knobs_multiply_its_bytes(shares):
+    space = reference_space()
+    reference = {p.name: p.least_compressive() for p in space.params}
+    layer_bytes, constant = {"fc1": 8000.0, "fc2": 2000.0, "fc3": 500.0}, 300.0  # constant: header, biases
+    factor = {"prune.ratio": lambda v: 1.0 - v, "quantize.bits": lambda v: v / 8, "lowrank.rank_ratio": lambda v: v}
+
+    def evaluate(c):  # accuracy loses a point per changed knob; size: each layer's bytes times its knobs' factors
+        size = constant + sum(b * np.prod([factor[p.knob](c[p.name]) for p in space.params if p.layers == (layer,)])
+                              for layer, b in layer_bytes.items())
+        return (0.9 - 0.01 * sum(c[k] != reference[k] for k in c), size)
+
+    moves = [(p.name, v, evaluate({**reference, p.name: v})) for p in space.params for v in p.ordered()[1:]]
+    samples = [space.sample(np.random.default_rng(s)) for s in range(60)]
+    model = AdditiveSurrogate(space, reference, evaluate(reference), moves, directions=MO, shares=shares)
+    assert list(model.structural) == [1]  # accuracy is maximised: never structural
+    model.fit([(c, evaluate(c)) for c in samples[:20]])  # the multi-knob results fix the layers' bytes
+    _, scale, _ = model.structural[1]
+    fitted = scale * model.structural[1][0]
+    assert fitted == pytest.approx([layer_bytes[o] for o in model.owners], rel=1e-5)
+    for c in samples[20:]:
+        assert model.additive(c)[1] == pytest.approx(evaluate(c)[1], rel=1e-5)
+        assert model.predict(c)[1] == pytest.approx(evaluate(c)[1], rel=1e-4)
+    # the plain sum of one-knob changes, what the surrogate predicted before, is far off on the same candidates
+    plain = AdditiveSurrogate(space, reference, evaluate(reference), moves)
+    errors = [abs(plain.additive(c)[1] / evaluate(c)[1] - 1) for c in samples[20:]]
+    assert np.median(errors) > 0.3
 
 
 def test_only_candidates_predicted_non_dominated_are_evaluated_and_each_is_recorded(tmp_path):
@@ -187,16 +223,9 @@ def test_a_guided_run_resumes_after_sigkill_to_the_same_trials(tmp_path):
     proc = subprocess.Popen(cli("search", str(tmp_path / "space.yaml"), "--name", "cut", *common),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     kills = 0
-    while kills < 3:
-        target = len(journal(run_dir)) + rng.randint(3, 7)  # kills spread over the start and the screened search
-        deadline = time.time() + 120
-        while len(journal(run_dir)) < target and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
-        if proc.poll() is not None:
+    while kills < 3:  # kills spread over the start and the screened search
+        if not kill_when(proc, run_dir, len(journal(run_dir)) + rng.randint(3, 7), rng):
             break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
         kills += 1
         proc = subprocess.Popen(cli("resume", str(run_dir), "--quiet"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)

@@ -1,12 +1,10 @@
 """A real `autocomp search` process killed with SIGKILL at random moments resumes with nothing lost."""
 
-import os
 import random
-import signal
 import subprocess
 import time
 
-from autocomp.testing.processes import MNIST_SPACE, cli, journal
+from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when
 from autocomp.testing.tiny import write_fake_mnist
 
 SPACE = MNIST_SPACE
@@ -30,16 +28,11 @@ def test_sigkill_then_resume_keeps_every_trial_and_evaluates_none_twice(tmp_path
     while kills < 4:
         if kills % 2:  # at a random time: start-up, baseline loading, ask/checkpoint windows, finalize
             time.sleep(rng.uniform(0.2, 3.0))
+            target = 0
         else:  # shortly after a trial lands: mid-evaluation, mid-write, mid-checkpoint
             target = len(journal(run_dir)) + rng.randint(1, 3)
-            deadline = time.time() + 120
-            while len(journal(run_dir)) < target and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 0.05))
-        if proc.poll() is not None:
+        if not kill_when(proc, run_dir, target, rng):
             break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
         kills += 1
         before = journal(run_dir)
         proc = subprocess.Popen(cli("resume", str(run_dir), "--quiet"), stdout=subprocess.DEVNULL,

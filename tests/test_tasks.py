@@ -287,3 +287,13 @@ def test_a_task_object_is_recorded_so_that_it_can_be_found_again(tmp_path):
     assert task_reference(LanguageModel()) == "language-model"
     ref = task_reference(ScaledMSE())
     assert ref == f"{__name__}:ScaledMSE" and isinstance(get_task(ref), ScaledMSE)
+
+
+def test_the_gpu_latency_runtime_is_refused_where_there_is_no_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
+    with pytest.raises(AutocompError, match="latency runtime 'torch-cuda': device 'cuda' is not available"):
+        autocomp.search(tiny_mlp(), tiny_data(), space=space, trials=1, runs_dir=tmp_path, name="c", progress=False,
+                        latency=autocomp.LatencySpec(runtime="torch-cuda", repeats=2, warmup=1))
+    assert not (tmp_path / "c").exists()

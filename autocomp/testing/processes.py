@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,4 +41,21 @@ def journal(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.endswith(b"}")]
 
 
-__all__ = ["MNIST_SPACE", "cli", "journal"]
+def kill_when(proc: subprocess.Popen[bytes], run_dir: str | Path, trials: int, rng: random.Random,
+              timeout: float = 120.0) -> bool:
+    """SIGKILL `proc` shortly after its run's journal reaches `trials` lines (a random pause of up to 50 ms).
+
+    Returns False, killing nothing, when the process has already ended.
+    """
+    deadline = time.time() + timeout
+    while len(journal(run_dir)) < trials and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.05))
+    if proc.poll() is not None:
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+__all__ = ["MNIST_SPACE", "cli", "journal", "kill_when"]
