@@ -37,7 +37,7 @@ from autocomp.evaluate import CompressionEvaluator
 from autocomp.execution import DEFAULT_EXECUTION, ExecutionSpec, Executor, Outcome, Task, describe, make_executor
 from autocomp.finetune import DEFAULT_FINETUNE, FineTuneSpec
 from autocomp.latency_table import Conditions, LatencyTable, cache_path, calibrated_table, calibration_policies
-from autocomp.metrics import cpu_name, latency_batch, layer_profiles
+from autocomp.metrics import count_flops, cpu_name, latency_batch, layer_profiles
 from autocomp.objective import Constraint, Objective, as_objectives, evaluate_objectives
 from autocomp.optimizers import (
     LayerProfile,
@@ -46,10 +46,12 @@ from autocomp.optimizers import (
     SearchContext,
     Told,
     make_optimizer,
+    optimizer_class,
     optimizer_name,
 )
 from autocomp.pareto import pareto_front
 from autocomp.policy import Policy
+from autocomp.proxies import proxy_table
 from autocomp.report import latency_prediction_line, pareto_table, plot_pareto
 from autocomp.runtimes import DEFAULT_LATENCY, LatencySpec
 from autocomp.space import BoundSpace, SearchSpace
@@ -471,10 +473,6 @@ def _profiles(model: nn.Module, inputs: torch.Tensor, bound: BoundSpace) -> tupl
 def _proxies(ref: OptimizerRef, settings: Mapping[str, Any], model: nn.Module, bound: BoundSpace, rows: Data,
              task: ModelTask, evaluator: CompressionEvaluator, seed: int) -> dict[str, Any]:
     """SearchContext's gradient proxies (autocomp/proxies.py) for an optimizer that wants them, else none."""
-    from autocomp.metrics import count_flops
-    from autocomp.optimizers.registry import optimizer_class
-    from autocomp.proxies import proxy_table
-
     if not optimizer_class(ref).wants_proxies(settings):
         return {}
 
