@@ -150,7 +150,7 @@ groups: {json.dumps(space.to_dict())}
 
 def test_unknown_names_are_refused_with_the_registered_ones_listed(registered):
     with pytest.raises(autocomp.errors.SpaceError, match="unknown runtime.*known: torch, torch-int8, onnx, onnx-int8, "
-                                                         "counting"):
+                                                         "torch-cuda, counting"):
         autocomp.parse_run_spec("version: 1\nmodel: {name: m}\ndata: {name: d}\nlatency: {runtime: fast}\n"
                                 "groups: [{name: a, layers: [x], primitives: {prune: {ratio: 0.5}}}]")
     with pytest.raises(autocomp.errors.SpaceError, match="unknown executor.*known: inprocess, ray, counting"):

@@ -11,9 +11,10 @@ random init, head untied from the embedding, trained here with AdamW (seeded, ca
 corpus and budget).
 
 Rows, each as packed bytes (autocomp's artifact) and validation perplexity: fp32; uniform round-to-nearest
-weight quantization at 8/4/3 bits per output channel of every Linear and the Embedding (autocomp's Quantize);
+weight quantization at 8/4/3 bits of every Linear and the Embedding, per output channel and group-wise (groups
+of 64 and 128 input weights) (autocomp's Quantize);
 NNCF's `compress_weights` (mixed INT4/INT8, its own sensitivity metric), run in a virtualenv of its own; and
-the points of autocomp's search front (per-layer bits, pruning, low rank, heads) closest below each
+the points of autocomp's search front (per-layer bits and group size, pruning, low rank, heads) closest below each
 baseline's bytes. Choices on validation only; test perplexity is measured once for the chosen points.
 """
 
