@@ -132,35 +132,6 @@ def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction()
     assert after < 0.2 * before
 
 
-@pytest.mark.parametrize("shares", ((), ({"fc1": 2000.0, "fc2": 500.0, "fc3": 125.0},)), ids=("measured", "profiles"))
-def test_structural_size_is_exact_where_a_layers_knobs_multiply_its_bytes(shares):
-    space = reference_space()
-    reference = {p.name: p.least_compressive() for p in space.params}
-    layer_bytes, constant = {"fc1": 8000.0, "fc2": 2000.0, "fc3": 500.0}, 300.0  # constant: header, biases
-    factor = {"prune.ratio": lambda v: 1.0 - v, "quantize.bits": lambda v: v / 8, "lowrank.rank_ratio": lambda v: v}
-
-    def evaluate(c):  # accuracy loses a point per changed knob; size: each layer's bytes times its knobs' factors
-        size = constant + sum(b * np.prod([factor[p.knob](c[p.name]) for p in space.params if p.layers == (layer,)])
-                              for layer, b in layer_bytes.items())
-        return (0.9 - 0.01 * sum(c[k] != reference[k] for k in c), size)
-
-    moves = [(p.name, v, evaluate({**reference, p.name: v})) for p in space.params for v in p.ordered()[1:]]
-    samples = [space.sample(np.random.default_rng(s)) for s in range(60)]
-    model = AdditiveSurrogate(space, reference, evaluate(reference), moves, directions=MO, shares=shares)
-    assert list(model.structural) == [1]  # accuracy is maximised: never structural
-    model.fit([(c, evaluate(c)) for c in samples[:20]])  # the multi-knob results fix the layers' bytes
-    _, scale, _ = model.structural[1]
-    fitted = scale * model.structural[1][0]
-    assert fitted == pytest.approx([layer_bytes[o] for o in model.owners], rel=1e-5)
-    for c in samples[20:]:
-        assert model.additive(c)[1] == pytest.approx(evaluate(c)[1], rel=1e-5)
-        assert model.predict(c)[1] == pytest.approx(evaluate(c)[1], rel=1e-4)
-    # the plain sum of one-knob changes, what the surrogate predicted before, is far off on the same candidates
-    plain = AdditiveSurrogate(space, reference, evaluate(reference), moves)
-    errors = [abs(plain.additive(c)[1] / evaluate(c)[1] - 1) for c in samples[20:]]
-    assert np.median(errors) > 0.3
-
-
 def test_only_candidates_predicted_non_dominated_are_evaluated_and_each_is_recorded(tmp_path):
     opt = make("tpe", workdir=str(tmp_path), tries=50)
     rejected = []

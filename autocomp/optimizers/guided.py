@@ -9,15 +9,12 @@ What `guided: true` adds to `tpe` (and the other Optuna samplers), `nsga2`/`ga` 
    `sensitivity: fisher` there is no sensitivity phase: the runner's gradient proxies (autocomp/proxies.py)
    predict each knob's change, and only the reference and the allocations are evaluated;
 2. screening: afterwards each candidate the host proposes gets a predicted objective vector: the reference
-   plus each knob's measured one-knob change (interpolated along the knob's grid between measured values);
-   for a size-like objective (size_bytes: a sum over layers, see AdditiveSurrogate) the layers' bytes
-   times the product of their knobs' measured factors, since a layer's bits, pruning and rank multiply
-   its bytes; corrected by a ridge regression refitted on every real evaluation so far (features: the per-knob
+   plus each knob's measured one-knob change (interpolated along the knob's grid between measured values),
+   corrected by a ridge regression refitted on every real evaluation so far (features: the per-knob
    changes, the square of their sum, where layer errors compound, and per layer the products of its
-   knobs' changes; for a structural objective, in log space, with the knobs' log factors as features too).
-   With proxies, a knob's change in the first objective is its Fisher loss times one factor fitted on the
-   measurements so far. Only a candidate predicted non-dominated by the measured front, within the
-   surrogate's own median error so far, is asked for real;
+   knobs' changes, since a layer's size multiplies its knobs' factors). With proxies, a knob's change in
+   the first objective is its Fisher loss times one factor fitted on the measurements so far. Only a candidate predicted
+   non-dominated by the measured front, within the surrogate's own median error so far, is asked for real;
    the others are told to the host with their predicted values (marked as predicted where the host keeps
    trials) and counted as screened out. After `tries` rejections in a row one is asked anyway, so a search
    never stalls;
@@ -38,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from autocomp.optimizers.base import Params, SearchContext, Told
 from autocomp.optimizers.greedy import FISHER
@@ -58,25 +54,7 @@ def key(params: Params) -> str:
 
 
 class AdditiveSurrogate:
-    """Objectives predicted from the one-knob measurements, with a ridge correction refitted on real results.
-
-    Each objective is predicted in one of two ways:
-
-    - additive: the reference plus every knob's measured one-knob change;
-    - structural, for a size-like objective (a minimised one whose measurements show a sum over layers: every
-      measured value positive, no one-knob change above zero, and the layers' largest removals summing to at
-      most the reference): `C + sum_L B_L * prod_k f_Lk`, where a layer's bytes at the reference
-      `B_L = s * w_L` and `C` (what no knob changes: header, biases, layers not searched) is the rest of the
-      reference. A knob alone on layer L changes the total by `B_L * (f - 1)`, so each value's factor is
-      `f = 1 + change / B_L`: the factors come from the measured changes once the layer bytes are known. The
-      shares `w_L` are each layer's largest measured removal (or, when given, a per-layer count such as the
-      layer profiles' weights: whichever fits the measured results best), and the one scale `s` is fitted in
-      log space on the measured results, between the smallest that leaves every factor positive and the
-      largest that leaves `C` non-negative. One-knob results are exact for every `s`; the multi-knob ones
-      (the allocator's solutions, then every screened ask) decide it.
-
-    The correction is a ridge regression on the residuals, absolute for additive objectives and in log space
-    (a factor) for structural ones.
+    """Objectives predicted as the reference plus per-knob measured changes, with a ridge correction.
 
     Args:
         space: The bound space.
@@ -84,14 +62,10 @@ class AdditiveSurrogate:
         ref_values: Its measured objective values.
         moves: (param name, value, objective values) of each measured one-knob move.
         alpha: Ridge penalty of the correction, on standardised features.
-        directions: The objectives' directions; None: every objective additive.
-        shares: Candidate per-layer shares of a structural objective, layer (or group) name -> count (e.g.
-            the weights of SearchContext.layers), tried beside the measured removals.
     """
 
     def __init__(self, space: BoundSpace, reference: Params, ref_values: Sequence[float],
-                 moves: Sequence[tuple[str, Any, Sequence[float]]], alpha: float = 1.0,
-                 directions: Sequence[str] | None = None, shares: Sequence[Mapping[str, float]] = ()) -> None:
+                 moves: Sequence[tuple[str, Any, Sequence[float]]], alpha: float = 1.0) -> None:
         self.space, self.reference, self.alpha = space, dict(reference), alpha
         self.ref = np.asarray(ref_values, dtype=float)
         found: dict[str, dict[Any, list[np.ndarray]]] = {}
@@ -118,46 +92,8 @@ class AdditiveSurrogate:
         self.pairs = [(a, b) for idx in owners.values() for k, a in enumerate(idx) for b in idx[k + 1:]]
         self.pair_owner = [next(o for o, idx in owners.items() if a in idx) for a, _ in self.pairs]
         self.owners = list(owners)
-        self.owner_of = np.array([self.owners.index(n[: -len(by_name[n].knob) - 1]) for n in self.names], dtype=int)
-        # structural objectives: index -> [shares per layer, scale, (lowest, highest) scale]
-        self.structural: dict[int, list[Any]] = {}
-        self._share_options: dict[int, list[np.ndarray]] = {}
-        for j, direction in enumerate(directions or ()):
-            options = self._shares(j, direction, moves, shares)
-            if options:
-                self._share_options[j] = options
-                self.structural[j] = [options[0], *self._scale_bounds(j, options[0])[::-1]]
         self.coef: np.ndarray | None = None  # (features + 1, objectives) once fitted
         self.mean = self.std = None
-
-    def _removals(self, j: int) -> np.ndarray:
-        """Per layer, the largest measured one-knob removal of objective j (0 where none removes)."""
-        out = np.zeros(len(self.owners))
-        for i, name in enumerate(self.names):
-            out[self.owner_of[i]] = max(out[self.owner_of[i]], float(-self.curves[name][2][:, j].min()))
-        return out
-
-    def _shares(self, j: int, direction: str, moves: Sequence[tuple[str, Any, Sequence[float]]],
-                shares: Sequence[Mapping[str, float]]) -> list[np.ndarray]:
-        """The candidate layer shares of objective j when its measurements show a sum over layers, else none."""
-        removal = self._removals(j)
-        changes = [c[:, j] for _, _, c in self.curves.values()]
-        if (direction != "minimize" or self.ref[j] <= 0 or not changes or any(v[j] <= 0 for _, _, v in moves)
-                or any((c > 1e-12 * self.ref[j]).any() for c in changes) or removal.max() <= 0
-                or removal.sum() > self.ref[j]):
-            return []
-        # a layer none of whose knobs removes anything keeps a share too small to matter
-        options = [np.maximum(removal, 1e-9 * removal.max())]
-        for counts in shares:  # a per-layer count is usable when it leaves a scale to fit
-            w = np.array([float(counts.get(o, 0.0)) for o in self.owners])
-            if (w > 0).all() and (removal / w).max() <= self.ref[j] / w.sum():
-                options.append(w)
-        return options
-
-    def _scale_bounds(self, j: int, w: np.ndarray) -> tuple[float, float]:
-        """The scales of shares `w` that keep every factor positive and the constant part non-negative."""
-        low = float((self._removals(j) / w).max()) * (1 + 1e-9)
-        return low, max(low, float(self.ref[j] / w.sum()))
 
     @staticmethod
     def _position(name: str, order: list[Any], value: Any) -> float:
@@ -175,26 +111,9 @@ class AdditiveSurrogate:
             out[i] = [np.interp(x, xs, ys[:, j]) for j in range(self.ref.size)]
         return out
 
-    def _log_factors(self, t: np.ndarray, j: int, w: np.ndarray, scale: float) -> np.ndarray:
-        """Each knob's log factor on its layer's bytes `scale * w` (a change of `t[:, j]` alone)."""
-        layer = scale * w[self.owner_of]
-        return np.log(np.maximum(1.0 + t[:, j] / layer, 1e-9))
-
-    def _structural(self, t: np.ndarray, j: int, w: np.ndarray, scale: float) -> float:
-        """`C + sum_L B_L prod_k f_Lk` for the knob changes `t`, with layer bytes `B_L = scale * w_L`."""
-        per_layer = np.zeros(len(self.owners))
-        np.add.at(per_layer, self.owner_of, self._log_factors(t, j, w, scale))
-        return float(self.ref[j] - scale * w.sum() + scale * (w * np.exp(per_layer)).sum())
-
-    def _base(self, t: np.ndarray) -> np.ndarray:
-        out = self.ref + t.sum(axis=0)
-        for j, (w, scale, _) in self.structural.items():
-            out[j] = self._structural(t, j, w, scale)
-        return out
-
     def additive(self, params: Params) -> np.ndarray:
-        """The prediction from the one-knob measurements alone: additive, or structural where one applies."""
-        return self._base(self.terms(params))
+        """The additive prediction: the reference plus every knob's change."""
+        return self.ref + self.terms(params).sum(axis=0)
 
     def _features(self, params: Params) -> np.ndarray:
         t = self.terms(params)  # (knobs, objectives)
@@ -202,53 +121,18 @@ class AdditiveSurrogate:
         within = np.zeros((len(self.owners), self.ref.size))
         for (a, b), owner in zip(self.pairs, self.pair_owner):
             within[self.owners.index(owner)] += t[a] * t[b]
-        logs = [self._log_factors(t, j, w, scale) for j, (w, scale, _) in self.structural.items()]
-        return np.concatenate([t.reshape(-1), total**2, within.reshape(-1), *logs])
-
-    def _residual(self, base: np.ndarray, values: Sequence[float]) -> np.ndarray:
-        """What the correction fits: measured minus base, as a log ratio for structural objectives."""
-        out = np.asarray(values, dtype=float) - base
-        for j in self.structural:
-            out[j] = np.log(max(float(values[j]), 1e-12) / max(base[j], 1e-12))
-        return out
-
-    def _fit_scale(self, data: Sequence[tuple[Params, Sequence[float]]]) -> None:
-        """Per structural objective, the shares and scale whose prediction fits `data` best in log space."""
-        terms = [self.terms(p) for p, _ in data]
-        for j, options in self._share_options.items():
-            target = np.log(np.maximum([float(v[j]) for _, v in data], 1e-12))
-
-            def loss(scale: float, w: np.ndarray, j: int = j, target: np.ndarray = target) -> float:
-                got = np.log(np.maximum([self._structural(t, j, w, scale) for t in terms], 1e-12))
-                return float(np.mean((got - target) ** 2))
-
-            best: tuple[float, np.ndarray, float, tuple[float, float]] | None = None
-            for w in options:
-                low, high = self._scale_bounds(j, w)
-                scale, value = high, loss(high, w)  # one-knob results alone fit every scale: keep the largest
-                if high > low:
-                    found = minimize_scalar(loss, bounds=(low, high), args=(w,), method="bounded",
-                                            options={"xatol": 1e-9 * high})
-                    if found.fun < value - 1e-12:
-                        scale, value = float(found.x), float(found.fun)
-                if best is None or value < best[0] - 1e-12:
-                    best = (value, w, scale, (low, high))
-            assert best is not None
-            self.structural[j] = [best[1], best[2], best[3]]
+        return np.concatenate([t.reshape(-1), total**2, within.reshape(-1)])
 
     def fit(self, data: Sequence[tuple[Params, Sequence[float]]]) -> None:
-        """Refit on measured (params, values): structural scales, then ridge on the base prediction's residuals."""
-        if self.structural and data:
-            self._fit_scale(data)
+        """Refit the correction on measured (params, values): ridge on the additive prediction's residuals."""
         if len(data) < 3:
             self.coef = None
             return
         x = np.array([self._features(p) for p, _ in data])
-        y = np.array([self._residual(self.additive(p), v) for p, v in data])
-        mean, std = x.mean(axis=0), x.std(axis=0)
-        std[std == 0] = 1.0
-        self.mean, self.std = mean, std
-        z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+        y = np.array([np.asarray(v, dtype=float) - self.additive(p) for p, v in data])
+        self.mean, self.std = x.mean(axis=0), x.std(axis=0)
+        self.std[self.std == 0] = 1.0
+        z = np.hstack([(x - self.mean) / self.std, np.ones((len(x), 1))])
         ridge = np.sqrt(self.alpha) * np.eye(z.shape[1])
         ridge[-1, -1] = 0.0  # the intercept is not pulled towards zero
         scale = np.abs(y).max(axis=0)
@@ -257,16 +141,12 @@ class AdditiveSurrogate:
         self.coef = np.linalg.lstsq(np.vstack([z, ridge]), ys, rcond=None)[0] * scale
 
     def predict(self, params: Params) -> np.ndarray:
-        """The corrected prediction of every objective (the base one before any fit)."""
+        """The corrected prediction of every objective (the additive one before any fit)."""
         base = self.additive(params)
         if self.coef is None:
             return base
         z = np.append((self._features(params) - self.mean) / self.std, 1.0)
-        correction = z @ self.coef
-        out = base + correction
-        for j in self.structural:
-            out[j] = base[j] * float(np.exp(np.clip(correction[j], -50.0, 50.0)))
-        return out
+        return base + z @ self.coef
 
 
 class Guide:
@@ -344,22 +224,11 @@ class Guide:
                 ref, moves = self.allocator.one_knob_moves()
             if ref is None:
                 return None
-            self._surrogate = AdditiveSurrogate(self.space, self.allocator.reference, ref, moves,
-                                                directions=self.directions, shares=self._layer_weights())
+            self._surrogate = AdditiveSurrogate(self.space, self.allocator.reference, ref, moves)
         if self._fitted != len(self.measured):
             self._surrogate.fit(self.measured)
             self._fitted = len(self.measured)
         return self._surrogate
-
-    def _layer_weights(self) -> list[dict[str, float]]:
-        """Per layer (or group) its weight count from the layer profiles: a share for structural objectives."""
-        profiles = {layer.name: layer.params for layer in self.context.layers}
-        weights: dict[str, float] = {}
-        for p in self.space.params:
-            if not all(name in profiles for name in p.layers):
-                return []
-            weights[p.name[: -len(p.knob) - 1]] = float(sum(profiles[name] for name in p.layers))
-        return [weights] if weights else []
 
     def _margin(self) -> np.ndarray:
         """The surrogate's median absolute error so far, per objective (0 before any record)."""
