@@ -8,6 +8,8 @@ example row, the calibration rows and the latency batch (`head`).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -24,20 +26,29 @@ def is_pair(data: Any) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data)
 
 
-def checked(data: Any, what: str) -> Data:
+def checked(data: Any, what: str, *, shuffled: bool = True) -> Data:
     """`data` if autocomp can read it more than once: a tensor pair, or a re-iterable source of batches.
 
+    Args:
+        data: What the caller passed.
+        what: Its name in messages (`val_data`, ...).
+        shuffled: Whether a shuffling loader is acceptable (training data); scoring data must come in one
+            order, or candidates would be scored on different rows.
+
     Raises:
-        AutocompError: `data` is neither, or is a one-shot iterator (a generator), naming `what`.
+        AutocompError: `data` is neither, is a one-shot iterator (a generator), or shuffles where it may not.
     """
     if is_pair(data):
         return data[0], data[1]
     if not isinstance(data, Iterable) or isinstance(data, (str, bytes, torch.Tensor)):
         raise AutocompError(f"{what}: expected (inputs, targets) tensors or a DataLoader of such batches, "
                             f"not {type(data).__name__}")
-    if iter(data) is data:
+    if isinstance(data, Iterator):  # (asking a loader for an iterator would start its workers)
         raise AutocompError(f"{what}: a one-shot iterator ({type(data).__name__}) is read once; autocomp reads "
                             "the data for every candidate: pass a DataLoader or tensors")
+    if not shuffled and isinstance(getattr(data, "sampler", None), torch.utils.data.RandomSampler):
+        raise AutocompError(f"{what}: a shuffling DataLoader would score each candidate on other rows; pass "
+                            "shuffle=False")
     return data
 
 
@@ -68,19 +79,41 @@ def batches(data: Data, batch_size: int, *, limit: int | None = None) -> Iterato
 
 
 def head(data: Data, rows: int) -> Pair:
-    """The first `rows` rows of `data` as tensors (fewer if it has fewer), reading only the batches needed."""
+    """The first `rows` rows of `data` as tensors (fewer if it has fewer), reading only the batches needed.
+
+    A shuffling loader is read with the global generator seeded (and restored), so its head is the same rows
+    every time.
+    """
     if is_pair(data):
         return data[0][:rows], data[1][:rows]  # type: ignore[index]
     xs, ys, seen = [], [], 0
-    for x, y in batches(data, rows):
-        xs.append(x[: rows - seen])
-        ys.append(y[: rows - seen])
-        seen += len(xs[-1])
-        if seen >= rows:
-            break
+    with same_order():
+        for x, y in batches(data, rows):
+            xs.append(x[: rows - seen])
+            ys.append(y[: rows - seen])
+            seen += len(xs[-1])
+            if seen >= rows:
+                break
     if not xs:
         raise AutocompError("the data holds no batch")
     return torch.cat(xs), torch.cat(ys)
+
+
+@contextlib.contextmanager
+def same_order(seed: int = 0) -> Iterator[None]:
+    """Read a shuffling loader in the same order every time: the global generator seeded, then restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def picklable(data: Data) -> Data:
+    """`data` without a live iterator (a loader with persistent workers keeps one, which cannot be pickled)."""
+    if getattr(data, "_iterator", None) is None:
+        return data
+    bare = copy.copy(data)
+    bare._iterator = None  # type: ignore[union-attr]
+    return bare
 
 
 def streamed(data: Data) -> bool:
@@ -88,4 +121,4 @@ def streamed(data: Data) -> bool:
     return not is_pair(data)
 
 
-__all__ = ["Data", "Pair", "batches", "checked", "head", "is_pair", "streamed"]
+__all__ = ["Data", "Pair", "batches", "checked", "head", "is_pair", "picklable", "same_order", "streamed"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from autocomp.artifacts import artifact_meta, pack_model
-from autocomp.batches import Data, head
+from autocomp.batches import Data, head, picklable
 from autocomp.compress import compress
 from autocomp.devices import resolve_device
 from autocomp.early_stop import curve_key
@@ -112,7 +112,9 @@ class CompressionEvaluator:
 
     def __getstate__(self) -> dict[str, Any]:
         # a worker resolves the device itself (its own GPU) and makes its own copy of the model there
-        return {**self.__dict__, "_device": None, "_on_device": None}
+        # and a loader travels without a live iterator (a persistent-workers loader keeps one)
+        state = {**self.__dict__, "_device": None, "_on_device": None}
+        return {**state, **{k: picklable(state[k]) for k in ("data", "train", "test") if state[k] is not None}}
 
     def uncompressed_on_device(self) -> nn.Module:
         """The uncompressed model on the evaluation device (the model itself on the CPU)."""

@@ -413,28 +413,33 @@ def rescore_front(executor: Executor, trials: Sequence[Trial], objectives: Seque
             raise AutocompError(str(err)) from None
 
     out, done = list(trials), set[int]()
+    baseline_full = False
     resolved = resolve(baseline)
     while True:
         todo = [t for t in front_of(out, objectives) if t.id not in done]
         if not todo:
             return out, baseline
-        full = measure_test(executor, todo, split="val-full", baseline=not done)
+        full = measure_test(executor, todo, split="val-full", baseline=not baseline_full)
         if -1 in full:
-            baseline = rescored(baseline, full[-1])
+            baseline, baseline_full = rescored(baseline, full.pop(-1)), True
             resolved = resolve(baseline)
-        done |= {t.id for t in todo}
+        this_round = {t.id for t in todo}
+        done |= this_round
         for i, t in enumerate(out):
-            if t.id in full and t.id in done:
+            if t.id in full:
                 metrics = rescored(t.metrics, full[t.id])
                 values, violation = evaluate_objectives(objectives, resolved, metrics)
                 out[i] = replace(t, metrics=metrics, values=values, violation=violation)
-            elif t.id in done and t.id not in full:  # its full measurement failed: it cannot stay on the front
+            elif t.id in this_round:  # its full measurement failed: it cannot stay on the front
                 out[i] = replace(t, status="failed", error="re-scoring on all validation data failed")
 
 
 def _as_data(data: Any, what: str) -> Data:
-    """(inputs, targets) tensors, or a re-iterable source of such batches (a DataLoader), streamed as it is."""
-    return batch_data.checked(data, what)
+    """(inputs, targets) tensors, or a re-iterable source of such batches (a DataLoader), streamed as it is.
+
+    Only training data may shuffle: validation and test data are read in one order for every candidate.
+    """
+    return batch_data.checked(data, what, shuffled=what == "train_data")
 
 
 def _check_task(task: ModelTask, model: nn.Module, data: Data) -> None:
@@ -451,7 +456,7 @@ def _check_task(task: ModelTask, model: nn.Module, data: Data) -> None:
         raise AutocompError(f"task {task.NAME}: {why}")
 
 
-def _check_taylor(task: ModelTask, space: SearchSpace) -> None:
+def check_taylor(task: ModelTask, space: SearchSpace) -> None:
     """Channel removal's Taylor scores are cross-entropy gradients: refused where the task is not scored so."""
     if isinstance(task, Classification):  # classification and language models: cross-entropy on logits
         return
@@ -631,14 +636,14 @@ def search(
             its metrics score every candidate.
         val_batches: score each candidate on only the first this many validation batches; the test
             measurement always uses all of the test data.
-        batch_size: rows per evaluation batch.
+        batch_size: rows per evaluation batch of tensors (a DataLoader's batches are its own).
     """
     model_task = get_task(task)
     objectives = as_objectives(objectives if objectives is not None else (model_task.PRIMARY, "size_bytes"),
                                known=model_task.METRICS)
     val = _as_data(val_data, "val_data")
     _check_task(model_task, model, val)
-    _check_taylor(model_task, space)
+    check_taylor(model_task, space)
     test = _as_data(test_data, "test_data") if test_data is not None else None
     train = _as_data(train_data, "train_data") if train_data is not None else None
     if finetune.epochs > 0 and train is None:

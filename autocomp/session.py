@@ -30,7 +30,7 @@ from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.execution import ExecutionSpec
 from autocomp.finetune import finetune_as_evaluated
 from autocomp.optimizers import OPTIMIZERS, check_settings, optimizer_class
-from autocomp.runner import SearchResult, check_optimizer, search
+from autocomp.runner import SearchResult, check_optimizer, check_taylor, search
 from autocomp.store import write_atomic
 from autocomp.tasks import Task, get_task
 from autocomp.zoo import DATASETS, MODELS, Splits, build_model, load_dataset, train_baseline
@@ -235,6 +235,7 @@ def check_search(spec: RunSpec, *, optimizer: str | None = None, optimizer_setti
     data_dir = data_dir or spec.data.dir
     splits = spec_splits(spec, data_dir)
     model = check_model(spec, splits, trust_code=trust_code)
+    check_taylor(get_task(spec.task), spec.space)
     example = splits.val[0][:1]
     rows = spec.space.coverage(model, example=example)  # each primitive's checks, once
     if on_coverage is not None:

@@ -297,3 +297,65 @@ def test_the_gpu_latency_runtime_is_refused_where_there_is_no_gpu(tmp_path):
         autocomp.search(tiny_mlp(), tiny_data(), space=space, trials=1, runs_dir=tmp_path, name="c", progress=False,
                         latency=autocomp.LatencySpec(runtime="torch-cuda", repeats=2, warmup=1))
     assert not (tmp_path / "c").exists()
+
+
+def test_rescoring_a_capped_front_keeps_going_until_every_front_point_is_measured_whole():
+    """Capped scores flatter trial 0; trial 1's full measurement fails; trial 2 surfaces in a second round."""
+    import collections
+
+    from autocomp.execution.base import Outcome
+    from autocomp.runner import Trial, front_of, rescore_front
+
+    capped = {0: (0.9, 100.0), 1: (0.95, 200.0), 2: (0.85, 100.0), 3: (0.8, 50.0)}
+    full = {-1: 0.9, 0: 0.7, 2: 0.84, 3: 0.6}
+
+    class Executor:
+        def __init__(self):
+            self.queue, self.rounds = collections.deque(), []
+
+        def submit(self, task):
+            assert task.split == "val-full"
+            self.queue.append(task)
+            self.rounds.append(task.trial_id)
+
+        def next_outcome(self):
+            task = self.queue.popleft()
+            if task.trial_id in full:
+                return Outcome(task.trial_id, "complete", {"accuracy": full[task.trial_id]})
+            return Outcome(task.trial_id, "failed", error="boom")
+
+    objectives = autocomp.objective.as_objectives(["accuracy", "size_bytes"])
+    trials = [Trial(id=i, params={}, policy={}, status="complete", metrics={"accuracy": a, "size_bytes": s},
+                    values=(a, s)) for i, (a, s) in capped.items()]
+    executor = Executor()
+    # 0.9x of the capped baseline (0.95) would be 0.855, which trial 2's full 0.84 misses; of the full one, 0.81
+    out, baseline = rescore_front(executor, trials, objectives, [autocomp.Constraint(metric="accuracy", min="0.9x")],
+                                  {"accuracy": 0.95})
+    assert sorted(executor.rounds) == [-1, 0, 1, 2, 3] and executor.rounds.count(-1) == 1
+    assert baseline == {"accuracy": 0.9, "accuracy@capped": 0.95}
+    status = {t.id: t.status for t in out}
+    assert status == {0: "complete", 1: "failed", 2: "complete", 3: "complete"}
+    by_id = {t.id: t for t in out}
+    assert by_id[0].metrics == {"accuracy": 0.7, "accuracy@capped": 0.9, "size_bytes": 100.0}
+    assert by_id[2].violation == 0 and by_id[3].violation > 0  # 0.6 < 0.81
+    assert [t.id for t in front_of(out, objectives)] == [2]
+
+
+def test_an_evaluator_on_a_persistent_worker_loader_pickles_for_ray(tmp_path):
+    import pickle
+
+    from autocomp.evaluate import CompressionEvaluator
+
+    data = tiny_data(n=120)
+    model = fit(tiny_mlp(), data, steps=30)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=20, num_workers=1,
+                                         persistent_workers=True)
+    evaluator = CompressionEvaluator(model, loader, latency=fast_latency(), val_batches=2)
+    first = evaluator.score(model, loader)
+    copy = pickle.loads(pickle.dumps(evaluator))  # what Ray's object store does to it: no live iterator travels
+    assert copy.score(copy.model, copy.data) == first  # the first 2 batches of 20 rows
+    assert first == pytest.approx(Classification().evaluate(model, (data[0][:40], data[1][:40])), rel=1e-5)
+    shuffling = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=20, shuffle=True)
+    space = autocomp.SearchSpace.from_yaml(SPACE.replace(", \"type:Embedding\"", ""))
+    with pytest.raises(AutocompError, match="val_data: a shuffling DataLoader"):
+        autocomp.search(model, shuffling, space=space, trials=1, runs_dir=tmp_path, name="s", progress=False)
