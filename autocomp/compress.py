@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.layers import PARAMS, attention_kind, layer_kind
+from autocomp.layers import PARAMS, attention_kind, layer_kind, named_layer
 from autocomp.policy import Policy, PolicyLike
 from autocomp.primitives import MODEL_HANDLERS, STAGES, CompressContext, apply_primitive
 
@@ -45,12 +45,8 @@ def compress(
     policy = Policy.coerce(policy)
     names = [name for name, _ in policy.layers]
     for name in names:
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
+        module = named_layer(model, name)
         nested = [other for other in names if other != name and (not name or other.startswith(name + "."))]
-        module = model.get_submodule(name)
         if layer_kind(module) in ("MultiheadAttention", PARAMS) or attention_kind(module):
             nested = []  # attention / Params stand for their own tensors (or heads) and are never replaced
         if not name or nested:  # one layer's replacement would move the other out from under it

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocomp.errors import AutocompError
+
 # Linear/Conv2d: every primitive; the others: the elementwise ones (prune, share, quantize)
 KINDS = ("Linear", "Conv2d", "Conv1d", "ConvTranspose2d", "Conv1D", "Embedding", "MultiheadAttention", "Params")
 # a module of no other kind (and no attention) holding parameters of its own: a norm layer (BatchNorm,
@@ -152,5 +154,17 @@ def _named_kind(module: nn.Module) -> str | None:
     return None
 
 
+def named_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module of `model` a policy names.
+
+    Raises:
+        AutocompError: The model has no module of that name.
+    """
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
+
+
 __all__ = ["ATTENTION", "KINDS", "PARAMS", "attention_kind", "compressible_parts", "input_dim", "layer_kind",
-           "module_kind", "root_problem", "stored_weight_problem", "weight_name", "weight_of"]
+           "module_kind", "named_layer", "root_problem", "stored_weight_problem", "weight_name", "weight_of"]

@@ -13,8 +13,7 @@ from autocomp.optimizers.guided import AdditiveSurrogate
 from autocomp.pareto import dominates
 from autocomp.testing.conformance import check_optimizer, reference_space, run_steps
 from autocomp.testing.fake import fake_metrics
-from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when
-from autocomp.testing.tiny import write_fake_mnist
+from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when, whole_mnist_run
 
 MO = ("maximize", "minimize")
 GUIDED = ("tpe", "nsga2", "ga")
@@ -180,13 +179,7 @@ TRIALS = 22  # 13 sensitivity points, up to 3 allocations, then screened TPE ask
 
 
 def test_a_guided_run_resumes_after_sigkill_to_the_same_trials(tmp_path):
-    write_fake_mnist(tmp_path / "mnist", n_train=400, n_test=100)
-    (tmp_path / "space.yaml").write_text(GUIDED_SPACE)
-    common = ["--data-dir", str(tmp_path / "mnist"), "--trials", str(TRIALS), "--runs-dir", str(tmp_path),
-              "--quiet", "--seed", "5"]
-    subprocess.run(cli("search", str(tmp_path / "space.yaml"), "--name", "whole", *common), check=True,
-                   capture_output=True)
-    whole = journal(tmp_path / "whole")
+    common, whole = whole_mnist_run(tmp_path, GUIDED_SPACE, TRIALS)
     surrogate = json.loads((tmp_path / "whole" / "surrogate.json").read_text())
     assert surrogate["records"] and (tmp_path / "whole" / "sensitivity.json").is_file()
     run_dir = tmp_path / "cut"

@@ -4,21 +4,14 @@ import random
 import subprocess
 import time
 
-from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when
-from autocomp.testing.tiny import write_fake_mnist
+from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when, whole_mnist_run
 
 SPACE = MNIST_SPACE
 TRIALS = 14
 
 
 def test_sigkill_then_resume_keeps_every_trial_and_evaluates_none_twice(tmp_path):
-    write_fake_mnist(tmp_path / "mnist", n_train=400, n_test=100)
-    (tmp_path / "space.yaml").write_text(SPACE)
-    common = ["--data-dir", str(tmp_path / "mnist"), "--trials", str(TRIALS), "--runs-dir", str(tmp_path),
-              "--quiet", "--seed", "5"]
-    subprocess.run(cli("search", str(tmp_path / "space.yaml"), "--name", "whole", *common), check=True,
-                   capture_output=True)
-    whole = journal(tmp_path / "whole")
+    common, whole = whole_mnist_run(tmp_path, SPACE, TRIALS)
 
     run_dir = tmp_path / "cut"
     rng = random.Random(0)

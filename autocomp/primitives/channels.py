@@ -51,6 +51,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autocomp.errors import AutocompError
+from autocomp.layers import named_layer
 from autocomp.outputs import logits, per_position
 from autocomp.primitives.configs import Channels
 from autocomp.primitives.registry import CompressContext, model_handler, supports
@@ -201,10 +202,7 @@ def _layer_configs(model: nn.Module, configs: Mapping[str, Channels]) -> dict[st
         config = configs[name]
         if not isinstance(config, Channels):
             raise TypeError(f"channel pruning got a {type(config).__name__} config for '{name}'")
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
+        module = named_layer(model, name)
         if isinstance(module, LAYER_TYPES):
             exact[name] = config
             continue

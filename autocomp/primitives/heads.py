@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.layers import ATTENTION
+from autocomp.layers import ATTENTION, named_layer
 from autocomp.primitives.configs import KnobRange, PrimitiveConfig
 from autocomp.primitives.registry import CompressContext, register_primitive
 
@@ -325,10 +325,7 @@ def prune_heads(model: nn.Module, configs: Mapping[str, PrimitiveConfig], contex
         config = configs[name]
         if not isinstance(config, Heads):
             raise TypeError(f"head removal got a {type(config).__name__} config for '{name}'")
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise AutocompError(f"policy names layer '{name}', which the model does not have") from None
+        module = named_layer(model, name)
         try:
             prune_heads_of(module, name, model, config)
         except Refused as err:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autocomp.testing.tiny import write_fake_mnist
+
 # LeNet-300-100 on generated MNIST (write_fake_mnist): a real CLI run that takes seconds
 MNIST_SPACE = """\
 version: 1
@@ -41,6 +43,21 @@ def journal(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.endswith(b"}")]
 
 
+def whole_mnist_run(root: Path, space: str, trials: int, seed: int = 5) -> tuple[list[str], list[dict[str, Any]]]:
+    """Generated MNIST and `space` under `root`, and one uninterrupted `autocomp search` of it named "whole".
+
+    Returns the command-line arguments every run of the test shares (data, trials, runs dir, seed) and the
+    whole run's journal, which a killed-and-resumed run must reproduce.
+    """
+    write_fake_mnist(root / "mnist", n_train=400, n_test=100)
+    (root / "space.yaml").write_text(space)
+    common = ["--data-dir", str(root / "mnist"), "--trials", str(trials), "--runs-dir", str(root), "--quiet",
+              "--seed", str(seed)]
+    subprocess.run(cli("search", str(root / "space.yaml"), "--name", "whole", *common), check=True,
+                   capture_output=True)
+    return common, journal(root / "whole")
+
+
 def kill_when(proc: subprocess.Popen[bytes], run_dir: str | Path, trials: int, rng: random.Random,
               timeout: float = 120.0) -> bool:
     """SIGKILL `proc` shortly after its run's journal reaches `trials` lines (a random pause of up to 50 ms).
@@ -58,4 +75,4 @@ def kill_when(proc: subprocess.Popen[bytes], run_dir: str | Path, trials: int, r
     return True
 
 
-__all__ = ["MNIST_SPACE", "cli", "journal", "kill_when"]
+__all__ = ["MNIST_SPACE", "cli", "journal", "kill_when", "whole_mnist_run"]
