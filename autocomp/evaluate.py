@@ -80,7 +80,6 @@ class CompressionEvaluator:
         self.device_setting, self.precision = device, precision
         self._device: torch.device | None = None  # resolved where the evaluation runs (a Ray worker's own GPU)
         self._on_device: nn.Module | None = None  # the uncompressed model there: the teacher, the baseline
-        self._baseline_full: dict[str, float] | None = None  # its metrics on all validation rows (capped runs)
         if finetune.epochs > 0 and train is None:
             raise AutocompError("fine-tuning needs training data (train=...)")
         self.model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and everything else
@@ -133,11 +132,15 @@ class CompressionEvaluator:
 
     def compressed(self, policy: Policy) -> nn.Module:
         """The compressed (and fine-tuned) model exactly as evaluated (and as `export` rebuilds it), on the CPU."""
-        return self._finetuned(self._compress(policy).to(self.device), None).cpu()
+        return self._tuned(policy).cpu()
 
     def structure(self, policy: Policy) -> nn.Module:
         """The compressed model before fine-tuning: the very layers and shapes that run (for timing)."""
         return self._compress(policy)
+
+    def _tuned(self, policy: Policy) -> nn.Module:
+        """Compressed and fine-tuned as evaluated, left on the evaluation device."""
+        return self._finetuned(self._compress(policy).to(self.device), None)
 
     def _compress(self, policy: Policy) -> nn.Module:
         return compress(self.model, policy, example=self.example, calibration=self.calibration)
@@ -195,17 +198,10 @@ class CompressionEvaluator:
         if split == "test":
             if self.test is None:
                 raise AutocompError("no test data to measure on (test=...)")
-            tuned = self._finetuned(self._compress(policy).to(self.device), None)
-            measured = self.score(tuned, self.test, capped=False)
+            measured = self.score(self._tuned(policy), self.test, capped=False)
             return {f"test_{name}": value for name, value in measured.items()}
         if split == "val-full":  # a capped search's front, scored again on all of the validation data
-            tuned = self._finetuned(self._compress(policy).to(self.device), None)
-            full = self.score(tuned, self.data, capped=False)
-            if "accuracy" in full:
-                if self._baseline_full is None:
-                    self._baseline_full = self.score(self.uncompressed_on_device(), self.data, capped=False)
-                full["accuracy_drop"] = self._baseline_full["accuracy"] - full["accuracy"]
-            return full
+            return self.score(self._tuned(policy), self.data, capped=False)
         compressed = self._compress(policy)
         structure = self.structure_metrics(compressed)
         broken = [c for c in limits if c.metric in structure and c.violation(structure) > 0]

@@ -427,7 +427,10 @@ def rescore_front(executor: Executor, trials: Sequence[Trial], objectives: Seque
         done |= this_round
         for i, t in enumerate(out):
             if t.id in full:
-                metrics = rescored(t.metrics, full[t.id])
+                again = full[t.id]
+                if "accuracy" in again and "accuracy" in baseline:  # the drop from the baseline's full number
+                    again = {**again, "accuracy_drop": baseline["accuracy"] - again["accuracy"]}
+                metrics = rescored(t.metrics, again)
                 values, violation = evaluate_objectives(objectives, resolved, metrics)
                 out[i] = replace(t, metrics=metrics, values=values, violation=violation)
             elif t.id in this_round:  # its full measurement failed: it cannot stay on the front
