@@ -9,10 +9,14 @@ staying fp32.
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from collections.abc import Iterator
 
 import torch
+from torch import nn
+
+from autocomp.errors import AutocompError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,14 +28,18 @@ def valid_device(name: str) -> bool:
     return name in ("auto", "cpu", "cuda", "mps") or bool(_CUDA_N.fullmatch(name))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "execution.device") -> torch.device:
     """The torch device a setting names on this machine ("auto": the first GPU, else Apple's, else the CPU).
 
+    Args:
+        name: The device setting's value.
+        setting: What asked for it, for messages.
+
     Raises:
-        ValueError: the setting is unknown, or names a device this machine does not have (said so, by name).
+        AutocompError: the setting is unknown, or names a device this machine does not have (said so, by name).
     """
     if not valid_device(name):
-        raise ValueError(f"unknown device '{name}' (one of {', '.join(DEVICES)})")
+        raise AutocompError(f"{setting}: unknown device '{name}' (one of {', '.join(DEVICES)})")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -40,13 +48,20 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device '{name}' is not available here: torch {torch.__version__} sees no CUDA GPU")
+            raise AutocompError(f"{setting}: device '{name}' is not available here: torch {torch.__version__} "
+                                "sees no CUDA GPU")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device '{name}' is not available here: {torch.cuda.device_count()} CUDA GPU(s)")
+            raise AutocompError(f"{setting}: device '{name}' is not available here: "
+                                f"{torch.cuda.device_count()} CUDA GPU(s)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' is not available here")
+        raise AutocompError(f"{setting}: device 'mps' is not available here")
     return torch.device(name)
+
+
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` itself on the CPU; elsewhere a copy of it moved to `device` (the CPU model stays as it is)."""
+    return model if device.type == "cpu" else copy.deepcopy(model).to(device)
 
 
 def device_name(device: torch.device) -> str:
@@ -75,4 +90,5 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-__all__ = ["DEVICES", "PRECISIONS", "autocast", "device_name", "resolve_device", "synchronize", "valid_device"]
+__all__ = ["DEVICES", "PRECISIONS", "autocast", "device_name", "on_device", "resolve_device", "synchronize",
+           "valid_device"]

@@ -13,7 +13,7 @@ from torch import nn
 from autocomp.artifacts import artifact_meta, pack_model
 from autocomp.batches import Data, head, picklable
 from autocomp.compress import compress
-from autocomp.devices import resolve_device
+from autocomp.devices import on_device, resolve_device
 from autocomp.early_stop import curve_key
 from autocomp.errors import AutocompError, CandidateInfeasible, CandidateStopped
 from autocomp.finetune import DEFAULT_FINETUNE, FineTuneSpec, finetune_as_evaluated
@@ -103,10 +103,7 @@ class CompressionEvaluator:
     def device(self) -> torch.device:
         """The device evaluation and fine-tuning run on here (`device` resolved on this machine)."""
         if self._device is None:
-            try:
-                self._device = resolve_device(self.device_setting)
-            except ValueError as err:
-                raise AutocompError(f"execution.device: {err}") from None
+            self._device = resolve_device(self.device_setting)
         return self._device
 
     def __getstate__(self) -> dict[str, Any]:
@@ -117,10 +114,8 @@ class CompressionEvaluator:
 
     def uncompressed_on_device(self) -> nn.Module:
         """The uncompressed model on the evaluation device (the model itself on the CPU)."""
-        if self.device.type == "cpu":
-            return self.model
         if self._on_device is None:
-            self._on_device = copy.deepcopy(self.model).to(self.device)
+            self._on_device = on_device(self.model, self.device)
         return self._on_device
 
     def score(self, model: nn.Module, data: Data, *,

@@ -12,7 +12,6 @@ written as a packed artifact whose length is the size reported for it.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from torch import nn
 
 from autocomp.artifacts import artifact_meta, pack_model, write_bytes
 from autocomp.compress import compress
-from autocomp.devices import resolve_device
+from autocomp.devices import on_device, resolve_device
 from autocomp.errors import RunError
 from autocomp.finetune import FineTuneSpec, finetune_as_evaluated
 from autocomp.metrics import count_params
@@ -70,7 +69,7 @@ def retrain(model: nn.Module, policy: Policy, train: tuple[torch.Tensor, torch.T
     retraining on `device` at `precision`; the model is returned on the CPU.
     """
     where = device or torch.device("cpu")
-    teacher = model if where.type == "cpu" else copy.deepcopy(model).to(where)
+    teacher = on_device(model, where)
 
     def tuned(net: nn.Module, epochs: int) -> nn.Module:
         return finetune_as_evaluated(net.to(where), train, replace(spec, epochs=epochs), teacher=teacher,
@@ -122,15 +121,11 @@ def finalize_run(run_dir: str | os.PathLike, *, top: int = 3, trial_ids: list[in
     task = run_task(run_dir)
     metric = task.PRIMARY
     maximize = task.METRICS[metric] == "maximize"
-    try:  # retrained and measured where the search ran, at its precision
-        device = resolve_device(spec.execution.device)
-    except ValueError as err:
-        raise RunError(f"execution.device: {err}") from None
+    device = resolve_device(spec.execution.device)  # retrained and measured where the search ran, at its precision
     precision = spec.execution.precision
 
     def measure(net: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-        on_device = net if device.type == "cpu" else copy.deepcopy(net).to(device)
-        return task.evaluate(on_device, data, device=device, precision=precision)
+        return task.evaluate(on_device(net, device), data, device=device, precision=precision)
     splits = load_run_splits(run_dir)
     model, calibration = load_run_model(run_dir), load_run_calibration(run_dir)
     tuning = replace(spec.finetune, epochs=epochs, steps=None, early_stop="none", schedule=schedule,

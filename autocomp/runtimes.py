@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from autocomp.devices import resolve_device, synchronize
-from autocomp.errors import AutocompError
 from autocomp.int8 import ENGINES, fold_batchnorm, to_int8, unwrap_fake_quant
 from autocomp.metrics import torch_threads
 from autocomp.schema import boolean, integer, one_of, setting
@@ -115,10 +114,7 @@ def _torch_int8(model: nn.Module, calibration: torch.Tensor, threads: int, engin
 
 def _cuda_runner(model: nn.Module, calibration: torch.Tensor, threads: int, engine: str) -> Runner:
     """The model on the first CUDA GPU: each call moves the batch there and waits for the GPU to finish."""
-    try:
-        device = resolve_device("cuda")
-    except ValueError as err:
-        raise AutocompError(f"latency runtime 'torch-cuda': {err}") from None
+    device = resolve_device("cuda", setting="latency runtime 'torch-cuda'")
     net = copy.deepcopy(model).eval().to(device)
 
     def run(batch: torch.Tensor) -> Any:

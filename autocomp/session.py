@@ -6,7 +6,6 @@ anything is written, so a bad input leaves no half-made run directory behind.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -25,7 +24,7 @@ from torch import nn
 
 from autocomp import outputs
 from autocomp.config import RunSpec, dump_run_spec, load_run_spec, parse_run_spec
-from autocomp.devices import resolve_device
+from autocomp.devices import on_device, resolve_device
 from autocomp.errors import AutocompError, RunError, SpaceError
 from autocomp.execution import ExecutionSpec
 from autocomp.finetune import finetune_as_evaluated
@@ -388,11 +387,8 @@ def finetuned_as_evaluated(run_dir: str | os.PathLike, compressed: nn.Module, mo
     spec = run_spec(run_dir)
     if spec.finetune.epochs <= 0:
         return compressed
-    try:
-        device = resolve_device(spec.execution.device)
-    except ValueError as err:
-        raise AutocompError(f"execution.device: {err}") from None
-    teacher = model if device.type == "cpu" else copy.deepcopy(model).to(device)
+    device = resolve_device(spec.execution.device)
+    teacher = on_device(model, device)
     finetune_as_evaluated(compressed.to(device), load_run_splits(run_dir).train, spec.finetune, teacher=teacher,
                           task=run_task(run_dir), device=device, precision=spec.execution.precision)
     return compressed.cpu()
