@@ -16,28 +16,20 @@ from torch.fx import symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from autocomp.outputs import IGNORE_INDEX, logits, per_position
 from autocomp.primitives.quantize import QuantizedInput
+from autocomp.tasks import CLASSIFICATION
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_size: int = 1000) -> float:
-    """Top-1 accuracy of `model` on (inputs, labels).
+    """Top-1 accuracy of `model` on (inputs, labels): the classification task's, as a search scores it.
 
     The model may return a tensor, tuple, dict or ModelOutput (see `autocomp.outputs.logits`). Per-position
     logits (B, T, C) against labels (B, T), as language models give, score every position; labels of -100
     are left out.
     """
-    x, y = data
-    correct = total = 0
-    for start in range(0, len(y), batch_size):
-        scores, labels = per_position(logits(model(x[start : start + batch_size])), y[start : start + batch_size])
-        counted = labels != IGNORE_INDEX
-        correct += int(((scores.argmax(dim=1) == labels) & counted).sum())
-        total += int(counted.sum())
-    return correct / max(1, total)
+    return CLASSIFICATION.evaluate(model, data, batch_size=batch_size)["accuracy"]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
