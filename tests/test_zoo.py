@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from autocomp.errors import AutocompError, DataError
-from autocomp.zoo.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, load_cifar10, load_dataset, load_mnist
+from autocomp.zoo import load_dataset
+from autocomp.zoo.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, load_cifar10, load_mnist
 from autocomp.zoo.models import MODELS, DenseNetMini, LeNet5, LeNet300, ResNet20, build_model
 
 

@@ -227,14 +227,3 @@ def load_cifar10(data_dir: str | Path | None, *, val_fraction: float = 0.1, seed
 
 
 DATASETS: dict[str, Callable[..., Splits]] = {"mnist": load_mnist, "mnist5k": load_mnist5k, "cifar10": load_cifar10}
-
-
-def load_dataset(name: str, data_dir: str | Path | None, *, val_fraction: float, seed: int = 0,
-                 **options: Any) -> Splits:
-    """The named dataset's train/val/test splits, `val_fraction` of training held out (seeded) for validation.
-
-    Same as `autocomp.zoo.sources.load_dataset`, which also knows the user-data sources and factories.
-    """
-    from autocomp.zoo import sources  # it registers into DATASETS and imports this module: import on use
-
-    return sources.load_dataset(name, data_dir, val_fraction=val_fraction, seed=seed, **options)
