@@ -10,7 +10,6 @@ import pytest
 from autocomp.errors import AutocompError
 from autocomp.optimizers import SearchContext, Told, make_optimizer
 from autocomp.optimizers.guided import AdditiveSurrogate
-from autocomp.pareto import dominates
 from autocomp.testing.conformance import check_optimizer, reference_space, run_steps
 from autocomp.testing.fake import fake_metrics
 from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when, whole_mnist_run
@@ -131,15 +130,17 @@ def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction()
     assert after < 0.2 * before
 
 
-def test_only_candidates_predicted_non_dominated_are_evaluated_and_each_is_recorded(tmp_path):
-    opt = make("tpe", workdir=str(tmp_path), tries=50)
+def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_is_recorded(tmp_path):
+    opt = make("tpe", workdir=str(tmp_path), tries=50, local=0)  # pool 1, no neighbours: a plain screen
     rejected = []
     original = opt._reject
 
     def spy(params, predicted):
-        margin = opt.guide._margin()
-        front = [v for _, v in opt.guide.measured]
-        rejected.append((params, predicted, margin, front))
+        guide = opt.guide
+        model = guide.surrogate()
+        known = [model.to_model(v) for _, v in guide.measured]
+        known += [model.to_model(r["predicted"]) for r in guide.predictions.values()]  # pending asks count
+        rejected.append((model.to_model(predicted), guide._margin(model), known))
         original(params, predicted)
 
     opt._reject = spy
@@ -147,18 +148,72 @@ def test_only_candidates_predicted_non_dominated_are_evaluated_and_each_is_recor
     guide = opt.guide
     assert guide.counts["screened"] == len(rejected) > 0
     assert guide.counts["proposed"] == guide.counts["screened"] + guide.counts["asked"]
-    for _params, predicted, margin, front in rejected:  # dominated even when moved by the margin
+    for predicted, margin, known in rejected:  # weakly dominated even when moved by the margin: adds nothing
         optimistic = (predicted[0] + margin[0], predicted[1] - margin[1])
-        assert any(dominates(tuple(v), optimistic, MO) for v in front)
+        assert any(q[0] >= optimistic[0] and q[1] <= optimistic[1] for q in known)
     predicted_trials = [t for t in opt.study.get_trials() if t.user_attrs.get("predicted")]
     assert len(predicted_trials) == len(rejected)
     doc = json.loads((tmp_path / "surrogate.json").read_text())
     after_start = told[len(told) - guide.counts["asked"]:]
     assert [r["params"] for r in doc["records"]] == [t.params for t in after_start]
     assert all(r["measured"] == list(t.values) for r, t in zip(doc["records"], after_start))
+    assert all(r["gain"] > 0 for r in doc["records"] if r["screened_in"])
     errors = [abs(r["predicted"][0] - r["measured"][0]) for r in doc["records"]]
     assert doc["summary"]["error"]["median"][0] == pytest.approx(float(np.median(errors)))
     assert doc["summary"]["screened_share"] == pytest.approx(len(rejected) / guide.counts["proposed"])
+
+
+def test_pools_pick_the_largest_predicted_gain_and_neighbours_stay_next_to_the_front():
+    opt = make("tpe", pool=3, local=6)
+    picked = []
+    original = opt.guide._gains
+
+    def spy(model, candidates):
+        gains, predicted = original(model, candidates)
+        picked.append((list(candidates), gains))
+        return gains, predicted
+
+    opt.guide._gains = spy
+    drive(opt, 60, batch=1)
+    guide = opt.guide
+    assert guide.counts["local"] > 0 and guide.counts["asked"] == len(guide.records)
+    assert sum(r["source"] == "local" for r in guide.records) == guide.counts["local"]
+    asked = [r["params"] for r in guide.records]
+    for candidates, gains in picked:
+        best = max(gains)
+        if best > 0:  # a promising pool: what was asked is the pool's best
+            assert any(c in asked and g == best for c, g in zip(candidates, gains))
+    measured = [p for p, _ in guide.measured]
+    for record in guide.records:
+        if record["source"] == "local":  # new, and one or two knobs away from a point measured before it
+            before = measured[: measured.index(record["params"])]
+            assert record["params"] not in before
+            assert min(sum(record["params"][k] != m[k] for k in m) for m in before) in (1, 2)
+    with pytest.raises(AutocompError, match="pool must be at least 1"):
+        make("tpe", pool=0)
+
+
+def test_costs_are_modelled_in_log_space_where_knob_factors_multiply():
+    space = reference_space()
+    reference = {p.name: p.least_compressive() for p in space.params}
+    rng = np.random.default_rng(1)
+    weights = {p.name: rng.uniform(0.1, 0.5) for p in space.params}
+
+    def size(c):  # one layer's bytes: each knob scales them by its own factor, so the factors multiply
+        return 1e6 * np.prod([10.0 ** -(weights[p.name] * abs(p.domain.to_unit(c[p.name])
+                                                               - p.domain.to_unit(reference[p.name])))
+                              for p in space.params])
+
+    def values(c):
+        return (0.9, size(c))
+
+    moves = [(p.name, v, values({**reference, p.name: v})) for p in space.params for v in p.ordered()[1:]]
+    linear = AdditiveSurrogate(space, reference, values(reference), moves)
+    logged = AdditiveSurrogate(space, reference, values(reference), moves, log=(False, True))
+    samples = [space.sample(np.random.default_rng(s)) for s in range(20)]
+    for c in samples:  # exact in log space, from one-knob moves alone
+        assert logged.additive(c)[1] == pytest.approx(size(c), rel=1e-9)
+    assert max(abs(linear.additive(c)[1] / size(c) - 1) for c in samples) > 0.2
 
 
 def test_without_screening_nothing_is_screened_and_settings_are_checked():

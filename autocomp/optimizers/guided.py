@@ -8,16 +8,20 @@ What `guided: true` adds to `tpe` (and the other Optuna samplers), `nsga2`/`ga` 
    them instead of random start-up trials and NSGA-II breeds its first generation from them. With
    `sensitivity: fisher` there is no sensitivity phase: the runner's gradient proxies (autocomp/proxies.py)
    predict each knob's change, and only the reference and the allocations are evaluated;
-2. screening: afterwards each candidate the host proposes gets a predicted objective vector: the reference
-   plus each knob's measured one-knob change (interpolated along the knob's grid between measured values),
-   corrected by a ridge regression refitted on every real evaluation so far (features: the per-knob
-   changes, the square of their sum, where layer errors compound, and per layer the products of its
-   knobs' changes, since a layer's size multiplies its knobs' factors). With proxies, a knob's change in
-   the first objective is its Fisher loss times one factor fitted on the measurements so far. Only a candidate predicted
-   non-dominated by the measured front, within the surrogate's own median error so far, is asked for real;
-   the others are told to the host with their predicted values (marked as predicted where the host keeps
-   trials) and counted as screened out. After `tries` rejections in a row one is asked anyway, so a search
-   never stalls;
+2. screening: afterwards each candidate gets a predicted objective vector: the reference plus each knob's
+   measured one-knob change (interpolated along the knob's grid between measured values), with costs
+   (minimised, positive objectives: bytes, FLOPs, latency, perplexity) in log space, where a layer's bits,
+   pruning and rank multiply its bytes; corrected by a ridge regression refitted on every real evaluation
+   so far (features: the per-knob changes, the square of their sum, where layer errors compound, and per
+   layer the products of its knobs' changes; the penalty chosen per objective by leave-one-out). With
+   proxies, a knob's change in the first objective is its Fisher loss times one factor fitted on the
+   measurements so far. For each real evaluation a pool is scored: `pool` candidates of the host and
+   `local` neighbours of the measured front (one or two knobs moved along their grid). The one whose
+   prediction, moved optimistically by the surrogate's median error so far, adds the most hypervolume to
+   the measured front (and the pending asks) is asked for real; the host's others are told to it with
+   their predicted values (marked as predicted where the host keeps trials) and counted as screened out.
+   A pool where nothing is predicted to add any is screened out whole; after `tries` host candidates
+   screened out in a row one is asked anyway, so a search never stalls;
 3. record: the prediction made when each candidate was asked, beside what was then measured, goes to
    `surrogate.json` in the run directory (with the median and p90 error per objective): how far the
    allocator's additivity holds on this model.
@@ -35,17 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import RidgeCV
 
 from autocomp.optimizers.base import Params, SearchContext, Told
 from autocomp.optimizers.greedy import FISHER
 from autocomp.optimizers.knapsack import KnapsackAllocation
-from autocomp.pareto import dominates
+from autocomp.pareto import hypervolume, pareto_front
 from autocomp.space import BoundSpace
 
 SURROGATE_FILE = "surrogate.json"
+ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))  # the correction's ridge penalties to choose from
 # the settings every guided host accepts, beside its own
 GUIDE_SETTINGS: dict[str, type | tuple[type, ...]] = {"guided": bool, "levels": int, "sweep": int, "tries": int,
-                                                      "screen": bool, "sensitivity": str}
+                                                      "screen": bool, "sensitivity": str, "pool": int, "local": int}
 
 
 def key(params: Params) -> str:
@@ -56,21 +62,31 @@ def key(params: Params) -> str:
 class AdditiveSurrogate:
     """Objectives predicted as the reference plus per-knob measured changes, with a ridge correction.
 
+    Objectives marked `log` (costs: sizes, FLOPs, latencies, perplexities) are modelled as log10 of their
+    value, where the knobs' effects multiply (a layer's bits, pruning and rank each scale its bytes) and so
+    add up; `predict` and `additive` still return every objective in its own units.
+
     Args:
         space: The bound space.
         reference: The reference candidate (every knob least compressive).
         ref_values: Its measured objective values.
         moves: (param name, value, objective values) of each measured one-knob move.
-        alpha: Ridge penalty of the correction, on standardised features.
+        alphas: Ridge penalties of the correction (on standardised features) to choose from, per objective, by
+            leave-one-out error: a large one leaves little more than a constant shift, for objectives where
+            the one-knob changes already add up.
+        log: Per objective, whether it is modelled in log space (none by default).
     """
 
     def __init__(self, space: BoundSpace, reference: Params, ref_values: Sequence[float],
-                 moves: Sequence[tuple[str, Any, Sequence[float]]], alpha: float = 1.0) -> None:
-        self.space, self.reference, self.alpha = space, dict(reference), alpha
-        self.ref = np.asarray(ref_values, dtype=float)
+                 moves: Sequence[tuple[str, Any, Sequence[float]]], alphas: Sequence[float] = ALPHAS,
+                 log: Sequence[bool] = ()) -> None:
+        self.space, self.reference, self.alphas = space, dict(reference), tuple(alphas)
+        self.log = np.zeros(len(ref_values), dtype=bool)
+        self.log[: len(log)] = list(log)
+        self.ref = self.to_model(ref_values)
         found: dict[str, dict[Any, list[np.ndarray]]] = {}
         for name, value, values in moves:
-            found.setdefault(name, {}).setdefault(value, []).append(np.asarray(values, dtype=float) - self.ref)
+            found.setdefault(name, {}).setdefault(value, []).append(self.to_model(values) - self.ref)
         # per param: positions along its ordered grid and the mean measured change at each (the reference's is 0)
         self.curves: dict[str, tuple[list[Any], np.ndarray, np.ndarray]] = {}
         for p in space.params:
@@ -95,6 +111,15 @@ class AdditiveSurrogate:
         self.coef: np.ndarray | None = None  # (features + 1, objectives) once fitted
         self.mean = self.std = None
 
+    def to_model(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Objective values as the model sees them: log10 where `log` (floored at 1e-12), else as they are."""
+        v = np.asarray(values, dtype=float)
+        return np.where(self.log, np.log10(np.maximum(v, 1e-12)), v)
+
+    def from_model(self, values: np.ndarray) -> np.ndarray:
+        """The inverse of `to_model`."""
+        return np.where(self.log, 10.0 ** values, values)
+
     @staticmethod
     def _position(name: str, order: list[Any], value: Any) -> float:
         """Where `value` lies along a knob's grid: its number if numeric, else its index in the order."""
@@ -111,9 +136,12 @@ class AdditiveSurrogate:
             out[i] = [np.interp(x, xs, ys[:, j]) for j in range(self.ref.size)]
         return out
 
+    def _additive(self, params: Params) -> np.ndarray:
+        return self.ref + self.terms(params).sum(axis=0)
+
     def additive(self, params: Params) -> np.ndarray:
         """The additive prediction: the reference plus every knob's change."""
-        return self.ref + self.terms(params).sum(axis=0)
+        return self.from_model(self._additive(params))
 
     def _features(self, params: Params) -> np.ndarray:
         t = self.terms(params)  # (knobs, objectives)
@@ -124,29 +152,32 @@ class AdditiveSurrogate:
         return np.concatenate([t.reshape(-1), total**2, within.reshape(-1)])
 
     def fit(self, data: Sequence[tuple[Params, Sequence[float]]]) -> None:
-        """Refit the correction on measured (params, values): ridge on the additive prediction's residuals."""
+        """Refit the correction on measured (params, values): ridge on the additive prediction's residuals.
+
+        scikit-learn's RidgeCV picks each objective's penalty by its efficient leave-one-out error, so a
+        correction that would only fit noise on a few dozen results is shrunk away instead of overfitting.
+        """
         if len(data) < 3:
             self.coef = None
             return
         x = np.array([self._features(p) for p, _ in data])
-        y = np.array([np.asarray(v, dtype=float) - self.additive(p) for p, v in data])
+        y = np.array([self.to_model(v) - self._additive(p) for p, v in data])
         self.mean, self.std = x.mean(axis=0), x.std(axis=0)
         self.std[self.std == 0] = 1.0
-        z = np.hstack([(x - self.mean) / self.std, np.ones((len(x), 1))])
-        ridge = np.sqrt(self.alpha) * np.eye(z.shape[1])
-        ridge[-1, -1] = 0.0  # the intercept is not pulled towards zero
-        scale = np.abs(y).max(axis=0)
-        scale[scale == 0] = 1.0
-        ys = np.vstack([y / scale, np.zeros((z.shape[1], y.shape[1]))])
-        self.coef = np.linalg.lstsq(np.vstack([z, ridge]), ys, rcond=None)[0] * scale
+        ridge = RidgeCV(alphas=self.alphas, alpha_per_target=True).fit((x - self.mean) / self.std, y)
+        self.coef = np.vstack([ridge.coef_.reshape(y.shape[1], -1).T, np.reshape(ridge.intercept_, (1, -1))])
 
-    def predict(self, params: Params) -> np.ndarray:
-        """The corrected prediction of every objective (the additive one before any fit)."""
-        base = self.additive(params)
+    def predict_model(self, params: Params) -> np.ndarray:
+        """The corrected prediction in the model's space (log10 where `log`)."""
+        base = self._additive(params)
         if self.coef is None:
             return base
         z = np.append((self._features(params) - self.mean) / self.std, 1.0)
         return base + z @ self.coef
+
+    def predict(self, params: Params) -> np.ndarray:
+        """The corrected prediction of every objective (the additive one before any fit)."""
+        return self.from_model(self.predict_model(params))
 
 
 class Guide:
@@ -162,13 +193,20 @@ class Guide:
         tries: Candidates screened out in a row before one is asked anyway.
         screen: False: only the guided start, every later candidate asked for real.
         sensitivity: A sensitivity.json (or run directory) to reuse.
+        pool: Host candidates drawn for each real evaluation; the surrogate picks among them.
+        local: Neighbours of the measured front (one or two knobs moved along their grid) added to each pool.
     """
 
     def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int, context: SearchContext,
                  levels: int = 4, sweep: int = 12, tries: int = 20, screen: bool = True,
-                 sensitivity: str | None = None) -> None:
+                 sensitivity: str | None = None, pool: int = 1, local: int = 8) -> None:
         if tries < 1:
             raise ValueError("tries must be at least 1")
+        if pool < 1:
+            raise ValueError("pool must be at least 1")
+        if local < 0:
+            raise ValueError("local must be 0 or more")
+        self.seed, self.pool, self.local = seed, pool, local
         self.space, self.directions, self.context = space, tuple(directions), context
         self.allocator = KnapsackAllocation(space, directions=directions, seed=seed, context=context, levels=levels,
                                             sweep=sweep, sensitivity=sensitivity)
@@ -177,7 +215,7 @@ class Guide:
         self.measured: list[tuple[Params, list[float]]] = []  # every real result with values, in told order
         self.predictions: dict[str, dict[str, Any]] = {}  # asked for real, not yet told: key -> prediction
         self.records: list[dict[str, Any]] = []  # predicted vs measured for each real evaluation after the start
-        self.counts = {"proposed": 0, "screened": 0, "forced": 0, "asked": 0}
+        self.counts = {"proposed": 0, "screened": 0, "forced": 0, "asked": 0, "local": 0}
         self._surrogate: AdditiveSurrogate | None = None
         self._fitted = -1
 
@@ -224,23 +262,71 @@ class Guide:
                 ref, moves = self.allocator.one_knob_moves()
             if ref is None:
                 return None
-            self._surrogate = AdditiveSurrogate(self.space, self.allocator.reference, ref, moves)
+            # costs (minimised, positive: bytes, FLOPs, latency, perplexity) are modelled in log space
+            log = [d == "minimize" and ref[j] > 0 and all(v[j] > 0 for _, _, v in moves)
+                   for j, d in enumerate(self.directions)]
+            self._surrogate = AdditiveSurrogate(self.space, self.allocator.reference, ref, moves, log=log)
         if self._fitted != len(self.measured):
             self._surrogate.fit(self.measured)
             self._fitted = len(self.measured)
         return self._surrogate
 
-    def _margin(self) -> np.ndarray:
-        """The surrogate's median absolute error so far, per objective (0 before any record)."""
-        errors = [np.abs(np.subtract(r["predicted"], r["measured"])) for r in self.records if r["measured"]]
+    def _margin(self, model: AdditiveSurrogate) -> np.ndarray:
+        """The surrogate's median absolute error so far, per objective, in its model space (0 before any record)."""
+        errors = [np.abs(model.to_model(r["predicted"]) - model.to_model(r["measured"]))
+                  for r in self.records if r["measured"]]
         return np.median(errors, axis=0) if errors else np.zeros(len(self.directions))
 
-    def _promising(self, predicted: np.ndarray) -> bool:
-        """Not dominated by the measured front, with the prediction moved optimistically by the margin."""
+    def _gains(self, model: AdditiveSurrogate, candidates: Sequence[Params]) -> tuple[list[float], list[np.ndarray]]:
+        """The hypervolume each candidate's optimistic prediction adds to what is known, and its prediction.
+
+        Computed in the surrogate's model space (costs in log10: a 2x smaller model is as much of a gain at
+        10 kB as at 1 MB). Optimistic: moved towards better by the surrogate's median error so far. Known:
+        the measured front and the pending asks at their predictions, so parallel asks spread out instead of
+        all taking the same gap. The reference is the worst known value of each objective, pushed out by a
+        tenth of its range.
+        """
         sign = np.array([1.0 if d == "maximize" else -1.0 for d in self.directions])
-        optimistic = predicted + sign * self._margin()
-        point = tuple(float(v) for v in optimistic)
-        return not any(dominates(tuple(v), point, self.directions) for _, v in self.measured)
+        pending = [model.to_model(r["predicted"]) for r in self.predictions.values()]
+        known = np.array([model.to_model(v) for _, v in self.measured] + pending, dtype=float)
+        points = known[pareto_front(known, self.directions)]
+        worst = np.where(sign > 0, known.min(axis=0), known.max(axis=0))
+        reference = worst - sign * 0.1 * np.maximum(np.ptp(known, axis=0), 1e-12)
+        base = hypervolume(points, reference, self.directions)
+        predicted = [model.predict_model(c) for c in candidates]
+        margin = self._margin(model)
+        gains = [hypervolume(np.vstack([points, p + sign * margin]), reference, self.directions) - base
+                 for p in predicted]
+        return gains, [model.from_model(p) for p in predicted]
+
+    def _neighbours(self, count: int) -> list[Params]:
+        """`count` new candidates one or two knobs away (a step along the grid) from measured front points.
+
+        Drawn with a generator seeded by the run's seed and how many candidates were proposed so far, so a
+        resumed run draws the same ones.
+        """
+        values = np.array([v for _, v in self.measured], dtype=float)
+        front = [self.measured[i][0] for i in pareto_front(values, self.directions)]
+        if not front or not count:
+            return []
+        rng = np.random.default_rng([self.seed, self.counts["proposed"], len(self.measured)])
+        seen = {key(p) for p, _ in self.measured} | set(self.predictions)
+        out: dict[str, Params] = {}
+        for _ in range(4 * count):
+            if len(out) == count:
+                break
+            candidate = dict(front[int(rng.integers(len(front)))])
+            for param in rng.choice(self.space.params, size=min(int(rng.integers(1, 3)), len(self.space.params)),
+                                    replace=False):
+                grid = _fine_grid(param)
+                here = grid.index(param.domain.nearest(candidate[param.name])) if len(grid) > 1 else 0
+                # a step of up to an eighth of the grid: one value of a short choice, a few of a fine range
+                step = int(rng.integers(1, max(1, len(grid) // 8) + 1)) * int(rng.choice([-1, 1]))
+                candidate[param.name] = grid[min(max(here + step, 0), len(grid) - 1)]
+            k = key(candidate)
+            if k not in seen and k not in out and self.space.contains(candidate):
+                out[k] = candidate
+        return list(out.values())
 
     def ask(self, n: int, ask: Callable[[int], list[Params]], reject: Callable[[Params, list[float]], None], *,
             on_start: Callable[[list[Params]], None] | None = None,
@@ -269,7 +355,13 @@ class Guide:
 
     def screen_ask(self, n: int, ask: Callable[[int], list[Params]],
                    reject: Callable[[Params, list[float]], None]) -> list[Params]:
-        """Up to `n` host candidates predicted non-dominated; the others are told `reject`ed with predictions.
+        """Up to `n` candidates, each the best of a pool by predicted hypervolume gain; the host's others rejected.
+
+        Each pool is `pool` host candidates plus `local` neighbours of the measured front. The one whose
+        optimistic prediction adds the most hypervolume is asked for real; the host's candidates not picked
+        are told back (`reject`) with their predicted values. When nothing in the pool is predicted to add
+        any, the pool is screened out, until `tries` host candidates in a row have been; then the host's
+        next is asked anyway, so a search never stalls.
 
         Args:
             n: How many to ask for real.
@@ -283,27 +375,46 @@ class Guide:
         out: list[Params] = []
         rejected = 0
         while len(out) < n:
-            picks = ask(1)
-            if not picks:
-                break  # the host waits (a generation is still out)
-            candidate = picks[0]
-            self.counts["proposed"] += 1
-            if model is None:
-                out.append(candidate)
+            hosts: list[Params] = []
+            for _ in range(self.pool if self.screen and model is not None else 1):
+                picks = ask(1)
+                if not picks:
+                    break  # the host waits (a generation is still out)
+                hosts.append(picks[0])
+            if not hosts:
+                break
+            self.counts["proposed"] += len(hosts)
+            if model is None or not self.screen:
+                out += hosts
+                self.counts["asked"] += len(hosts)
                 continue
-            predicted = model.predict(candidate)
-            promising = not self.screen or self._promising(predicted)
-            if not promising and rejected + 1 < self.tries:
-                rejected += 1
-                self.counts["screened"] += 1
-                reject(candidate, [float(v) for v in predicted])
+            pool = hosts + self._neighbours(self.local)
+            gains, predicted = self._gains(model, pool)
+            best = int(np.argmax(gains))
+            promising = gains[best] > 0
+            forced = not promising and rejected + len(hosts) >= self.tries
+            if not promising and not forced:
+                rejected += len(hosts)
+                self.counts["screened"] += len(hosts)
+                for candidate, values in zip(hosts, predicted):
+                    reject(candidate, [float(v) for v in values])
                 continue
-            if not promising:
+            if forced:
+                best = 0
                 self.counts["forced"] += 1
             rejected = 0
+            for i, (candidate, values) in enumerate(zip(hosts, predicted)):
+                if i != best:
+                    self.counts["screened"] += 1
+                    reject(candidate, [float(v) for v in values])
+            candidate = pool[best]
+            if best >= len(hosts):
+                self.counts["local"] += 1
             self.counts["asked"] += 1
-            self.predictions[key(candidate)] = {"params": candidate, "additive": model.additive(candidate).tolist(),
-                                                "predicted": predicted.tolist(), "screened_in": bool(promising)}
+            self.predictions[key(candidate)] = {
+                "params": candidate, "additive": model.additive(candidate).tolist(),
+                "predicted": predicted[best].tolist(), "gain": float(gains[best]), "screened_in": bool(promising),
+                "source": "host" if best < len(hosts) else "local"}
             out.append(candidate)
         return out
 
@@ -347,6 +458,14 @@ class Guide:
         self.records = [dict(r) for r in state["records"]]
         self.counts = dict(state["counts"])
         self._surrogate, self._fitted = None, -1
+
+
+def _fine_grid(param: Any) -> list[Any]:
+    """A knob's values, least compressive first, on a fine grid (every step of a stepped range up to 64)."""
+    values = param.domain.grid(64)
+    if param.compresses and all(isinstance(v, (int, float)) for v in values):
+        return sorted(values, reverse=param.compresses < 0)
+    return list(values)
 
 
 def guide_wants_proxies(settings: Mapping[str, Any]) -> bool:
