@@ -266,9 +266,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    """`autocomp bench`: run one of the named benchmarks."""
-    importlib.import_module(BENCHES[args.name]).main(quick=args.quick, data_dir=args.data_dir,
-                                                     runs_dir=args.runs_dir)
+    """`autocomp bench`: run one of the named benchmarks (`--only`: some of its parts, where it has parts)."""
+    import inspect
+
+    run = importlib.import_module(BENCHES[args.name]).main
+    chosen: dict[str, tuple[str, ...]] = {}
+    if args.only is not None:  # a bench whose main takes `only` has parts; the others refuse the option
+        if "only" not in inspect.signature(run).parameters:
+            raise AutocompError(f"bench '{args.name}' has no parts to choose: it does not take --only")
+        parts = tuple(p.strip() for p in args.only.split(",") if p.strip())
+        if not parts:
+            raise AutocompError(f"bench '{args.name}': --only '{args.only}' names no part")
+        chosen["only"] = parts
+    run(quick=args.quick, data_dir=args.data_dir, runs_dir=args.runs_dir, **chosen)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small version that exercises every code path")
     p.add_argument("--data-dir", help="folder holding mnist/ and cifar10/ (or one dataset's own folder)")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--only", metavar="PARTS",
+                   help="comma-separated parts of the bench to run (efficiency: lenet300, resnet20, lm); a bench "
+                        "without parts refuses it")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("report", help="print a finished run's Pareto table")

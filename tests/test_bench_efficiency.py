@@ -25,14 +25,162 @@ def test_bench_efficiency_quick(tmp_path, monkeypatch):
     # with the proxies: no sensitivity phase, only the reference and the allocations, and their wall time
     assert rows["knapsack-fisher"]["evals"] <= 1 + bench.SWEEP and rows["knapsack-fisher"]["proxy_s"] > 0
     assert rows["knapsack"]["proxy_s"] is None and rows["tpe-guided-fisher"]["proxy_s"] > 0
-    per = doc["settings"]["per_seed"]
+    per = doc["settings"]["per_seed"]["lenet300"]
     for label in bench.GUIDED:  # the surrogate's figures come from the run's surrogate.json
-        summary = json.loads((tmp_path / "bench-efficiency" / "runs" / f"{label}-s0" / "surrogate.json")
+        summary = json.loads((tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{label}-s0" / "surrogate.json")
                              .read_text())["summary"]
         assert per[label][0]["screened_share"] == summary["screened_share"]
-        assert rows[label]["acc_err_median"] == summary["error"]["median"][0]
+        assert rows[label]["metric_err_median"] == summary["error"]["median"][0]
     for label in bench.GUIDED:  # guided runs begin from the allocator and screen: work the plain run does not
         assert per[label][0]["screened_share"] > 0 or rows[label]["evals_to_tpe_hv"] is not None
     # the targets are there, each with its value and whether it was met (checked against `target` above)
-    assert any(k.startswith("best_guided_") for k in doc["targets"])
-    assert {f"{label}_final_hv_minus_knapsack" for label in bench.GUIDED} <= set(doc["targets"])
+    assert any(k.startswith("lenet300_best_guided_") for k in doc["targets"])
+    assert {f"lenet300_{label}_final_hv_minus_knapsack" for label in bench.GUIDED} <= set(doc["targets"])
+    assert {r["model"] for r in doc["rows"]} == {"lenet300"}  # --quick alone: lenet300 only
+
+
+def _tiny_resnet20(monkeypatch, bench):
+    """The resnet20 part on a narrow ResNet-20 and 8x8 images: the bench's own space binds to its layers."""
+    import torch
+
+    from autocomp.zoo import ResNet20
+
+    data = tiny_data(256)
+    splits = Splits(train=data, val=data, test=data, description="tiny")
+
+    def baseline(name, dataset, *args, **kwargs):
+        assert (name, dataset) == ("resnet20", "cifar10")
+        torch.manual_seed(0)
+        return fit(ResNet20(num_classes=4, width=0.25, in_channels=1), data, steps=30), splits
+
+    monkeypatch.setattr(bench, "cached_baseline", baseline)
+
+
+def _hv_of_run(run_dir, metric, direction, reference):
+    """The final hypervolume of a run, recomputed here from its journal (not by the bench's code)."""
+    import math
+
+    from autocomp.pareto import hypervolume
+
+    lines = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines() if line.strip()]
+    points = [(t["metrics"][metric], math.log10(t["metrics"]["size_bytes"])) for t in lines
+              if t["status"] == "complete"]
+    return hypervolume(points, reference, (direction, "minimize")), lines
+
+
+def _check_part(doc, part, bench, tmp_path, metric, direction, reference):
+    rows = {r["strategy"]: r for r in doc["rows"]}
+    assert set(rows) == set(bench.PART_STRATEGIES[part]) >= {"knapsack", "tpe", "tpe-guided"}
+    assert {r["model"] for r in doc["rows"]} == {part} and doc["settings"]["parts"] == [part]
+    per = doc["settings"]["per_seed"][part]
+    budget, allocator_budget = bench.QUICK_BUDGETS[part]
+    assert per["tpe"][0]["trials"] == budget and per["tpe-guided"][0]["trials"] == allocator_budget
+    assert rows["tpe"]["evals_to_tpe_hv"] <= rows["tpe"]["evals"]
+    for label, [row] in per.items():
+        run_dir = tmp_path / "bench-efficiency" / "runs" / part / f"{label}-s0"
+        hv, trials = _hv_of_run(run_dir, metric, direction, reference)
+        assert abs(row["hv_final"] - hv) <= 1e-9 * max(1.0, hv) and row["evals"] == len(trials)
+        # every evaluation stamped its own end: within the search call, in ask order for one worker (a journal
+        # copy carries the stamp of the trial it copies)
+        stamps = [t["metrics"][bench.STAMP] for t in trials if not t["worker"].startswith("journal")]
+        assert stamps and stamps == sorted(stamps) and stamps[-1] <= row["wall_s"]
+        # equal wall time: never decreasing with more time, never above the final hypervolume
+        at = [row[f"hv_at_tpe_wall_{p}"] for p in (25, 50, 100)]
+        assert 0.0 <= at[0] <= at[1] <= at[2] <= row["hv_final"] + 1e-12
+    assert per["tpe"][0]["hv_at_tpe_wall_100"] == per["tpe"][0]["hv_final"]  # plain TPE at its own wall time
+    targets = doc["targets"]
+    guided = {label for label in rows if label.endswith("-guided")}
+    assert {f"{part}_{label}_final_hv_minus_knapsack" for label in guided} <= set(targets)
+    [best] = [k for k in targets if k.startswith(f"{part}_best_guided_")]
+    assert best.removeprefix(f"{part}_best_guided_").split("_fewer_")[0] in ("tpe-guided", "nsga2-guided")
+    assert not any("fisher" in k for k in targets)  # the proxies are not run on this part
+    return per
+
+
+def test_bench_efficiency_resnet20_part_fine_tunes(tmp_path, monkeypatch):
+    import autocomp.bench.efficiency as bench
+
+    _tiny_resnet20(monkeypatch, bench)
+    bench.main(quick=True, data_dir=None, runs_dir=str(tmp_path), only="resnet20")
+    doc = contract(tmp_path / "bench-efficiency" / "results.json", "efficiency")
+    model = doc["settings"]["models"]["resnet20"]
+    reference = (bench.REFERENCE_ACCURACY_SHARE * model["baseline"]["val_accuracy"],
+                 __import__("math").log10(model["fp32_bytes"]))
+    per = _check_part(doc, "resnet20", bench, tmp_path, "accuracy", "maximize", reference)
+    for label in per:  # every candidate was fine-tuned: the runs were started with the bench's short fine-tuning
+        run = json.loads((tmp_path / "bench-efficiency" / "runs" / "resnet20" / f"{label}-s0" / "run.json").read_text())
+        assert run["signature"]["finetune"]["epochs"] == 1 and run["signature"]["finetune"]["steps"] == 1
+    assert per["tpe-guided"][0]["screened_share"] is not None  # guided got past the allocator to screening
+
+
+def test_resnet20_space_is_per_layer_on_every_conv_and_the_fc():
+    import torch
+
+    import autocomp
+    from autocomp.bench.efficiency import resnet20_space
+    from autocomp.zoo import ResNet20
+
+    model = ResNet20()
+    bound = autocomp.SearchSpace.from_dict(resnet20_space(False)).bind(model, example=torch.zeros(1, 3, 32, 32))
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    names = {p.name for p in bound.params}
+    for layer in [*convs, "fc"]:
+        assert {f"{layer}.prune.ratio", f"{layer}.quantize.bits"} <= names, layer
+    spatial = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+               and n != "conv1"]
+    assert {f"{layer}.lowrank.rank_ratio" for layer in spatial} <= names and len(spatial) == 18
+    assert len(names) == 2 * (len(convs) + 1) + 18
+    shared = autocomp.SearchSpace.from_dict(resnet20_space(True)).bind(model, example=torch.zeros(1, 3, 32, 32))
+    assert len(shared.params) == 5  # --quick: one setting per group
+
+
+def test_bench_efficiency_lm_part_scores_perplexity(tmp_path, monkeypatch):
+    import math
+
+    import autocomp.bench.efficiency as bench
+    from autocomp.bench import lm
+
+    # the standard library's sources instead of Debian's fortunes: nothing downloads in a test
+    monkeypatch.setattr(bench.lm_bench, "load_corpus", lambda cache, which, log=print: lm.stdlib_corpus(80_000))
+    monkeypatch.setitem(bench.QUICK_BUDGETS, "lm", (8, 50))  # 40 sensitivity points, the allocations, then asks
+    bench.main(quick=True, data_dir=None, runs_dir=str(tmp_path), only=["lm"])
+    doc = contract(tmp_path / "bench-efficiency" / "results.json", "efficiency")
+    model = doc["settings"]["models"]["lm"]
+    assert (tmp_path / "bench-lm" / "cache" / "quick").is_dir()  # the model is cached where `bench lm` caches it
+    reference = (bench.LM_REFERENCE_PPL * model["fp32_val_ppl"], math.log10(model["fp32_bytes"]))
+    per = _check_part(doc, "lm", bench, tmp_path, "perplexity", "minimize", reference)
+    run = json.loads((tmp_path / "bench-efficiency" / "runs" / "lm" / "tpe-s0" / "run.json").read_text())
+    assert run["signature"]["task"] == "language-model"
+    assert [o["name"] for o in run["objectives"]] == ["perplexity", "size_bytes"]
+    assert per["knapsack"][0]["hv_final"] > 0  # some allocation beats 1.5x the fp32 perplexity and its bytes
+
+
+def test_hypervolume_at_wall_time_counts_trials_finished_by_then():
+    from types import SimpleNamespace
+
+    from autocomp.bench.efficiency import STAMP, finish_times, hv_at_time, hv_curve
+
+    def trial(acc, size, stamp=None, status="complete"):
+        metrics = {"accuracy": acc, "size_bytes": size, **({STAMP: stamp} if stamp is not None else {})}
+        return SimpleNamespace(metrics=metrics, status=status)
+
+    # the third is a journal copy (no stamp of its own): it ends with the one before it
+    trials = [trial(0.95, 100, 1.0), trial(0.97, 10, 3.0), trial(0.97, 10), trial(0.99, 1000, 2.0)]
+    finish = finish_times(trials)
+    assert finish == [1.0, 3.0, 3.0, 3.0]
+    curve = hv_curve(trials, "accuracy", "maximize", (0.9, 3.0))
+    assert curve[0] == (0.95 - 0.9) * (3 - 2) and curve[1] == (0.97 - 0.9) * (3 - 1)
+    assert hv_at_time(curve, finish, 0.5) == 0.0 and hv_at_time(curve, finish, 1.0) == curve[0]
+    assert hv_at_time(curve, finish, 2.9) == curve[0] and hv_at_time(curve, finish, 10.0) == curve[-1]
+
+
+def test_bench_only_refuses_unknown_parts_and_benches_without_parts(tmp_path, capsys):
+    from autocomp.cli import main
+
+    assert main(["bench", "efficiency", "--quick", "--only", "lenet300,bogus", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'bogus'" in err and "lenet300, resnet20, lm" in err
+    assert main(["bench", "search", "--quick", "--only", "lenet300", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'search'" in err and "--only" in err
+    assert not (tmp_path / "bench-efficiency").exists() and not (tmp_path / "bench-search").exists()

@@ -131,7 +131,7 @@ def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction()
 
 
 def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_is_recorded(tmp_path):
-    opt = make("tpe", workdir=str(tmp_path), tries=50, local=0)  # pool 1, no neighbours: a plain screen
+    opt = make("tpe", workdir=str(tmp_path), tries=50, pool=1, local=0)  # no neighbours: a plain screen
     rejected = []
     original = opt._reject
 
@@ -140,7 +140,9 @@ def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_
         model = guide.surrogate()
         known = [model.to_model(v) for _, v in guide.measured]
         known += [model.to_model(r["predicted"]) for r in guide.predictions.values()]  # pending asks count
-        rejected.append((model.to_model(predicted), guide._margin(model), known))
+        mean, std = model.predict_model(params)
+        assert np.allclose(model.from_model(mean), predicted)  # what the host is told is the prediction
+        rejected.append((mean, np.zeros(2) if std is None else std, known))
         original(params, predicted)
 
     opt._reject = spy
@@ -148,8 +150,8 @@ def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_
     guide = opt.guide
     assert guide.counts["screened"] == len(rejected) > 0
     assert guide.counts["proposed"] == guide.counts["screened"] + guide.counts["asked"]
-    for predicted, margin, known in rejected:  # weakly dominated even when moved by the margin: adds nothing
-        optimistic = (predicted[0] + margin[0], predicted[1] - margin[1])
+    for predicted, std, known in rejected:  # weakly dominated even when moved by a deviation: adds nothing
+        optimistic = (predicted[0] + std[0], predicted[1] - std[1])
         assert any(q[0] >= optimistic[0] and q[1] <= optimistic[1] for q in known)
     predicted_trials = [t for t in opt.study.get_trials() if t.user_attrs.get("predicted")]
     assert len(predicted_trials) == len(rejected)

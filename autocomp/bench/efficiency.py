@@ -1,41 +1,76 @@
 """`autocomp bench efficiency`: what the allocator and the guided searches cost to reach plain TPE's front.
 
-LeNet-300-100 on full MNIST (`--data-dir`), no fine-tuning, the space and hypervolume of `bench search`
-(search_spaces/lenet300_mnist.yaml; (accuracy, log10 size_bytes), reference (0.90, log10 fp32 bytes)).
-Per seed, each strategy runs `budget` real evaluations (the knapsack allocator stops after its sweep):
+Three models (parts; `--only` picks some, `--quick` runs lenet300 alone unless `--only` says otherwise), 3
+seeds each:
+
+- lenet300: LeNet-300-100 on full MNIST (`--data-dir`), no fine-tuning, the space and hypervolume of `bench
+  search` (search_spaces/lenet300_mnist.yaml; (accuracy, log10 size_bytes), reference (0.90, log10 fp32
+  bytes)); 300 evaluations per strategy;
+- resnet20: ResNet-20 on CIFAR-10 (`--data-dir`), a baseline trained once on RESNET_SUBSET training images
+  (cached), each candidate fine-tuned for a few steps, distilled from the uncompressed model
+  (RESNET_FINETUNE), and scored on RESNET_VAL_ROWS validation images. Space (`resnet20_space`): per layer,
+  the pruning ratio and weight bits of every conv and the fc, and the rank of the 3x3 convs (Tucker-2).
+  Hypervolume over (accuracy, log10 size_bytes), reference (REFERENCE_ACCURACY_SHARE of the baseline's
+  validation accuracy, log10 fp32 bytes);
+- lm: the Llama-style byte model of `bench lm` (its corpus, splits and cached training, under
+  `<runs-dir>/bench-lm/cache`), task language-model, objectives (perplexity, size_bytes), the space
+  `lm.search_space`, no fine-tuning, LM_VAL_ROWS validation blocks. Hypervolume over (perplexity, log10
+  size_bytes), reference (LM_REFERENCE_PPL x the fp32 model's validation perplexity, log10 fp32 bytes).
+
+Per seed, each strategy runs its budget of real evaluations (the knapsack allocator stops after its sweep):
 
 - knapsack: the sensitivity phase and one allocation per budget of the sweep;
 - tpe: plain TPE (random start-up trials);
-- tpe-guided / nsga2-guided: `guided: true` (the allocator's measurements and solutions first, then asks
-  screened by the additive surrogate; see autocomp/optimizers/guided.py);
-- knapsack-fisher / tpe-guided-fisher: the same with `sensitivity: fisher`: no sensitivity phase, the
-  runner's gradient proxies (autocomp/proxies.py) predict each knob's loss and the packed size each
-  change gives, so the reference and the allocations are the only evaluations before the search.
+- tpe-guided / nsga2-guided: `guided: true` (the allocator's measurements and its solutions over half the
+  sweep first, then each ask the best of a pool by the surrogate's predicted hypervolume gain; see
+  autocomp/optimizers/guided.py); resnet20 runs tpe-guided alone of the two, for time;
+- knapsack-fisher / tpe-guided-fisher (lenet300 only: their gradient proxies compress every (knob, value)
+  of the space once, too costly on ResNet-20's and the language model's spaces for this bench): the same
+  with `sensitivity: fisher`: no sensitivity phase, the runner's gradient proxies (autocomp/proxies.py)
+  predict each knob's loss and the packed size each change gives.
 
-For each: the evaluations (and the evaluation seconds) to first reach plain TPE's final hypervolume of the
-same seed (counted from the first trial, the sensitivity phase included), the final hypervolume, and for the
-guided ones the surrogate's error on every candidate it let through (accuracy in points; size relative) and
-the share of proposed candidates it screened out; `proxy_s` is the proxies' wall time, to compare with
-`eval_s_median`, one evaluation's. Medians over seeds.
+Plain TPE's budget (BUDGETS, first) sets the target: its final hypervolume. The strategies that begin with
+the allocator get the second budget: on resnet20 and lm their sensitivity phase alone (2 levels per knob)
+is about 107 and 68 evaluations, so at TPE's 100 they would barely start.
+
+For each: the evaluations, the evaluation seconds and the wall time to first reach plain TPE's final
+hypervolume of the same seed (counted from the first trial, the sensitivity phase included); the final
+hypervolume; the hypervolume at 25%, 50% and 100% of plain TPE's wall time of the same seed (a strategy done
+earlier keeps its final one); for the guided ones the surrogate's error on every candidate it let through
+(the first objective absolute; size relative) and the share of proposed candidates it screened out;
+`proxy_s` is the proxies' wall time, to compare with `eval_s_median`, one evaluation's. Wall time: the
+runner journals no clock time per trial, so each evaluation records its own (an extra metric,
+`bench_elapsed_s`: seconds since the search call began, taken as the evaluation ends); a trial answered from
+the journal finishes with the one before it. Medians over seeds.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
+import math
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 import autocomp
+from autocomp.bench import lm as lm_bench
 from autocomp.bench import search as search_bench
 from autocomp.bench.common import BenchResult, cached_baseline, publish
+from autocomp.errors import AutocompError
+from autocomp.metrics import accuracy
+from autocomp.pareto import hypervolume
 from autocomp.runtimes import LatencySpec
 from autocomp.zoo.train import TrainSpec
 
-LEVELS, SWEEP = 4, 20  # the sensitivity phase measures 4 values per knob; the allocator sweeps 20 budgets
+LEVELS, SWEEP = 4, 20  # lenet300: the sensitivity phase measures 4 values per knob; the allocator sweeps 20 budgets
 STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
     "knapsack": ("knapsack", {"levels": LEVELS, "sweep": SWEEP}),
     "knapsack-fisher": ("knapsack", {"sensitivity": "fisher", "sweep": SWEEP}),
@@ -45,11 +80,70 @@ STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
     "nsga2-guided": ("nsga2", {"guided": True, "levels": LEVELS, "sweep": SWEEP}),
 }
 GUIDED = ("tpe-guided", "tpe-guided-fisher", "nsga2-guided")
-QUICK_BUDGET = 40
+MEASURED = ("knapsack", "tpe", "tpe-guided", "nsga2-guided")  # no gradient proxies
+# resnet20 (about 2.5 s an evaluation) runs guided TPE alone of the guided ones, to fit 3 seeds in an hour
+PART_STRATEGIES: dict[str, tuple[str, ...]] = {"lenet300": tuple(STRATEGIES), "resnet20": MEASURED[:3],
+                                               "lm": MEASURED}
+PARTS = tuple(PART_STRATEGIES)
+# (plain TPE's evaluations, those of the strategies that begin with the allocator)
+BUDGETS = {"lenet300": (300, 300), "resnet20": (100, 150), "lm": (100, 150)}
+QUICK_BUDGET = 40  # lenet300 --quick, every strategy
+QUICK_BUDGETS = {"resnet20": (10, 30), "lm": (10, 60)}
+# (levels, sweep) of the allocator's settings per part: fewer on the bigger spaces
+ALLOCATION = {"lenet300": (LEVELS, SWEEP), "resnet20": (2, 10), "lm": (2, 10)}
+QUICK_ALLOCATION = {"lenet300": (2, SWEEP), "resnet20": (2, 4), "lm": (2, 4)}
 REDUCTION = 5.0  # target: the best guided reaches plain TPE's final hypervolume with this many times fewer evals
-COLUMNS = ("strategy", "evals", "hv_final", "evals_to_tpe_hv", "eval_s_to_tpe_hv", "wall_s", "reached",
-           "acc_err_median", "acc_err_p90", "size_relerr_median", "size_relerr_p90", "screened_share",
+WALL_FRACTIONS = (0.25, 0.5, 1.0)  # of plain TPE's wall time, where every strategy's hypervolume is read
+STAMP = "bench_elapsed_s"  # the extra metric: seconds from the search call to the end of each evaluation
+
+RESNET_TRAIN = TrainSpec(epochs=6, lr=2e-3, batch_size=128)
+RESNET_SUBSET = 10_000  # training images of the baseline and of the candidates' fine-tuning
+RESNET_VAL_ROWS = 500
+# 4 Adam steps, half distillation from the uncompressed model: the identity policy keeps the baseline's accuracy
+# (at lr 5e-4 without distillation it lost 7 points of 59.5)
+RESNET_FINETUNE = autocomp.FineTuneSpec(epochs=1, steps=4, batch_size=64, lr=1e-4, kd_alpha=0.5)
+RESNET_QUICK_FINETUNE = autocomp.FineTuneSpec(epochs=1, steps=1, batch_size=32, lr=1e-4, kd_alpha=0.5)
+REFERENCE_ACCURACY_SHARE = 0.9  # resnet20's reference: 90% of the baseline's validation accuracy
+LM_VAL_ROWS = 128  # validation blocks of BLOCK bytes (one evaluation batch)
+LM_REFERENCE_PPL = 1.5  # lm's reference: 1.5 x the fp32 model's validation perplexity
+
+COLUMNS = ("model", "strategy", "evals", "hv_final", "evals_to_tpe_hv", "eval_s_to_tpe_hv", "wall_s_to_tpe_hv",
+           "wall_s", *(f"hv_at_tpe_wall_{round(100 * f)}" for f in WALL_FRACTIONS), "reached",
+           "metric_err_median", "metric_err_p90", "size_relerr_median", "size_relerr_p90", "screened_share",
            "proxy_s", "eval_s_median")
+
+
+@dataclass
+class Case:
+    """One model of the bench: what its searches get and how a trial list becomes a hypervolume.
+
+    Attributes:
+        model: The trained model searched.
+        val: The (capped) validation data every candidate is scored on.
+        space: The search space.
+        metric: The first objective (the task's metric) and `direction` its direction.
+        direction: "maximize" or "minimize".
+        reference: The hypervolume's reference point (metric, log10 size_bytes).
+        budget: Plain TPE's evaluations; `allocator_budget` those of the strategies beginning with the allocator.
+        allocator_budget: See `budget`.
+        levels: Values per knob of the sensitivity phase; `sweep` the allocator's budgets.
+        sweep: See `levels`.
+        search: Further keyword arguments of `autocomp.search` (task, objectives, data for fine-tuning...).
+        settings: What results.json says about the model.
+    """
+
+    model: nn.Module
+    val: tuple[Any, Any]
+    space: Any
+    metric: str
+    direction: str
+    reference: tuple[float, float]
+    budget: int
+    allocator_budget: int
+    levels: int
+    sweep: int
+    search: dict[str, Any]
+    settings: dict[str, Any]
 
 
 def evals_to_reach(curve: list[float], target: float) -> int | None:
@@ -57,49 +151,209 @@ def evals_to_reach(curve: list[float], target: float) -> int | None:
     return next((k + 1 for k, hv in enumerate(curve) if hv >= target - 1e-12), None)
 
 
+def hv_curve(trials: Sequence[Any], metric: str, direction: str, reference: tuple[float, float]) -> list[float]:
+    """Hypervolume over (metric, log10 size_bytes) of the first k complete trials, for every k.
+
+    Args:
+        trials: Trials in the order they were asked.
+        metric: The first objective's metric name, e.g. accuracy or perplexity.
+        direction: Its direction, "maximize" or "minimize" (size always minimized).
+        reference: (metric, log10 size_bytes) bounding the volume: points beyond it count for nothing.
+
+    Returns:
+        One hypervolume per trial: entry k-1 is that of trials[:k].
+    """
+    out, points = [], []
+    for t in trials:
+        if t.status == "complete":
+            points.append((t.metrics[metric], math.log10(t.metrics["size_bytes"])))
+        out.append(hypervolume(points, reference, (direction, "minimize")) if points else 0.0)
+    return out
+
+
+def finish_times(trials: Sequence[Any]) -> list[float]:
+    """Seconds from the search call to each trial's end (non-decreasing, in ask order).
+
+    From the `STAMP` metric each evaluation records as it ends; a trial without one (answered from the
+    journal, or stopped before scoring) ends with the trial before it.
+    """
+    out, last = [], 0.0
+    for t in trials:
+        stamp = t.metrics.get(STAMP)
+        last = max(last, float(stamp)) if stamp is not None else last
+        out.append(last)
+    return out
+
+
+def hv_at_time(curve: Sequence[float], finish: Sequence[float], seconds: float) -> float:
+    """The hypervolume of the trials finished within `seconds` (0 when none; the final one once all are)."""
+    k = bisect.bisect_right(list(finish), seconds + 1e-9)
+    return curve[k - 1] if k else 0.0
+
+
 def _median(values: list[Any]) -> float | None:
     got = [v for v in values if v is not None]
     return statistics.median(got) if got else None
 
 
-def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None] = print) -> BenchResult:
-    """Run every strategy for each seed and collect evaluations to plain TPE's hypervolume and surrogate errors."""
-    budget = QUICK_BUDGET if quick else 300
-    seeds = (0,) if quick else (0, 1, 2)
+def choose_parts(only: str | Sequence[str] | None, quick: bool) -> tuple[str, ...]:
+    """The parts to run: `only` (names or one comma-separated text), else lenet300 when quick, else all.
+
+    Raises:
+        AutocompError: a name that is not a part, or none given.
+    """
+    if only is None:
+        return ("lenet300",) if quick else PARTS
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in PARTS]
+    if unknown:
+        raise AutocompError(f"bench efficiency: unknown part {', '.join(repr(n) for n in unknown)} in --only "
+                            f"(parts: {', '.join(PARTS)})")
+    if not names:
+        raise AutocompError(f"bench efficiency: --only names no part (parts: {', '.join(PARTS)})")
+    return tuple(p for p in PARTS if p in names)
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+def lenet300_case(quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None]) -> Case:
+    """LeNet-300-100 on MNIST as `bench search` has it: no fine-tuning, (accuracy, log10 bytes) from 0.90."""
     train = TrainSpec(epochs=1, lr=1e-3) if quick else TrainSpec(epochs=10, lr=1e-3)
     model, splits = cached_baseline("lenet300", "mnist", data_dir, train, runs_dir, subset=2000 if quick else None,
                                     log=log)
     val = (splits.val[0][:1000], splits.val[1][:1000]) if quick else splits.val
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    levels = 2 if quick else LEVELS
-    strategies = {k: (o, {**s, "levels": levels} if "levels" in s else s) for k, (o, s) in STRATEGIES.items()}
-    result = BenchResult("efficiency", {
-        "quick": quick, "model": "lenet300", "space": "search_spaces/lenet300_mnist.yaml", "seeds": list(seeds),
-        "budget": budget, "strategies": {k: {"optimizer": o, "settings": s} for k, (o, s) in strategies.items()},
-        "hypervolume": f"over (accuracy, log10 size_bytes), reference ({search_bench.REFERENCE_ACCURACY}, "
-                       f"log10 {fp32_bytes})", "val_rows": len(val[1]),
-        "reach": "evaluations from the first trial (sensitivity phase included) to plain TPE's final hypervolume "
-                 "of the same seed", "errors": "surrogate prediction at ask time vs measured, candidates it let "
-                                               "through: accuracy absolute, size_bytes relative",
-    })
-    workdir = Path(runs_dir) / "bench-efficiency" / "runs"
+    budget = QUICK_BUDGET if quick else BUDGETS["lenet300"][0]
+    levels, sweep = (QUICK_ALLOCATION if quick else ALLOCATION)["lenet300"]
+    return Case(model, val, search_bench.space(), "accuracy", "maximize",
+                (search_bench.REFERENCE_ACCURACY, math.log10(fp32_bytes)), budget, budget, levels, sweep,
+                {"calibration_data": (splits.train[0][:256], splits.train[1][:256])},
+                {"space": "search_spaces/lenet300_mnist.yaml", "data": "MNIST" + (" (2000 rows)" if quick else ""),
+                 "finetune": None, "val_rows": len(val[1]), "fp32_bytes": fp32_bytes,
+                 "hypervolume": f"over (accuracy, log10 size_bytes), reference ({search_bench.REFERENCE_ACCURACY}, "
+                                f"log10 {fp32_bytes})"})
+
+
+def resnet20_space(quick: bool) -> list[dict[str, Any]]:
+    """Pruning ratio and weight bits of every conv and the fc, rank of the 3x3 convs: per layer (quick: shared)."""
+    prune = {"ratio": {"float": [0.0, 0.8], "step": 0.1}}
+    bits = {"bits": {"choice": [3, 4, 6, 8, 32]}}
+    return [
+        {"name": "convs", "layers": [r"re:layer\d\.\d\.conv\d"], "shared": quick,
+         "primitives": {"prune": prune, "quantize": bits, "lowrank": {"rank_ratio": {"choice": [0.5, 1.0]}}}},
+        {"name": "edges", "layers": ["conv1", "fc", r"re:layer\d\.0\.shortcut\.0"], "shared": quick,
+         "primitives": {"prune": dict(prune), "quantize": dict(bits)}},
+    ]
+
+
+def resnet20_case(quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None]) -> Case:
+    """ResNet-20 on CIFAR-10: a baseline trained briefly (cached), each candidate fine-tuned for a few steps."""
+    train = TrainSpec(epochs=1, lr=2e-3, batch_size=128) if quick else RESNET_TRAIN
+    subset = 2000 if quick else RESNET_SUBSET
+    start = time.perf_counter()
+    model, splits = cached_baseline("resnet20", "cifar10", data_dir, train, runs_dir, subset=subset, log=log)
+    baseline_s = time.perf_counter() - start
+    rows = 200 if quick else RESNET_VAL_ROWS
+    val = (splits.val[0][:rows], splits.val[1][:rows])
+    finetune = RESNET_QUICK_FINETUNE if quick else RESNET_FINETUNE
+    base = accuracy(model, val)
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+    budget, allocator_budget = QUICK_BUDGETS["resnet20"] if quick else BUDGETS["resnet20"]
+    levels, sweep = (QUICK_ALLOCATION if quick else ALLOCATION)["resnet20"]
+    reference = (REFERENCE_ACCURACY_SHARE * base, math.log10(fp32_bytes))
+    return Case(model, val, autocomp.SearchSpace.from_dict(resnet20_space(quick)), "accuracy", "maximize",
+                reference, budget, allocator_budget, levels, sweep,
+                {"train_data": splits.train, "finetune": finetune,
+                 "calibration_data": (splits.train[0][:256], splits.train[1][:256])},
+                {"space": resnet20_space(quick), "data": f"CIFAR-10, {len(splits.train[1])} training images",
+                 "baseline": {"train": dataclasses.asdict(train), "val_accuracy": base,
+                              "test_accuracy": accuracy(model, splits.test), "test_rows": len(splits.test[1]),
+                              "seconds": baseline_s, "seconds_means": "training, or loading the cached weights"},
+                 "finetune": dataclasses.asdict(finetune), "val_rows": rows, "fp32_bytes": fp32_bytes,
+                 "hypervolume": f"over (accuracy, log10 size_bytes), reference ({REFERENCE_ACCURACY_SHARE} x "
+                                f"{base:.4f}, log10 {fp32_bytes})"})
+
+
+def lm_case(quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str], None]) -> Case:
+    """The language model of `bench lm` (its cache), perplexity on a few validation blocks, no fine-tuning."""
+    cache = Path(runs_dir) / "bench-lm" / "cache"
+    text = lm_bench.load_corpus(cache, "fortunes", log)
+    if quick:  # as `bench lm --quick`: a slice of the corpus
+        text = dataclasses.replace(text, data=text.data[:120_000])
+    splits = lm_bench.split_blocks(text.data)
+    config = lm_bench.QUICK if quick else lm_bench.LMConfig()
+    model, info = lm_bench.trained_lm(config, text, splits, cache / ("quick" if quick else "full"), log)
+    rows = min(32 if quick else LM_VAL_ROWS, len(splits.val[1]))
+    val = (splits.val[0][:rows], splits.val[1][:rows])
+    fp32_ppl = lm_bench.perplexity(model, val)
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+    budget, allocator_budget = QUICK_BUDGETS["lm"] if quick else BUDGETS["lm"]
+    levels, sweep = (QUICK_ALLOCATION if quick else ALLOCATION)["lm"]
+    return Case(model, val, autocomp.SearchSpace.from_dict(lm_bench.search_space(quick)), "perplexity", "minimize",
+                (LM_REFERENCE_PPL * fp32_ppl, math.log10(fp32_bytes)), budget, allocator_budget, levels, sweep,
+                {"task": "language-model", "objectives": ["perplexity", "size_bytes"],
+                 "calibration_data": (splits.train[0][:64], splits.train[1][:64])},
+                {"space": lm_bench.search_space(quick), "data": text.name, "model": dataclasses.asdict(config),
+                 "training": info, "finetune": None, "val_rows": rows, "val_tokens": rows * lm_bench.BLOCK,
+                 "fp32_val_ppl": fp32_ppl, "fp32_bytes": fp32_bytes,
+                 "hypervolume": f"over (perplexity, log10 size_bytes), reference ({LM_REFERENCE_PPL} x "
+                                f"{fp32_ppl:.4f}, log10 {fp32_bytes})"})
+
+
+CASES: dict[str, Callable[[bool, str | None, str, Callable[[str], None]], Case]] = {
+    "lenet300": lenet300_case, "resnet20": resnet20_case, "lm": lm_case}
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def _begins_with_allocator(optimizer: str, settings: dict[str, Any]) -> bool:
+    return optimizer == "knapsack" or bool(settings.get("guided"))
+
+
+def _with_allocation(settings: dict[str, Any], levels: int, sweep: int) -> dict[str, Any]:
+    # a guided start sweeps half the budgets: its allocations only seed the search, which then spends the
+    # evaluations where the surrogate expects the front to grow
+    sweep = max(2, sweep // 2) if settings.get("guided") else sweep
+    return {**settings, **({"levels": levels} if "levels" in settings else {}),
+            **({"sweep": sweep} if "sweep" in settings else {})}
+
+
+def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Callable[[str], None],
+             done: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Every strategy of `part` for each seed: its per-seed rows, and the table's rows (medians over seeds).
+
+    `done` holds the per-seed rows of the parts run before; with this part's, it is written to
+    partial.json after every seed, should the bench be stopped early.
+    """
+    strategies = {label: (STRATEGIES[label][0], _with_allocation(STRATEGIES[label][1], case.levels, case.sweep))
+                  for label in PART_STRATEGIES[part]}
+    workdir = Path(runs_dir) / "bench-efficiency" / "runs" / part
     shutil.rmtree(workdir, ignore_errors=True)  # a bench measures from scratch
-    space = search_bench.space()
     per: dict[str, list[dict[str, Any]]] = {k: [] for k in strategies}
     for seed in seeds:
         curves: dict[str, list[float]] = {}
+        finish: dict[str, list[float]] = {}
         for label, (optimizer, settings) in strategies.items():
-            start = time.perf_counter()
-            res = autocomp.search(model, val, space=space, optimizer=optimizer, optimizer_settings=settings,
-                                  trials=budget, seed=seed, runs_dir=workdir, name=f"{label}-s{seed}", progress=False,
-                                  latency=LatencySpec(repeats=1, warmup=0),
-                                  calibration_data=(splits.train[0][:256], splits.train[1][:256]))
-            wall = time.perf_counter() - start
+            budget = case.allocator_budget if _begins_with_allocator(optimizer, settings) else case.budget
+            started = time.time()  # wall clock: the stamp below is read in the evaluating process
+
+            def elapsed(_model: nn.Module, started: float = started) -> float:
+                return time.time() - started
+
+            res = autocomp.search(case.model, case.val, space=case.space, optimizer=optimizer,
+                                  optimizer_settings=settings, trials=budget, seed=seed, runs_dir=workdir,
+                                  name=f"{label}-s{seed}", progress=False, latency=LatencySpec(repeats=1, warmup=0),
+                                  extra_metrics={STAMP: elapsed}, **case.search)
+            wall = time.time() - started
             trials = sorted(res.trials, key=lambda t: t.id)
-            curves[label] = search_bench.hv_curve(trials, fp32_bytes, list(range(1, len(trials) + 1)))
-            row: dict[str, Any] = {"strategy": label, "seed": seed, "evals": len(trials),
-                                   "hv_final": curves[label][-1] if trials else 0.0, "wall_s": wall,
-                                   "eval_seconds": [t.seconds for t in trials]}
+            curves[label] = hv_curve(trials, case.metric, case.direction, case.reference)
+            finish[label] = finish_times(trials)
+            row: dict[str, Any] = {"model": part, "strategy": label, "seed": seed, "trials": budget,
+                                   "evals": len(trials), "hv_final": curves[label][-1] if trials else 0.0,
+                                   "wall_s": wall, "eval_seconds": [t.seconds for t in trials]}
             sensitivity = workdir / f"{label}-s{seed}" / "sensitivity.json"
             if sensitivity.is_file():  # the gradient proxies' wall time (the fisher rows' whole sensitivity step)
                 row["proxy_s"] = json.loads(sensitivity.read_text()).get("fisher", {}).get("seconds")
@@ -108,46 +362,101 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str]
             if surrogate.is_file():
                 summary = json.loads(surrogate.read_text())["summary"]
                 error = summary.get("error", {})
-                row.update(acc_err_median=error.get("median", [None])[0], acc_err_p90=error.get("p90", [None])[0],
+                row.update(metric_err_median=error.get("median", [None])[0],
+                           metric_err_p90=error.get("p90", [None])[0],
                            size_relerr_median=error.get("relative_median", [None, None])[1],
                            size_relerr_p90=error.get("relative_p90", [None, None])[1],
                            screened_share=summary["screened_share"])
             per[label].append(row)
-            log(f"  seed {seed} {label:13s} {len(trials):4d} evals  hv {row['hv_final']:.4f}  wall {wall:.0f} s")
+            log(f"  {part} seed {seed} {label:13s} {len(trials):4d} evals  hv {row['hv_final']:.4f}  wall {wall:.0f} s")
         target = curves["tpe"][-1]
+        tpe_wall = finish["tpe"][-1] if finish["tpe"] else 0.0
         for label in strategies:
             row = per[label][-1]
             k = evals_to_reach(curves[label], target)
             row["evals_to_tpe_hv"] = k
             row["eval_s_to_tpe_hv"] = sum(row["eval_seconds"][:k]) if k else None
-        # what is done so far, should the bench be stopped before the last seed
+            row["wall_s_to_tpe_hv"] = finish[label][k - 1] if k else None
+            row["tpe_wall_s"] = tpe_wall
+            for fraction in WALL_FRACTIONS:
+                row[f"hv_at_tpe_wall_{round(100 * fraction)}"] = hv_at_time(curves[label], finish[label],
+                                                                            fraction * tpe_wall)
         partial = Path(runs_dir) / "bench-efficiency" / "partial.json"
-        partial.write_text(json.dumps({k: [{c: v for c, v in r.items() if c != "eval_seconds"} for r in rows]
-                                       for k, rows in per.items()}, indent=1) + "\n")
+        partial.write_text(json.dumps({**done, part: _without_lists(per)}, indent=1) + "\n")
+    table = []
     for label in strategies:
         rows = per[label]
         reached = [r["evals_to_tpe_hv"] for r in rows]
-        table = {"strategy": label, "reached": f"{sum(k is not None for k in reached)}/{len(rows)}"}
+        entry: dict[str, Any] = {"model": part, "strategy": label,
+                                 "reached": f"{sum(k is not None for k in reached)}/{len(rows)}"}
         for column in COLUMNS:
-            if column not in table:
-                table[column] = _median([r.get(column) for r in rows])
-        result.rows.append(table)
-    result.settings["per_seed"] = {k: [{c: v for c, v in r.items() if c != "eval_seconds"} for r in rows]
-                                   for k, rows in per.items()}
-    # the target: plain TPE's evaluations over the best guided optimizer's, median over seeds (a seed that
-    # never reached it counts as the whole budget)
-    def reduction(label: str) -> float:
-        return statistics.median(budget / (r["evals_to_tpe_hv"] or budget) for r in per[label])
+            if column not in entry:
+                entry[column] = _median([r.get(column) for r in rows])
+        table.append(entry)
+    return table, per
 
-    best = max(GUIDED, key=reduction)
-    result.target(f"best_guided_{best}_fewer_evals_than_tpe_to_its_final_hv", reduction(best), ">=", REDUCTION)
-    knapsack_hv = statistics.median(r["hv_final"] for r in per["knapsack"])
-    for label in GUIDED:
-        hv = statistics.median(r["hv_final"] for r in per[label])
-        result.target(f"{label}_final_hv_minus_knapsack", hv - knapsack_hv, ">=", 0.0)
+
+def _without_lists(per: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {k: [{c: v for c, v in r.items() if c != "eval_seconds"} for r in rows] for k, rows in per.items()}
+
+
+def run(*, quick: bool, data_dir: str | None, runs_dir: str, only: str | Sequence[str] | None = None,
+        log: Callable[[str], None] = print) -> BenchResult:
+    """Run every strategy on each chosen model and seed; collect evaluations to plain TPE's hypervolume.
+
+    Args:
+        quick: tiny budgets and data (every code path in seconds to minutes).
+        data_dir: the folder holding mnist/ and cifar10/ (lm fetches its corpus into its cache).
+        runs_dir: results go to runs_dir/bench-efficiency; the baselines are cached under runs_dir.
+        only: the parts to run (see `choose_parts`).
+        log: where progress lines go.
+
+    Raises:
+        AutocompError: an unknown part in `only`, before anything runs.
+    """
+    parts = choose_parts(only, quick)
+    seeds = (0,) if quick else (0, 1, 2)
+    result = BenchResult("efficiency", {
+        "quick": quick, "parts": list(parts), "seeds": list(seeds),
+        "strategies": {k: {"optimizer": o, "settings": s} for k, (o, s) in STRATEGIES.items()},
+        "reach": "evaluations from the first trial (sensitivity phase included) to plain TPE's final hypervolume "
+                 "of the same seed", "errors": "surrogate prediction at ask time vs measured, candidates it let "
+                                               "through: first objective absolute, size_bytes relative",
+        "wall": f"hv_at_tpe_wall_P: the hypervolume of the trials finished within P% of plain TPE's wall time "
+                f"(its last trial's end) of the same seed; trial ends from the '{STAMP}' metric each evaluation "
+                "records (seconds since the search call)", "models": {}, "per_seed": {},
+    })
+    done: dict[str, Any] = {}
+    for part in parts:
+        case = CASES[part](quick, data_dir, runs_dir, log)
+        strategies = PART_STRATEGIES[part]
+        result.settings["models"][part] = {
+            **case.settings, "budget": case.budget, "allocator_budget": case.allocator_budget,
+            "levels": case.levels, "sweep": case.sweep,
+            "strategies": {label: {"optimizer": STRATEGIES[label][0],
+                                   "settings": _with_allocation(STRATEGIES[label][1], case.levels, case.sweep)}
+                           for label in strategies}}
+        table, per = run_case(part, case, seeds, runs_dir, log, done)
+        result.rows += table
+        done[part] = _without_lists(per)
+        result.settings["per_seed"][part] = done[part]
+
+        # the target: plain TPE's evaluations over the best guided optimizer's, median over seeds (a seed that
+        # never reached it counts as the strategy's whole budget)
+        def reduction(label: str, per: dict[str, list[dict[str, Any]]] = per, budget: int = case.budget) -> float:
+            return statistics.median(budget / (r["evals_to_tpe_hv"] or r["trials"]) for r in per[label])
+
+        guided = [label for label in GUIDED if label in strategies]
+        best = max(guided, key=reduction)
+        result.target(f"{part}_best_guided_{best}_fewer_evals_than_tpe_to_its_final_hv", reduction(best), ">=",
+                      REDUCTION)
+        knapsack_hv = statistics.median(r["hv_final"] for r in per["knapsack"])
+        for label in guided:
+            hv = statistics.median(r["hv_final"] for r in per[label])
+            result.target(f"{part}_{label}_final_hv_minus_knapsack", hv - knapsack_hv, ">=", 0.0)
     return result
 
 
-def main(*, quick: bool, data_dir: str | None, runs_dir: str) -> BenchResult:
-    """Run the bench and publish its table, targets and results.json."""
-    return publish(run(quick=quick, data_dir=data_dir, runs_dir=runs_dir), COLUMNS, runs_dir)
+def main(*, quick: bool, data_dir: str | None, runs_dir: str, only: str | Sequence[str] | None = None) -> BenchResult:
+    """Run the bench (`only`: some of its parts: lenet300, resnet20, lm) and publish its table and targets."""
+    return publish(run(quick=quick, data_dir=data_dir, runs_dir=runs_dir, only=only), COLUMNS, runs_dir)

@@ -13,12 +13,13 @@ What `guided: true` adds to `tpe` (and the other Optuna samplers), `nsga2`/`ga` 
    (minimised, positive objectives: bytes, FLOPs, latency, perplexity) in log space, where a layer's bits,
    pruning and rank multiply its bytes; corrected by a ridge regression refitted on every real evaluation
    so far (features: the per-knob changes, the square of their sum, where layer errors compound, and per
-   layer the products of its knobs' changes; the penalty chosen per objective by leave-one-out). With
-   proxies, a knob's change in the first objective is its Fisher loss times one factor fitted on the
-   measurements so far. For each real evaluation a pool is scored: `pool` candidates of the host and
-   `local` neighbours of the measured front (one or two knobs moved along their grid). The one whose
-   prediction, moved optimistically by the surrogate's median error so far, adds the most hypervolume to
-   the measured front (and the pending asks) is asked for real; the host's others are told to it with
+   layer the products of its knobs' changes; the penalty chosen per objective by leave-one-out), and what
+   the ridge leaves modelled by a Gaussian process on the per-knob changes, which also gives each
+   prediction its uncertainty. With proxies, a knob's change in the first objective is its Fisher loss
+   times one factor fitted on the measurements so far. For each real evaluation a pool is scored: `pool`
+   candidates of the host and `local` neighbours of the measured front (one or two knobs moved along their
+   grid). The one whose prediction, moved optimistically by one standard deviation, adds the most
+   hypervolume to the measured front (and the pending asks) is asked for real; the host's others are told to it with
    their predicted values (marked as predicted where the host keeps trials) and counted as screened out.
    A pool where nothing is predicted to add any is screened out whole; after `tries` host candidates
    screened out in a row one is asked anyway, so a search never stalls;
@@ -34,11 +35,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from sklearn.linear_model import RidgeCV
 
 from autocomp.optimizers.base import Params, SearchContext, Told
@@ -110,6 +115,8 @@ class AdditiveSurrogate:
         self.owners = list(owners)
         self.coef: np.ndarray | None = None  # (features + 1, objectives) once fitted
         self.mean = self.std = None
+        self.processes: list[GaussianProcessRegressor] = []  # one per objective, on the ridge's residuals
+        self.knob_features = len(self.names) * self.ref.size  # the first features: the per-knob changes
 
     def to_model(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
         """Objective values as the model sees them: log10 where `log` (floored at 1e-12), else as they are."""
@@ -164,20 +171,40 @@ class AdditiveSurrogate:
         y = np.array([self.to_model(v) - self._additive(p) for p, v in data])
         self.mean, self.std = x.mean(axis=0), x.std(axis=0)
         self.std[self.std == 0] = 1.0
-        ridge = RidgeCV(alphas=self.alphas, alpha_per_target=True).fit((x - self.mean) / self.std, y)
+        z = (x - self.mean) / self.std
+        ridge = RidgeCV(alphas=self.alphas, alpha_per_target=True).fit(z, y)
         self.coef = np.vstack([ridge.coef_.reshape(y.shape[1], -1).T, np.reshape(ridge.intercept_, (1, -1))])
+        # what the ridge leaves, a Gaussian process on the per-knob changes models, with its uncertainty
+        residual = y - np.hstack([z, np.ones((len(z), 1))]) @ self.coef
+        self.processes = []
+        for j in range(y.shape[1]):
+            kernel = ConstantKernel(1.0) * RBF(length_scale=3.0, length_scale_bounds=(0.1, 100.0)) + WhiteKernel(
+                1e-3, noise_level_bounds=(1e-8, 1.0))
+            process = GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=0)
+            with warnings.catch_warnings():  # a bound reached is no error here: the fit is used as it is
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                process.fit(z[:, : self.knob_features], residual[:, j])
+            self.processes.append(process)
 
-    def predict_model(self, params: Params) -> np.ndarray:
-        """The corrected prediction in the model's space (log10 where `log`)."""
+    def predict_model(self, params: Params) -> tuple[np.ndarray, np.ndarray | None]:
+        """The corrected prediction in the model's space (log10 where `log`), and its standard deviation.
+
+        The deviation is the Gaussian process's (None before the first fit).
+        """
         base = self._additive(params)
         if self.coef is None:
-            return base
+            return base, None
         z = np.append((self._features(params) - self.mean) / self.std, 1.0)
-        return base + z @ self.coef
+        out, std = base + z @ self.coef, np.zeros(self.ref.size)
+        for j, process in enumerate(self.processes):
+            mean, deviation = process.predict(z[None, : self.knob_features], return_std=True)
+            out[j] += mean[0]
+            std[j] = deviation[0]
+        return out, std
 
     def predict(self, params: Params) -> np.ndarray:
         """The corrected prediction of every objective (the additive one before any fit)."""
-        return self.from_model(self.predict_model(params))
+        return self.from_model(self.predict_model(params)[0])
 
 
 class Guide:
@@ -199,7 +226,7 @@ class Guide:
 
     def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int, context: SearchContext,
                  levels: int = 4, sweep: int = 12, tries: int = 20, screen: bool = True,
-                 sensitivity: str | None = None, pool: int = 1, local: int = 8) -> None:
+                 sensitivity: str | None = None, pool: int = 2, local: int = 32) -> None:
         if tries < 1:
             raise ValueError("tries must be at least 1")
         if pool < 1:
@@ -271,17 +298,11 @@ class Guide:
             self._fitted = len(self.measured)
         return self._surrogate
 
-    def _margin(self, model: AdditiveSurrogate) -> np.ndarray:
-        """The surrogate's median absolute error so far, per objective, in its model space (0 before any record)."""
-        errors = [np.abs(model.to_model(r["predicted"]) - model.to_model(r["measured"]))
-                  for r in self.records if r["measured"]]
-        return np.median(errors, axis=0) if errors else np.zeros(len(self.directions))
-
     def _gains(self, model: AdditiveSurrogate, candidates: Sequence[Params]) -> tuple[list[float], list[np.ndarray]]:
         """The hypervolume each candidate's optimistic prediction adds to what is known, and its prediction.
 
         Computed in the surrogate's model space (costs in log10: a 2x smaller model is as much of a gain at
-        10 kB as at 1 MB). Optimistic: moved towards better by the surrogate's median error so far. Known:
+        10 kB as at 1 MB). Optimistic: moved towards better by one standard deviation of the surrogate. Known:
         the measured front and the pending asks at their predictions, so parallel asks spread out instead of
         all taking the same gap. The reference is the worst known value of each objective, pushed out by a
         tenth of its range.
@@ -293,11 +314,13 @@ class Guide:
         worst = np.where(sign > 0, known.min(axis=0), known.max(axis=0))
         reference = worst - sign * 0.1 * np.maximum(np.ptp(known, axis=0), 1e-12)
         base = hypervolume(points, reference, self.directions)
-        predicted = [model.predict_model(c) for c in candidates]
-        margin = self._margin(model)
-        gains = [hypervolume(np.vstack([points, p + sign * margin]), reference, self.directions) - base
-                 for p in predicted]
-        return gains, [model.from_model(p) for p in predicted]
+        predicted, gains = [], []
+        for candidate in candidates:
+            mean, std = model.predict_model(candidate)
+            optimistic = mean if std is None else mean + sign * std
+            gains.append(hypervolume(np.vstack([points, optimistic]), reference, self.directions) - base)
+            predicted.append(model.from_model(mean))
+        return gains, predicted
 
     def _neighbours(self, count: int) -> list[Params]:
         """`count` new candidates one or two knobs away (a step along the grid) from measured front points.
