@@ -31,12 +31,29 @@ def test_bench_efficiency_quick(tmp_path, monkeypatch):
                              .read_text())["summary"]
         assert per[label][0]["screened_share"] == summary["screened_share"]
         assert rows[label]["metric_err_median"] == summary["error"]["median"][0]
-    for label in bench.GUIDED:  # guided runs begin from the allocator and screen: work the plain run does not
-        assert per[label][0]["screened_share"] > 0 or rows[label]["evals_to_tpe_hv"] is not None
+    for label in bench.GUIDED:  # the share of real asks that were front neighbours, from the same file
+        summary = summary_of(tmp_path, label)
+        assert per[label][0]["local_share"] == summary["local"] / summary["asked"]
+    for label, [row] in per.items():  # counted again here from the journal: evaluated trials only
+        lines = [json.loads(x) for x in (tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{label}-s0"
+                                         / "trials.jsonl").read_text().splitlines() if x.strip()]
+        evaluated = [t for t in lines if not t["worker"].startswith("journal") and t["status"] != "infeasible"]
+        assert row["evals"] == len(evaluated) <= len(lines)
+    # the target's value: plain TPE's budget over the best guided strategy's evaluations to TPE's hypervolume
+    [(name, target)] = [(k, v) for k, v in doc["targets"].items() if k.startswith("lenet300_best_guided_")]
+    best = name.removeprefix("lenet300_best_guided_").split("_fewer_")[0]
+    reached = per[best][0]["evals_to_tpe_hv"] or per[best][0]["trials"]
+    assert target["value"] == 24 / reached
     # the targets are there, each with its value and whether it was met (checked against `target` above)
     assert any(k.startswith("lenet300_best_guided_") for k in doc["targets"])
     assert {f"lenet300_{label}_final_hv_minus_knapsack" for label in bench.GUIDED} <= set(doc["targets"])
     assert {r["model"] for r in doc["rows"]} == {"lenet300"}  # --quick alone: lenet300 only
+
+
+def summary_of(tmp_path, label, part="lenet300"):
+    """A guided run's surrogate.json summary."""
+    path = tmp_path / "bench-efficiency" / "runs" / part / f"{label}-s0" / "surrogate.json"
+    return json.loads(path.read_text())["summary"]
 
 
 def _tiny_resnet20(monkeypatch, bench):
@@ -183,4 +200,6 @@ def test_bench_only_refuses_unknown_parts_and_benches_without_parts(tmp_path, ca
     assert main(["bench", "search", "--quick", "--only", "lenet300", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "'search'" in err and "--only" in err
+    assert main(["bench", "efficiency", "--quick", "--only", ",", "--runs-dir", str(tmp_path)]) == 2
+    assert "names no part" in capsys.readouterr().err
     assert not (tmp_path / "bench-efficiency").exists() and not (tmp_path / "bench-search").exists()

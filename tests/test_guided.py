@@ -9,7 +9,7 @@ import pytest
 
 from autocomp.errors import AutocompError
 from autocomp.optimizers import SearchContext, Told, make_optimizer
-from autocomp.optimizers.guided import AdditiveSurrogate
+from autocomp.optimizers.guided import AdditiveSurrogate, key
 from autocomp.testing.conformance import check_optimizer, reference_space, run_steps
 from autocomp.testing.fake import fake_metrics
 from autocomp.testing.processes import MNIST_SPACE, cli, journal, kill_when, whole_mnist_run
@@ -142,7 +142,8 @@ def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_
         known += [model.to_model(r["predicted"]) for r in guide.predictions.values()]  # pending asks count
         mean, std = model.predict_model(params)
         assert np.allclose(model.from_model(mean), predicted)  # what the host is told is the prediction
-        rejected.append((mean, np.zeros(2) if std is None else std, known))
+        repeat = key(params) in guide.tried or key(params) in guide.predictions
+        rejected.append((mean, np.zeros(2) if std is None else std, known, repeat))
         original(params, predicted)
 
     opt._reject = spy
@@ -150,9 +151,10 @@ def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_
     guide = opt.guide
     assert guide.counts["screened"] == len(rejected) > 0
     assert guide.counts["proposed"] == guide.counts["screened"] + guide.counts["asked"]
-    for predicted, std, known in rejected:  # weakly dominated even when moved by a deviation: adds nothing
-        optimistic = (predicted[0] + std[0], predicted[1] - std[1])
-        assert any(q[0] >= optimistic[0] and q[1] <= optimistic[1] for q in known)
+    for predicted, std, known, repeat in rejected:  # a repeat, or adds nothing even when moved by a deviation:
+        optimistic = (predicted[0] + std[0], predicted[1] - std[1])  # weakly dominated, or beyond the worst known
+        assert (repeat or any(q[0] >= optimistic[0] and q[1] <= optimistic[1] for q in known)
+                or optimistic[0] < min(q[0] for q in known) or optimistic[1] > max(q[1] for q in known))
     predicted_trials = [t for t in opt.study.get_trials() if t.user_attrs.get("predicted")]
     assert len(predicted_trials) == len(rejected)
     doc = json.loads((tmp_path / "surrogate.json").read_text())
@@ -167,24 +169,30 @@ def test_a_screened_candidate_adds_no_predicted_hypervolume_and_each_evaluation_
 
 def test_pools_pick_the_largest_predicted_gain_and_neighbours_stay_next_to_the_front():
     opt = make("tpe", pool=3, local=6)
-    picked = []
+    pools = []
     original = opt.guide._gains
 
     def spy(model, candidates):
         gains, predicted = original(model, candidates)
-        picked.append((list(candidates), gains))
+        pools.append((list(candidates), gains))
         return gains, predicted
 
     opt.guide._gains = spy
-    drive(opt, 60, batch=1)
-    guide = opt.guide
-    assert guide.counts["local"] > 0 and guide.counts["asked"] == len(guide.records)
+    guide, checked = opt.guide, 0
+    while guide.counts["asked"] + len(guide.allocator.measured) < 60:
+        pools.clear()
+        tried = set(guide.tried)
+        [candidate] = opt.ask(1)
+        if pools:  # a screened ask: it comes from the last pool, the best new one there when any was promising
+            candidates, gains = pools[-1]
+            new = [g for c, g in zip(candidates, gains) if json.dumps(c, sort_keys=True) not in tried]
+            assert candidate in candidates
+            if max(new) > 0:
+                assert gains[candidates.index(candidate)] == max(new)
+                checked += 1
+        opt.tell([Told(candidate, fake(opt.space, candidate))])
+    assert checked > 10 and guide.counts["local"] > 0 and guide.counts["asked"] == len(guide.records)
     assert sum(r["source"] == "local" for r in guide.records) == guide.counts["local"]
-    asked = [r["params"] for r in guide.records]
-    for candidates, gains in picked:
-        best = max(gains)
-        if best > 0:  # a promising pool: what was asked is the pool's best
-            assert any(c in asked and g == best for c, g in zip(candidates, gains))
     measured = [p for p, _ in guide.measured]
     for record in guide.records:
         if record["source"] == "local":  # new, and one or two knobs away from a point measured before it
@@ -193,6 +201,55 @@ def test_pools_pick_the_largest_predicted_gain_and_neighbours_stay_next_to_the_f
             assert min(sum(record["params"][k] != m[k] for k in m) for m in before) in (1, 2)
     with pytest.raises(AutocompError, match="pool must be at least 1"):
         make("tpe", pool=0)
+    with pytest.raises(AutocompError, match="local must be 0 or more"):
+        make("tpe", local=-1)
+
+
+def test_neighbours_move_along_any_grid_and_never_repeat_a_told_candidate():
+    from autocomp.optimizers.guided import Guide
+    from autocomp.space import BoundSpace, Choice, FloatRange, IntRange, Param
+
+    space = BoundSpace(params=(
+        Param(name="a.prune.ratio", domain=FloatRange(low=0.0, high=1.0), primitive="prune", knob="prune.ratio",
+              layers=("a",), compresses=1),  # no step: a continuous range
+        Param(name="a.lowrank.rank", domain=IntRange(low=1, high=256), primitive="lowrank", knob="lowrank.rank",
+              layers=("a",), compresses=-1),  # more values than the fine grid holds
+        Param(name="a.quantize.mode", domain=Choice(values=("x", "y", "z")), primitive="quantize",
+              knob="quantize.mode", layers=("a",)),
+    ), layers=("a",))
+    guide = Guide(space, directions=MO, seed=0, context=SearchContext())
+    front = [({"a.prune.ratio": 0.37, "a.lowrank.rank": 101, "a.quantize.mode": "y"}, [0.9, 10.0]),
+             ({"a.prune.ratio": 0.8, "a.lowrank.rank": 7, "a.quantize.mode": "z"}, [0.8, 5.0])]
+    guide.tell([Told(p, tuple(v)) for p, v in front])
+    infeasible = {"a.prune.ratio": 0.37, "a.lowrank.rank": 101, "a.quantize.mode": "x"}
+    guide.tell([Told(infeasible, (0.95, 9.0), violation=1.0)])
+    found = guide._neighbours(40)
+    assert len(found) > 10
+    for candidate in found:
+        assert space.contains(candidate)
+        assert min(sum(candidate[k] != p[k] for k in p) for p, _ in front) in (1, 2)
+        assert key(candidate) not in guide.tried  # neither a measured one nor the infeasible one
+    assert key(infeasible) in guide.tried and infeasible not in [p for p, _ in guide.measured]
+
+
+def test_a_cost_measured_at_zero_is_modelled_linearly_and_a_state_with_pending_asks_resumes():
+    opt = make("tpe")
+    drive(opt, 40)
+    guide = opt.guide
+    assert guide.surrogate().log.tolist() == [False, True]  # size, a positive cost: log space
+    pending = opt.ask(2)
+    state = json.loads(json.dumps(opt.state_dict()))
+    clone = make("tpe")
+    clone.load_state_dict(state)
+    results = [Told(c, fake(opt.space, c)) for c in pending]
+    for o in (opt, clone):
+        o.tell(results)
+    assert run_steps(clone, 6) == run_steps(opt, 6)
+    zero = dict(pending[0])
+    zero["fc1.prune.ratio"] = 0.95 if zero["fc1.prune.ratio"] != 0.95 else 0.9
+    opt.tell([Told(zero, (0.5, 0.0))])  # a cost of 0 has no logarithm
+    assert opt.guide.surrogate().log.tolist() == [False, False]
+    assert np.isfinite(opt.guide.surrogate().predict(zero)).all()
 
 
 def test_costs_are_modelled_in_log_space_where_knob_factors_multiply():

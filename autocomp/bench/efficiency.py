@@ -37,7 +37,10 @@ For each: the evaluations, the evaluation seconds and the wall time to first rea
 hypervolume of the same seed (counted from the first trial, the sensitivity phase included); the final
 hypervolume; the hypervolume at 25%, 50% and 100% of plain TPE's wall time of the same seed (a strategy done
 earlier keeps its final one); for the guided ones the surrogate's error on every candidate it let through
-(the first objective absolute; size relative) and the share of proposed candidates it screened out;
+(the first objective absolute; size relative), the share of the host's candidates it screened out and the
+share of real evaluations that were neighbours of the front (`local_share`); evaluations count only trials
+really evaluated (a repeat answered from the journal is none), and a median over seeds of "to TPE's
+hypervolume" is empty unless most seeds reached it;
 `proxy_s` is the proxies' wall time, to compare with `eval_s_median`, one evaluation's. Wall time: the
 runner journals no clock time per trial, so each evaluation records its own (an extra metric,
 `bench_elapsed_s`: seconds since the search call began, taken as the evaluation ends); a trial answered from
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import json
 import math
 import shutil
@@ -110,7 +114,8 @@ LM_REFERENCE_PPL = 1.5  # lm's reference: 1.5 x the fp32 model's validation perp
 COLUMNS = ("model", "strategy", "evals", "hv_final", "evals_to_tpe_hv", "eval_s_to_tpe_hv", "wall_s_to_tpe_hv",
            "wall_s", *(f"hv_at_tpe_wall_{round(100 * f)}" for f in WALL_FRACTIONS), "reached",
            "metric_err_median", "metric_err_p90", "size_relerr_median", "size_relerr_p90", "screened_share",
-           "proxy_s", "eval_s_median")
+           "local_share", "proxy_s", "eval_s_median")
+TO_TPE_HV = ("evals_to_tpe_hv", "eval_s_to_tpe_hv", "wall_s_to_tpe_hv")
 
 
 @dataclass
@@ -191,9 +196,12 @@ def hv_at_time(curve: Sequence[float], finish: Sequence[float], seconds: float) 
     return curve[k - 1] if k else 0.0
 
 
-def _median(values: list[Any]) -> float | None:
-    got = [v for v in values if v is not None]
-    return statistics.median(got) if got else None
+def _median(values: list[Any], missing_is_worst: bool = False) -> float | None:
+    """The median of the values given; with `missing_is_worst` a None (never reached) counts as infinite."""
+    got = [math.inf if v is None and missing_is_worst else v for v in values]
+    got = [v for v in got if v is not None]
+    median = statistics.median(got) if got else None
+    return None if median == math.inf else median
 
 
 def choose_parts(only: str | Sequence[str] | None, quick: bool) -> tuple[str, ...]:
@@ -336,6 +344,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
     for seed in seeds:
         curves: dict[str, list[float]] = {}
         finish: dict[str, list[float]] = {}
+        counted: dict[str, list[int]] = {}
         for label, (optimizer, settings) in strategies.items():
             budget = case.allocator_budget if _begins_with_allocator(optimizer, settings) else case.budget
             started = time.time()  # wall clock: the stamp below is read in the evaluating process
@@ -351,13 +360,17 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
             trials = sorted(res.trials, key=lambda t: t.id)
             curves[label] = hv_curve(trials, case.metric, case.direction, case.reference)
             finish[label] = finish_times(trials)
+            # evaluations so far after each journal row (a repeat answered from the journal is no evaluation)
+            counted[label] = list(itertools.accumulate(int(t.evaluated) for t in trials))
             row: dict[str, Any] = {"model": part, "strategy": label, "seed": seed, "trials": budget,
-                                   "evals": len(trials), "hv_final": curves[label][-1] if trials else 0.0,
+                                   "evals": counted[label][-1] if trials else 0,
+                                   "hv_final": curves[label][-1] if trials else 0.0,
                                    "wall_s": wall, "eval_seconds": [t.seconds for t in trials]}
             sensitivity = workdir / f"{label}-s{seed}" / "sensitivity.json"
             if sensitivity.is_file():  # the gradient proxies' wall time (the fisher rows' whole sensitivity step)
                 row["proxy_s"] = json.loads(sensitivity.read_text()).get("fisher", {}).get("seconds")
-            row["eval_s_median"] = statistics.median(t.seconds for t in trials) if trials else None
+            seconds = [t.seconds for t in trials if t.evaluated]
+            row["eval_s_median"] = statistics.median(seconds) if seconds else None
             surrogate = workdir / f"{label}-s{seed}" / "surrogate.json"
             if surrogate.is_file():
                 summary = json.loads(surrogate.read_text())["summary"]
@@ -366,7 +379,8 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
                            metric_err_p90=error.get("p90", [None])[0],
                            size_relerr_median=error.get("relative_median", [None, None])[1],
                            size_relerr_p90=error.get("relative_p90", [None, None])[1],
-                           screened_share=summary["screened_share"])
+                           screened_share=summary["screened_share"],
+                           local_share=summary.get("local", 0) / max(summary.get("asked", 0), 1))
             per[label].append(row)
             log(f"  {part} seed {seed} {label:13s} {len(trials):4d} evals  hv {row['hv_final']:.4f}  wall {wall:.0f} s")
         target = curves["tpe"][-1]
@@ -374,7 +388,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
         for label in strategies:
             row = per[label][-1]
             k = evals_to_reach(curves[label], target)
-            row["evals_to_tpe_hv"] = k
+            row["evals_to_tpe_hv"] = counted[label][k - 1] if k else None
             row["eval_s_to_tpe_hv"] = sum(row["eval_seconds"][:k]) if k else None
             row["wall_s_to_tpe_hv"] = finish[label][k - 1] if k else None
             row["tpe_wall_s"] = tpe_wall
@@ -391,7 +405,8 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
                                  "reached": f"{sum(k is not None for k in reached)}/{len(rows)}"}
         for column in COLUMNS:
             if column not in entry:
-                entry[column] = _median([r.get(column) for r in rows])
+                # a seed that never reached TPE's hypervolume counts as never: the median is None unless most did
+                entry[column] = _median([r.get(column) for r in rows], missing_is_worst=column in TO_TPE_HV)
         table.append(entry)
     return table, per
 

@@ -41,10 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-from sklearn.linear_model import RidgeCV
 
 from autocomp.optimizers.base import Params, SearchContext, Told
 from autocomp.optimizers.greedy import FISHER
@@ -65,7 +61,10 @@ def key(params: Params) -> str:
 
 
 class AdditiveSurrogate:
-    """Objectives predicted as the reference plus per-knob measured changes, with a ridge correction.
+    """Objectives predicted as the reference plus per-knob measured changes, with a learned correction.
+
+    The correction is a ridge regression and a Gaussian process on what the ridge leaves, which also gives
+    each prediction its uncertainty.
 
     Objectives marked `log` (costs: sizes, FLOPs, latencies, perplexities) are modelled as log10 of their
     value, where the knobs' effects multiply (a layer's bits, pruning and rank each scale its bytes) and so
@@ -115,7 +114,7 @@ class AdditiveSurrogate:
         self.owners = list(owners)
         self.coef: np.ndarray | None = None  # (features + 1, objectives) once fitted
         self.mean = self.std = None
-        self.processes: list[GaussianProcessRegressor] = []  # one per objective, on the ridge's residuals
+        self.processes: list[Any] = []  # scikit-learn GaussianProcessRegressor per objective, on the ridge's residuals
         self.knob_features = len(self.names) * self.ref.size  # the first features: the per-knob changes
 
     def to_model(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -125,7 +124,9 @@ class AdditiveSurrogate:
 
     def from_model(self, values: np.ndarray) -> np.ndarray:
         """The inverse of `to_model`."""
-        return np.where(self.log, 10.0 ** values, values)
+        out = np.array(values, dtype=float)
+        out[..., self.log] = 10.0 ** out[..., self.log]  # only there: a linear objective may be far above 308
+        return out
 
     @staticmethod
     def _position(name: str, order: list[Any], value: Any) -> float:
@@ -171,13 +172,19 @@ class AdditiveSurrogate:
         y = np.array([self.to_model(v) - self._additive(p) for p, v in data])
         self.mean, self.std = x.mean(axis=0), x.std(axis=0)
         self.std[self.std == 0] = 1.0
+        # imported here: every Optuna host imports this module, and only a guided one fits a surrogate
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+        from sklearn.linear_model import RidgeCV
+
         z = (x - self.mean) / self.std
         ridge = RidgeCV(alphas=self.alphas, alpha_per_target=True).fit(z, y)
         self.coef = np.vstack([ridge.coef_.reshape(y.shape[1], -1).T, np.reshape(ridge.intercept_, (1, -1))])
         # what the ridge leaves, a Gaussian process on the per-knob changes models, with its uncertainty
         residual = y - np.hstack([z, np.ones((len(z), 1))]) @ self.coef
         self.processes = []
-        for j in range(y.shape[1]):
+        for j in range(y.shape[1] if self.knob_features else 0):
             kernel = ConstantKernel(1.0) * RBF(length_scale=3.0, length_scale_bounds=(0.1, 100.0)) + WhiteKernel(
                 1e-3, noise_level_bounds=(1e-8, 1.0))
             process = GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=0)
@@ -217,7 +224,8 @@ class Guide:
         context: The run's context (its workdir holds sensitivity.json and surrogate.json).
         levels: Values measured per knob in the sensitivity phase.
         sweep: Budgets the allocator sweeps.
-        tries: Candidates screened out in a row before one is asked anyway.
+        tries: Host candidates screened out in a row before one is asked anyway (counted per pool, so with
+            `pool` p a pool is forced once fewer than p tries are left).
         screen: False: only the guided start, every later candidate asked for real.
         sensitivity: A sensitivity.json (or run directory) to reuse.
         pool: Host candidates drawn for each real evaluation; the surrogate picks among them.
@@ -239,7 +247,8 @@ class Guide:
                                             sweep=sweep, sensitivity=sensitivity)
         self.tries, self.screen = tries, screen
         self.phase = "start"  # "start": the allocator asks; "search": the host asks, screened
-        self.measured: list[tuple[Params, list[float]]] = []  # every real result with values, in told order
+        self.measured: list[tuple[Params, list[float]]] = []  # every feasible real result, in told order
+        self.tried: set[str] = set()  # the keys of every told candidate, failed and infeasible ones included
         self.predictions: dict[str, dict[str, Any]] = {}  # asked for real, not yet told: key -> prediction
         self.records: list[dict[str, Any]] = []  # predicted vs measured for each real evaluation after the start
         self.counts = {"proposed": 0, "screened": 0, "forced": 0, "asked": 0, "local": 0}
@@ -268,6 +277,7 @@ class Guide:
         if self.phase == "start":
             self.allocator.tell(results)
         for told in results:
+            self.tried.add(key(told.params))
             if told.values is not None and told.violation <= 0:  # the front and the fit: feasible results
                 self.measured.append((dict(told.params), [float(v) for v in told.values]))
             pred = self.predictions.pop(key(told.params), None)
@@ -289,14 +299,23 @@ class Guide:
                 ref, moves = self.allocator.one_knob_moves()
             if ref is None:
                 return None
-            # costs (minimised, positive: bytes, FLOPs, latency, perplexity) are modelled in log space
-            log = [d == "minimize" and ref[j] > 0 and all(v[j] > 0 for _, _, v in moves)
-                   for j, d in enumerate(self.directions)]
-            self._surrogate = AdditiveSurrogate(self.space, self.allocator.reference, ref, moves, log=log)
+            self._surrogate = AdditiveSurrogate(self.space, self.allocator.reference, ref, moves,
+                                                log=self._costs(ref, [v for _, _, v in moves]))
+        elif (self._surrogate.log != self._costs(self._surrogate.from_model(self._surrogate.ref), [])).any():
+            self._surrogate = None  # a measured cost was not positive: that objective is modelled linearly
+            return self.surrogate()
         if self._fitted != len(self.measured):
             self._surrogate.fit(self.measured)
             self._fitted = len(self.measured)
         return self._surrogate
+
+    def _costs(self, ref: Sequence[float], more: Sequence[Sequence[float]]) -> np.ndarray:
+        """Per objective, whether it is a cost modelled in log space: minimised, and every value known positive.
+
+        Bytes, FLOPs, latency and perplexity are; the knobs' effects on them multiply.
+        """
+        values = [ref, *more, *(v for _, v in self.measured)]
+        return np.array([d == "minimize" and all(v[j] > 0 for v in values) for j, d in enumerate(self.directions)])
 
     def _gains(self, model: AdditiveSurrogate, candidates: Sequence[Params]) -> tuple[list[float], list[np.ndarray]]:
         """The hypervolume each candidate's optimistic prediction adds to what is known, and its prediction.
@@ -310,6 +329,8 @@ class Guide:
         sign = np.array([1.0 if d == "maximize" else -1.0 for d in self.directions])
         pending = [model.to_model(r["predicted"]) for r in self.predictions.values()]
         known = np.array([model.to_model(v) for _, v in self.measured] + pending, dtype=float)
+        if not len(known):  # nothing feasible measured yet: no front to add to
+            return [0.0] * len(candidates), [model.predict(c) for c in candidates]
         points = known[pareto_front(known, self.directions)]
         worst = np.where(sign > 0, known.min(axis=0), known.max(axis=0))
         reference = worst - sign * 0.1 * np.maximum(np.ptp(known, axis=0), 1e-12)
@@ -325,7 +346,8 @@ class Guide:
     def _neighbours(self, count: int) -> list[Params]:
         """`count` new candidates one or two knobs away (a step along the grid) from measured front points.
 
-        Drawn with a generator seeded by the run's seed and how many candidates were proposed so far, so a
+        Never one told before (failed and infeasible ones included) or still pending. Drawn with a generator
+        seeded by the run's seed, how many host candidates were proposed and how many results measured, so a
         resumed run draws the same ones.
         """
         values = np.array([v for _, v in self.measured], dtype=float)
@@ -333,7 +355,7 @@ class Guide:
         if not front or not count:
             return []
         rng = np.random.default_rng([self.seed, self.counts["proposed"], len(self.measured)])
-        seen = {key(p) for p, _ in self.measured} | set(self.predictions)
+        seen = self.tried | set(self.predictions)
         out: dict[str, Params] = {}
         for _ in range(4 * count):
             if len(out) == count:
@@ -342,7 +364,7 @@ class Guide:
             for param in rng.choice(self.space.params, size=min(int(rng.integers(1, 3)), len(self.space.params)),
                                     replace=False):
                 grid = _fine_grid(param)
-                here = grid.index(param.domain.nearest(candidate[param.name])) if len(grid) > 1 else 0
+                here = _grid_index(grid, candidate[param.name])
                 # a step of up to an eighth of the grid: one value of a short choice, a few of a fine range
                 step = int(rng.integers(1, max(1, len(grid) // 8) + 1)) * int(rng.choice([-1, 1]))
                 candidate[param.name] = grid[min(max(here + step, 0), len(grid) - 1)]
@@ -394,7 +416,7 @@ class Guide:
         Returns:
             The candidates to evaluate for real.
         """
-        model = self.surrogate()
+        model = self.surrogate() if self.screen else None
         out: list[Params] = []
         rejected = 0
         while len(out) < n:
@@ -413,6 +435,9 @@ class Guide:
                 continue
             pool = hosts + self._neighbours(self.local)
             gains, predicted = self._gains(model, pool)
+            for i, candidate in enumerate(hosts):  # one told before or still pending is not asked twice
+                if key(candidate) in self.tried or key(candidate) in self.predictions:
+                    gains[i] = -np.inf
             best = int(np.argmax(gains))
             promising = gains[best] > 0
             forced = not promising and rejected + len(hosts) >= self.tries
@@ -422,8 +447,8 @@ class Guide:
                 for candidate, values in zip(hosts, predicted):
                     reject(candidate, [float(v) for v in values])
                 continue
-            if forced:
-                best = 0
+            if forced:  # the host's likeliest (the first of the new ones, if any is new)
+                best = int(np.argmax(gains[: len(hosts)]))
                 self.counts["forced"] += 1
             rejected = 0
             for i, (candidate, values) in enumerate(zip(hosts, predicted)):
@@ -470,6 +495,7 @@ class Guide:
         """JSON state: the allocator's, the phase, measurements, pending predictions, records and counts."""
         return json.loads(json.dumps({
             "allocator": self.allocator.state_dict(), "phase": self.phase, "measured": self.measured,
+            "tried": sorted(self.tried),
             "predictions": self.predictions, "records": self.records, "counts": self.counts}))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -477,14 +503,28 @@ class Guide:
         self.allocator.load_state_dict(state["allocator"])
         self.phase = state["phase"]
         self.measured = [(dict(p), list(v)) for p, v in state["measured"]]
+        self.tried = set(state["tried"])
         self.predictions = {k: dict(v) for k, v in state["predictions"].items()}
         self.records = [dict(r) for r in state["records"]]
         self.counts = dict(state["counts"])
         self._surrogate, self._fitted = None, -1
 
 
+def _grid_index(grid: list[Any], value: Any) -> int:
+    """Where `value` sits on a knob's grid: its index, or the nearest number's (0 for an unlisted name)."""
+    if value in grid:
+        return grid.index(value)
+    numeric = [i for i, g in enumerate(grid) if isinstance(g, (int, float)) and not isinstance(g, bool)]
+    if numeric and isinstance(value, (int, float)):
+        return min(numeric, key=lambda i: abs(grid[i] - value))
+    return 0
+
+
 def _fine_grid(param: Any) -> list[Any]:
-    """A knob's values, least compressive first, on a fine grid (every step of a stepped range up to 64)."""
+    """A knob's values on a fine grid (every step of a stepped range up to 64).
+
+    Least compressive first where the knob says which way compresses, else in the order the space lists them.
+    """
     values = param.domain.grid(64)
     if param.compresses and all(isinstance(v, (int, float)) for v in values):
         return sorted(values, reverse=param.compresses < 0)
