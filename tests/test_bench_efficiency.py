@@ -189,6 +189,11 @@ def test_hypervolume_at_wall_time_counts_trials_finished_by_then():
     assert curve[0] == (0.95 - 0.9) * (3 - 2) and curve[1] == (0.97 - 0.9) * (3 - 1)
     assert hv_at_time(curve, finish, 0.5) == 0.0 and hv_at_time(curve, finish, 1.0) == curve[0]
     assert hv_at_time(curve, finish, 2.9) == curve[0] and hv_at_time(curve, finish, 10.0) == curve[-1]
+    from autocomp.bench.efficiency import evals_to_reach
+
+    rising = [0.0, 0.0, 0.1, 0.2]
+    assert evals_to_reach(rising, 0.15) == 4 and evals_to_reach(rising, 0.3) is None
+    assert evals_to_reach(rising, 0.0) == 3  # TPE found nothing: the first point inside the box beats it
 
 
 def test_bench_only_refuses_unknown_parts_and_benches_without_parts(tmp_path, capsys):

@@ -152,8 +152,12 @@ class Case:
 
 
 def evals_to_reach(curve: list[float], target: float) -> int | None:
-    """The first k (1-based) whose hypervolume reaches `target` (within 1e-12), None when none does."""
-    return next((k + 1 for k, hv in enumerate(curve) if hv >= target - 1e-12), None)
+    """The first k (1-based) whose hypervolume reaches `target` (within 1e-12), None when none does.
+
+    A target of 0 (plain TPE found no point inside the reference box) is reached by the first point inside
+    it, not by the first trial: nothing is not a front to match.
+    """
+    return next((k + 1 for k, hv in enumerate(curve) if hv >= target - 1e-12 and hv > 0), None)
 
 
 def hv_curve(trials: Sequence[Any], metric: str, direction: str, reference: tuple[float, float]) -> list[float]:
@@ -391,7 +395,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
             row["evals_to_tpe_hv"] = counted[label][k - 1] if k else None
             row["eval_s_to_tpe_hv"] = sum(row["eval_seconds"][:k]) if k else None
             row["wall_s_to_tpe_hv"] = finish[label][k - 1] if k else None
-            row["tpe_wall_s"] = tpe_wall
+            row["tpe_wall_s"], row["tpe_hv"] = tpe_wall, target
             for fraction in WALL_FRACTIONS:
                 row[f"hv_at_tpe_wall_{round(100 * fraction)}"] = hv_at_time(curves[label], finish[label],
                                                                             fraction * tpe_wall)
