@@ -467,8 +467,11 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, only: str | Sequenc
 
         guided = [label for label in GUIDED if label in strategies]
         best = max(guided, key=reduction)
-        result.target(f"{part}_best_guided_{best}_fewer_evals_than_tpe_to_its_final_hv", reduction(best), ">=",
-                      REDUCTION)
+        name = f"{part}_best_guided_{best}_fewer_evals_than_tpe_to_its_final_hv"
+        result.target(name, reduction(best), ">=", REDUCTION)
+        if all(r["tpe_hv"] <= 0 for r in per["tpe"]):  # met or not, it says nothing: say so beside it
+            result.targets[name]["vacuous"] = ("plain TPE's final hypervolume is 0 on every seed (no point inside "
+                                               "the reference box): any point inside reaches it")
         knapsack_hv = statistics.median(r["hv_final"] for r in per["knapsack"])
         for label in guided:
             hv = statistics.median(r["hv_final"] for r in per[label])
