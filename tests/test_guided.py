@@ -317,3 +317,14 @@ def test_a_guided_run_resumes_after_sigkill_to_the_same_trials(tmp_path):
     assert [r["params"] for r in resumed] == [r["params"] for r in whole]
     again = json.loads((run_dir / "surrogate.json").read_text())
     assert again["records"] == surrogate["records"] and again["summary"] == surrogate["summary"]
+
+
+def test_a_checkpoint_from_before_the_told_set_still_resumes():
+    opt = make("tpe")
+    drive(opt, 40)
+    state = json.loads(json.dumps(opt.state_dict()))
+    del state["guide"]["tried"], state["guide"]["counts"]["local"]  # as the previous release saved it
+    clone = make("tpe")
+    clone.load_state_dict(state)
+    assert clone.guide.tried == {key(p) for p, _ in opt.guide.measured} and clone.guide.counts["local"] == 0
+    assert len(run_steps(clone, 4)) == 8

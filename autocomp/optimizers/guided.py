@@ -503,10 +503,11 @@ class Guide:
         self.allocator.load_state_dict(state["allocator"])
         self.phase = state["phase"]
         self.measured = [(dict(p), list(v)) for p, v in state["measured"]]
-        self.tried = set(state["tried"])
+        # a checkpoint from before the told set and the neighbour count: what it measured, and none counted
+        self.tried = set(state.get("tried", [key(p) for p, _ in self.measured]))
         self.predictions = {k: dict(v) for k, v in state["predictions"].items()}
         self.records = [dict(r) for r in state["records"]]
-        self.counts = dict(state["counts"])
+        self.counts = {"local": 0, **state["counts"]}
         self._surrogate, self._fitted = None, -1
 
 
