@@ -363,7 +363,7 @@ class Guide:
             candidate = dict(front[int(rng.integers(len(front)))])
             for param in rng.choice(self.space.params, size=min(int(rng.integers(1, 3)), len(self.space.params)),
                                     replace=False):
-                grid = _fine_grid(param)
+                grid = param.ordered(64)  # a fine grid: every step of a stepped range up to 64
                 here = _grid_index(grid, candidate[param.name])
                 # a step of up to an eighth of the grid: one value of a short choice, a few of a fine range
                 step = int(rng.integers(1, max(1, len(grid) // 8) + 1)) * int(rng.choice([-1, 1]))
@@ -519,17 +519,6 @@ def _grid_index(grid: list[Any], value: Any) -> int:
     if numeric and isinstance(value, (int, float)):
         return min(numeric, key=lambda i: abs(grid[i] - value))
     return 0
-
-
-def _fine_grid(param: Any) -> list[Any]:
-    """A knob's values on a fine grid (every step of a stepped range up to 64).
-
-    Least compressive first where the knob says which way compresses, else in the order the space lists them.
-    """
-    values = param.domain.grid(64)
-    if param.compresses and all(isinstance(v, (int, float)) for v in values):
-        return sorted(values, reverse=param.compresses < 0)
-    return list(values)
 
 
 def guide_wants_proxies(settings: Mapping[str, Any]) -> bool:

@@ -176,9 +176,9 @@ class Param:
     layers: tuple[str, ...]
     compresses: int = 0
 
-    def ordered(self) -> list[Any]:
-        """The domain's grid (at most 10 values for a range) from least to most compressive."""
-        values = self.domain.grid(10)
+    def ordered(self, max_points: int = 10) -> list[Any]:
+        """The domain's grid (at most `max_points` values for a range) from least to most compressive."""
+        values = self.domain.grid(max_points)
         if self.compresses and all(isinstance(v, (int, float)) for v in values):
             return sorted(values, reverse=self.compresses < 0)
         return values
