@@ -177,7 +177,8 @@ def test_bench_efficiency_lm_part_scores_perplexity(tmp_path, monkeypatch):
 def test_hypervolume_at_wall_time_counts_trials_finished_by_then():
     from types import SimpleNamespace
 
-    from autocomp.bench.efficiency import STAMP, finish_times, hv_at_time, hv_curve
+    from autocomp.bench.efficiency import STAMP, finish_times, hv_at_time
+    from autocomp.bench.search import hypervolumes as hv_curve
 
     def trial(acc, size, stamp=None, status="complete"):
         metrics = {"accuracy": acc, "size_bytes": size, **({STAMP: stamp} if stamp is not None else {})}

@@ -70,7 +70,6 @@ from autocomp.bench import search as search_bench
 from autocomp.bench.common import BenchResult, cached_baseline, publish
 from autocomp.errors import AutocompError
 from autocomp.metrics import accuracy
-from autocomp.pareto import hypervolume
 from autocomp.runtimes import LatencySpec
 from autocomp.zoo.train import TrainSpec
 
@@ -158,26 +157,6 @@ def evals_to_reach(curve: list[float], target: float) -> int | None:
     it, not by the first trial: nothing is not a front to match.
     """
     return next((k + 1 for k, hv in enumerate(curve) if hv >= target - 1e-12 and hv > 0), None)
-
-
-def hv_curve(trials: Sequence[Any], metric: str, direction: str, reference: tuple[float, float]) -> list[float]:
-    """Hypervolume over (metric, log10 size_bytes) of the first k complete trials, for every k.
-
-    Args:
-        trials: Trials in the order they were asked.
-        metric: The first objective's metric name, e.g. accuracy or perplexity.
-        direction: Its direction, "maximize" or "minimize" (size always minimized).
-        reference: (metric, log10 size_bytes) bounding the volume: points beyond it count for nothing.
-
-    Returns:
-        One hypervolume per trial: entry k-1 is that of trials[:k].
-    """
-    out, points = [], []
-    for t in trials:
-        if t.status == "complete":
-            points.append((t.metrics[metric], math.log10(t.metrics["size_bytes"])))
-        out.append(hypervolume(points, reference, (direction, "minimize")) if points else 0.0)
-    return out
 
 
 def finish_times(trials: Sequence[Any]) -> list[float]:
@@ -362,7 +341,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
                                   extra_metrics={STAMP: elapsed}, **case.search)
             wall = time.time() - started
             trials = sorted(res.trials, key=lambda t: t.id)
-            curves[label] = hv_curve(trials, case.metric, case.direction, case.reference)
+            curves[label] = search_bench.hypervolumes(trials, case.metric, case.direction, case.reference)
             finish[label] = finish_times(trials)
             # evaluations so far after each journal row (a repeat answered from the journal is no evaluation)
             counted[label] = list(itertools.accumulate(int(t.evaluated) for t in trials))

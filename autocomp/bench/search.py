@@ -16,7 +16,7 @@ import math
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +44,25 @@ def space():
     return load_run_spec(SPACE_FILE, models=MODELS, datasets=DATASETS).space
 
 
-def hv_curve(trials: list[Any], fp32_bytes: int, checkpoints: list[int]) -> list[float]:
-    """Hypervolume of the first k trials, for each k in checkpoints."""
-    ref = (REFERENCE_ACCURACY, math.log10(fp32_bytes))
+def hypervolumes(trials: Sequence[Any], metric: str, direction: str, reference: tuple[float, float],
+                 checkpoints: Sequence[int] | None = None) -> list[float]:
+    """Hypervolume over (metric, log10 size_bytes) of the complete trials among the first k, for each k.
+
+    Args:
+        trials: Trials in the order they were asked.
+        metric: The first objective's metric name, e.g. accuracy or perplexity.
+        direction: Its direction, "maximize" or "minimize" (size always minimized).
+        reference: (metric, log10 size_bytes) bounding the volume: points beyond it count for nothing.
+        checkpoints: The k's (default: every k, 1 to len(trials)).
+
+    Returns:
+        One hypervolume per checkpoint.
+    """
     out = []
-    for k in checkpoints:
-        points = [(t.metrics["accuracy"], math.log10(t.metrics["size_bytes"])) for t in trials[:k]
+    for k in range(1, len(trials) + 1) if checkpoints is None else checkpoints:
+        points = [(t.metrics[metric], math.log10(t.metrics["size_bytes"])) for t in trials[:k]
                   if t.status == "complete"]
-        out.append(hypervolume(points, ref, ("maximize", "minimize")))
+        out.append(hypervolume(points, reference, (direction, "minimize")))
     return out
 
 
@@ -117,7 +128,8 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, log: Callable[[str]
                                   calibration_data=(splits.train[0][:256], splits.train[1][:256]))
             walls.append(time.perf_counter() - start)
             trials = sorted(res.trials, key=lambda t: t.id)
-            curve = hv_curve(trials, fp32_bytes, checkpoints)
+            curve = hypervolumes(trials, "accuracy", "maximize", (REFERENCE_ACCURACY, math.log10(fp32_bytes)),
+                                 checkpoints)
             curves.setdefault(strategy, []).append(curve)
             for b in budgets:
                 per_budget[b]["hv"].append(curve[checkpoints.index(b)])
