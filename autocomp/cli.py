@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from importlib import resources
@@ -267,8 +268,6 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """`autocomp bench`: run one of the named benchmarks (`--only`: some of its parts, where it has parts)."""
-    import inspect
-
     run = importlib.import_module(BENCHES[args.name]).main
     chosen: dict[str, tuple[str, ...]] = {}
     if args.only is not None:  # a bench whose main takes `only` has parts; the others refuse the option
