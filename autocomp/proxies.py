@@ -76,6 +76,13 @@ def _effective_weight(model: nn.Module, layer: str) -> torch.Tensor | None:
     return weight.detach() if isinstance(weight, torch.Tensor) else None
 
 
+def _weights(model: nn.Module, layers: list[str]) -> tuple[list[str], list[torch.Tensor]]:
+    """The layers that hold a weight tensor, and those tensors (an attention module searched for heads has none)."""
+    named = [(name, _effective_weight(model, name)) for name in layers]
+    kept = [(name, model.get_submodule(name)) for name, w in named if w is not None]
+    return [name for name, _ in kept], [weight_of(module) for _, module in kept]
+
+
 def _batches(data: tuple[torch.Tensor, torch.Tensor], count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     x, y = data
     size = max(1, math.ceil(len(x) / max(count, 1)))
@@ -94,10 +101,10 @@ def fisher_diagonal(model: nn.Module, layers: list[str], data: tuple[torch.Tenso
         batches: How many batches the rows are split into (one gradient each).
 
     Returns:
-        Layer name -> a tensor of the weight's shape.
+        Layer name -> a tensor of the weight's shape (a layer without a weight tensor is left out).
     """
     work = copy.deepcopy(model).eval()
-    weights = [weight_of(work.get_submodule(name)) for name in layers]
+    layers, weights = _weights(work, layers)
     for w in weights:
         w.requires_grad_(True)
     out = {name: torch.zeros_like(w, dtype=torch.float64) for name, w in zip(layers, weights)}
@@ -125,10 +132,10 @@ def hutchinson_trace(model: nn.Module, layers: list[str], data: tuple[torch.Tens
         seed: Seeds the probes.
 
     Returns:
-        Layer name -> the estimated trace.
+        Layer name -> the estimated trace (a layer without a weight tensor is left out).
     """
     work = copy.deepcopy(model).eval()
-    weights = [weight_of(work.get_submodule(name)) for name in layers]
+    layers, weights = _weights(work, layers)
     for w in weights:
         w.requires_grad_(True)
     x, y = data
@@ -165,8 +172,8 @@ def proxy_table(model: nn.Module, bound: BoundSpace, data: tuple[torch.Tensor, t
         The table; see `ProxyTable`.
     """
     start = time.perf_counter()
-    layers = list(bound.layers)
-    fisher = fisher_diagonal(model, layers, data, task, batches=batches)
+    fisher = fisher_diagonal(model, list(bound.layers), data, task, batches=batches)
+    layers = list(fisher)  # those with a weight tensor
     table = ProxyTable(rows=len(data[0]))
     table.weights = {name: int(f.numel()) for name, f in fisher.items()}
     if probes > 0:
@@ -194,8 +201,9 @@ def proxy_table(model: nn.Module, bound: BoundSpace, data: tuple[torch.Tensor, t
                 continue
             changed, policy = built({**reference, p.name: value})
             entry: dict[str, float] = {}
-            loss, comparable = 0.0, True
-            for name in layers:
+            # a knob of a layer without a weight (attention's heads) changes what no weight comparison sees
+            loss, comparable = 0.0, set(p.layers) <= set(layers)
+            for name in layers if comparable else ():
                 before, after = base_weights[name], _effective_weight(changed, name)
                 if before is None or after is None or not after.shape == before.shape == fisher[name].shape:
                     comparable = False

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import autocomp
 from autocomp.errors import AutocompError
 from autocomp.optimizers import Told, make_optimizer
-from autocomp.optimizers.knapsack import budget_sweep, predicted_total, solve_allocation
+from autocomp.optimizers.knapsack import budget_sweep, predicted_total, solve_allocation, spread_order
 from autocomp.testing.conformance import check_beats_random, check_optimizer, reference_space
 from autocomp.testing.fake import fake_metrics
 from autocomp.testing.tiny import fast_latency, tiny_space
@@ -109,7 +110,17 @@ def test_every_allocation_keeps_its_budget_in_prediction():
     assert all(b[0] <= a[0] + 1e-12 and b[1] <= a[1] for a, b in zip(predicted, predicted[1:]))
     # the last budget is the most compressive prediction: every knob at its cheapest measured value
     assert opt.plan[-1]["params"]["fc1.prune.ratio"] == 0.95 and opt.plan[-1]["params"]["fc3.quantize.bits"] == 2
-    assert asked[-len(opt.plan):] == [e["params"] for e in opt.plan]
+    # asked spread over the sweep: the middle budget's first, then the gaps halved
+    assert asked[-len(opt.plan):] == [opt.plan[i]["params"] for i in spread_order(len(opt.plan))]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 12, 33])
+def test_spread_order_is_a_permutation_whose_prefixes_spread(count):
+    order = spread_order(count)
+    assert sorted(order) == list(range(count))
+    for k in range(1, count + 1):  # no gap in a prefix is more than twice as wide as an even spread's
+        edges = [-1, *sorted(order[:k]), count]
+        assert max(b - a for a, b in zip(edges, edges[1:])) <= 2 * math.ceil((count + 1) / (k + 1))
 
 
 def test_a_maximized_second_objective_is_a_lower_bound():

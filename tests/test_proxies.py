@@ -167,3 +167,21 @@ def test_a_fisher_search_makes_no_sensitivity_evaluations_and_writes_the_proxies
     assert 2 <= len(result.trials) <= 7
     sizes = [t.metrics["size_bytes"] for t in result.trials]
     assert min(sizes[1:]) < 0.5 * sizes[0]  # the allocations compress
+
+
+def test_proxies_skip_weightless_layers_and_leave_their_knobs_without_a_loss():
+    # the language-model space searches heads on LlamaAttention, a module with no weight of its own
+    from autocomp.bench import lm as lm_bench
+
+    torch.manual_seed(0)
+    model = lm_bench.build_lm(lm_bench.QUICK).eval()
+    x = torch.randint(0, 256, (8, 16))
+    data = (x, torch.roll(x, -1, dims=1))
+    bound = autocomp.SearchSpace.from_dict(lm_bench.search_space(True)).bind(model, example=x[:1])
+    table = proxy_table(model, bound, data, get_task("language-model"), probes=2)
+    heads = [p.name for p in bound.params if p.primitive == "heads"]
+    assert heads and all("loss" not in e for name in heads for v, e in table.entries[name].items() if v != "0.0")
+    assert not any(name.endswith("self_attn") for name in table.trace)  # no weight, no trace
+    bits = [p.name for p in bound.params if p.knob == "quantize.bits"]
+    assert bits and all(table.entries[n][repr(2)]["loss"] > table.entries[n][repr(4)]["loss"] > 0.0
+                        and table.entries[n][repr(8)]["loss"] == 0.0 for n in bits)  # 8 bits: the reference

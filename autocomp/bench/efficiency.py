@@ -106,7 +106,9 @@ RESNET_VAL_ROWS = 500
 # (at lr 5e-4 without distillation it lost 7 points of 59.5)
 RESNET_FINETUNE = autocomp.FineTuneSpec(epochs=1, steps=4, batch_size=64, lr=1e-4, kd_alpha=0.5)
 RESNET_QUICK_FINETUNE = autocomp.FineTuneSpec(epochs=1, steps=1, batch_size=32, lr=1e-4, kd_alpha=0.5)
-REFERENCE_ACCURACY_SHARE = 0.9  # resnet20's reference: 90% of the baseline's validation accuracy
+# resnet20's reference: half the baseline's validation accuracy. At 90% plain TPE found no point inside the box
+# in 100 evaluations on any seed (its best scored 32-42% against the baseline's 59%): a target of 0 says nothing
+REFERENCE_ACCURACY_SHARE = 0.5
 LM_VAL_ROWS = 128  # validation blocks of BLOCK bytes (one evaluation batch)
 LM_REFERENCE_PPL = 1.5  # lm's reference: 1.5 x the fp32 model's validation perplexity
 

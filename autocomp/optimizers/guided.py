@@ -269,7 +269,7 @@ class Guide:
             (dict(p), list(v)) for p, v in self.measured if not any(p == q for q, _ in self.allocator.measured)]
 
     def allocations(self) -> list[Params]:
-        """The allocator's solutions, loosest budget first."""
+        """The allocator's solutions, loosest budget first (asked in `spread_order`)."""
         return [dict(e["params"]) for e in self.allocator.plan]
 
     def tell(self, results: Sequence[Told]) -> None:

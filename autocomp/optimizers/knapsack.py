@@ -12,8 +12,9 @@ autocomp's joint space (every knob of every layer, whatever its primitive):
    two ends have one sign: choose exactly one value per knob minimising the summed predicted loss with
    the reference plus the summed predicted changes within the budget. Among equally good allocations the
    one predicted cheapest is taken;
-3. each distinct allocation not measured already is asked, loosest budget first; then there is nothing
-   more to ask (the runner stops early), as with `greedy`.
+3. each distinct allocation not measured already is asked, the middle budget's first and then halving the
+   gaps (`spread_order`), so a run cut short still spans the sweep; then there is nothing more to ask (the
+   runner stops early), as with `greedy`.
 
 The integer program is solved exactly by `scipy.optimize.milp` (SciPy >= 1.9: HiGHS's branch-and-bound),
 so an allocation never exceeds its budget in the predicted cost. Predictions add one knob's measured
@@ -139,6 +140,28 @@ def budget_sweep(start: float, end: float, count: int) -> list[float]:
     return out
 
 
+def spread_order(count: int) -> list[int]:
+    """0..count-1 ordered so that every prefix spreads over the range: the middle first, then halving the gaps.
+
+    Breadth-first over intervals: [0, count) gives its middle, then its halves theirs, and so on.
+
+    Args:
+        count: How many indices.
+
+    Returns:
+        A permutation of range(count).
+    """
+    out, intervals = [], [(0, count - 1)]
+    while intervals:
+        lo, hi = intervals.pop(0)
+        if lo > hi:
+            continue
+        mid = (lo + hi) // 2
+        out.append(mid)
+        intervals += [(lo, mid - 1), (mid + 1, hi)]
+    return out
+
+
 class KnapsackAllocation(SensitivitySearch):
     """Measure each knob alone, then allocate one value per knob exactly (an integer program) per budget.
 
@@ -205,7 +228,9 @@ class KnapsackAllocation(SensitivitySearch):
                 first = float(ref[0]) - loss if self.directions[0] == "maximize" else float(ref[0]) + loss
             self.plan.append({"params": candidate, "budget": budget, "capacity": capacity, "proxy_loss": loss,
                               "predicted": [first, reference_value + worse * cost]})
-        return out
+        # asked spread over the sweep (the plan stays loosest first): a run cut short still spans the budgets
+        head = len(out) - len(self.plan)
+        return out[:head] + [self.plan[i]["params"] for i in spread_order(len(self.plan))]
 
     def _measured_options(self, ref: list[float], measured: list[tuple[str, Any, list[float]]]
                           ) -> tuple[list[str], list[list[Any]], list[list[float]], list[list[float]]]:
