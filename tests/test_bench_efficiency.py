@@ -19,7 +19,7 @@ def test_bench_efficiency_quick(tmp_path, monkeypatch):
     bench.main(quick=True, data_dir=None, runs_dir=str(tmp_path))
     doc = contract(tmp_path / "bench-efficiency" / "results.json", "efficiency")
     rows = {r["strategy"]: r for r in doc["rows"]}
-    assert set(rows) == set(bench.STRATEGIES)
+    assert set(rows) == set(bench.PART_STRATEGIES["lenet300"]) == set(bench.STRATEGIES)
     assert rows["tpe"]["evals"] == 24 and rows["tpe"]["evals_to_tpe_hv"] <= 24  # TPE reaches its own final
     assert rows["knapsack"]["evals"] < 24  # the allocator stops after its sweep
     # with the proxies: no sensitivity phase, only the reference and the allocations, and their wall time
@@ -46,8 +46,34 @@ def test_bench_efficiency_quick(tmp_path, monkeypatch):
     assert target["value"] == 24 / reached
     # the targets are there, each with its value and whether it was met (checked against `target` above)
     assert any(k.startswith("lenet300_best_guided_") for k in doc["targets"])
-    assert {f"lenet300_{label}_final_hv_minus_knapsack" for label in bench.GUIDED} <= set(doc["targets"])
+    def asked(name):
+        path = tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{name}-s0" / "trials.jsonl"
+        return [json.loads(x)["params"] for x in path.read_text().splitlines() if x.strip()]
+
+    for label in bench.GUIDED:  # a guided search asks what its knapsack asks (the same sweep) before its own
+        start = asked(bench.allocator_of(label))
+        assert asked(label)[: len(start)] == start
+    for label in bench.GUIDED:  # knapsack's front against the guided one's: counted here from the journals
+        box = (bench.search_bench.REFERENCE_ACCURACY,
+               __import__("math").log10(doc["settings"]["models"]["lenet300"]["fp32_bytes"]))
+        ours, theirs = (_front(tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{name}-s0", box)
+                        for name in (label, bench.allocator_of(label)))
+        missing = sum(not any(b[0] >= a[0] and b[1] <= a[1] for b in ours) for a in theirs)
+        assert per[label][0]["knapsack_uncovered"] == missing and per[label][0]["knapsack_front"] == len(theirs)
+        name = f"lenet300_{label}_{bench.allocator_of(label).replace('-', '_')}_front_points_not_matched"
+        assert doc["targets"][name]["value"] == missing
     assert {r["model"] for r in doc["rows"]} == {"lenet300"}  # --quick alone: lenet300 only
+
+
+def _front(run_dir, reference):
+    """A run's (accuracy, log10 bytes) Pareto front inside the reference box, from its journal."""
+    import math
+
+    lines = [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines() if x.strip()]
+    points = [(t["metrics"]["accuracy"], math.log10(t["metrics"]["size_bytes"])) for t in lines
+              if t["status"] == "complete"]
+    points = [p for p in points if p[0] > reference[0] and p[1] < reference[1]]
+    return [p for p in points if not any(o[0] >= p[0] and o[1] <= p[1] and o != p for o in points)]
 
 
 def summary_of(tmp_path, label, part="lenet300"):
@@ -87,11 +113,13 @@ def _hv_of_run(run_dir, metric, direction, reference):
 
 def _check_part(doc, part, bench, tmp_path, metric, direction, reference):
     rows = {r["strategy"]: r for r in doc["rows"]}
-    assert set(rows) == set(bench.PART_STRATEGIES[part]) >= {"knapsack", "tpe", "tpe-guided"}
+    assert set(rows) == set(bench.PART_STRATEGIES[part]) >= {"knapsack", "knapsack-fisher", "tpe", "tpe-guided-fisher"}
     assert {r["model"] for r in doc["rows"]} == {part} and doc["settings"]["parts"] == [part]
     per = doc["settings"]["per_seed"][part]
     budget, allocator_budget = bench.QUICK_BUDGETS[part]
-    assert per["tpe"][0]["trials"] == budget and per["tpe-guided"][0]["trials"] == allocator_budget
+    # a measured sensitivity phase gets the larger budget; the proxies' strategies plain TPE's
+    assert per["tpe"][0]["trials"] == per["tpe-guided-fisher"][0]["trials"] == budget
+    assert all(per[label][0]["trials"] == allocator_budget for label in ("tpe-guided", "nsga2-guided") if label in per)
     assert rows["tpe"]["evals_to_tpe_hv"] <= rows["tpe"]["evals"]
     for label, [row] in per.items():
         run_dir = tmp_path / "bench-efficiency" / "runs" / part / f"{label}-s0"
@@ -106,11 +134,11 @@ def _check_part(doc, part, bench, tmp_path, metric, direction, reference):
         assert 0.0 <= at[0] <= at[1] <= at[2] <= row["hv_final"] + 1e-12
     assert per["tpe"][0]["hv_at_tpe_wall_100"] == per["tpe"][0]["hv_final"]  # plain TPE at its own wall time
     targets = doc["targets"]
-    guided = {label for label in rows if label.endswith("-guided")}
-    assert {f"{part}_{label}_final_hv_minus_knapsack" for label in guided} <= set(targets)
+    guided = {label for label in rows if label in bench.GUIDED}
+    assert {f"{part}_{label}_{bench.allocator_of(label).replace('-', '_')}_front_points_not_matched"
+            for label in guided} <= set(targets)
     [best] = [k for k in targets if k.startswith(f"{part}_best_guided_")]
-    assert best.removeprefix(f"{part}_best_guided_").split("_fewer_")[0] in ("tpe-guided", "nsga2-guided")
-    assert not any("fisher" in k for k in targets)  # the proxies are not run on this part
+    assert best.removeprefix(f"{part}_best_guided_").split("_fewer_")[0] in guided
     # a plain TPE that found nothing inside the reference box makes the reduction vacuous, and it says so
     assert ("vacuous" in targets[best]) == (per["tpe"][0]["tpe_hv"] == 0 == per["tpe"][0]["hv_final"])
     return per
@@ -129,7 +157,7 @@ def test_bench_efficiency_resnet20_part_fine_tunes(tmp_path, monkeypatch):
     for label in per:  # every candidate was fine-tuned: the runs were started with the bench's short fine-tuning
         run = json.loads((tmp_path / "bench-efficiency" / "runs" / "resnet20" / f"{label}-s0" / "run.json").read_text())
         assert run["signature"]["finetune"]["epochs"] == 1 and run["signature"]["finetune"]["steps"] == 1
-    assert per["tpe-guided"][0]["screened_share"] is not None  # guided got past the allocator to screening
+    assert per["tpe-guided-fisher"][0]["screened_share"] is not None  # guided got past the allocator to screening
 
 
 def test_resnet20_space_is_per_layer_on_every_conv_and_the_fc():

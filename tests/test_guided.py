@@ -104,6 +104,33 @@ def test_guided_rl_replays_the_allocators_points_as_its_first_episodes():
     assert opt.guide.phase == "search" and opt.guide.counts["proposed"] >= len(after) == 4
 
 
+@pytest.mark.parametrize("name", ("nsga2", "rl"))
+def test_evolution_and_rl_learn_from_the_front_neighbours_the_guide_asks(name):
+    opt = make(name, local=32)
+    drive(opt, 40)
+    assert opt.guide.phase == "search"
+
+    def learned():  # what the host holds to learn from: the pool to select from, or stored transitions
+        return len(opt.evaluated) if name == "nsga2" else opt.model.replay_buffer.size()
+
+    grown = {}
+    for _ in range(30):  # until both a host child and a front neighbour were asked and told
+        counted = opt.guide.counts["local"]
+        [candidate] = opt.ask(1)
+        source = "local" if opt.guide.counts["local"] > counted else "host"
+        before = learned()  # after the ask: screened-out children were told to the host already
+        opt.tell([Told(candidate, fake(opt.space, candidate))])
+        grown.setdefault(source, learned() - before)
+        if name == "nsga2" and source == "local":
+            assert opt._params(opt.evaluated[-1]) == candidate
+            assert opt.evaluated[-1].fitness.values == fake(opt.space, candidate)
+        if len(grown) == 2:
+            break
+    # a neighbour counts like the host's own: one individual more, or one episode's transitions
+    step = 1 if name == "nsga2" else len(opt.env.units)
+    assert grown["local"] == step and grown.get("host", step) == step
+
+
 def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction():
     space = reference_space()
     reference = {p.name: p.least_compressive() for p in space.params}

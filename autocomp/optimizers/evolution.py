@@ -189,10 +189,28 @@ class EvolutionSearch(Optimizer):
         return guide.ask(n, self._ask, self._reject, on_started=lambda: self._start_from(guide.start_points()))
 
     def tell(self, results: list[Told]) -> None:
-        """Tell the guide (when guided), then set the fitness of asked individuals."""
+        """Tell the guide (when guided), then set the fitness of asked individuals.
+
+        Guided, a result this population never asked for (a neighbour of the front the guide picked over
+        its children) joins the pool the next generation is selected from, as the guided start's points do.
+        """
         if self.guide is not None:
             self.guide.tell(results)
+            asked = [self._params(ind) for ind in self.asked]
+            self._adopt([t for t in results if t.params not in asked and self.space.contains(t.params)])
         self._tell(results)
+
+    def _adopt(self, results: list[Told]) -> None:
+        """Results asked elsewhere as individuals of this generation (a failed one loses to every scored one)."""
+        for told in results:
+            ind = self._individual(told.params)
+            if told.values is None:
+                ind.fitness.violation = float(told.violation) if told.violation > 0 else math.inf
+                ind.fitness.values, ind.fitness.scored = self._worst(), False
+            else:
+                ind.fitness.violation = float(told.violation)
+                ind.fitness.values = tuple(told.values)
+            self.evaluated.append(ind)
 
     def _start_from(self, points: list[tuple[Params, list[float] | None]]) -> None:
         """The guided start: the measured points are the pool the next generation is bred from."""

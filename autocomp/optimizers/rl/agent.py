@@ -190,9 +190,17 @@ class RLSearch(Optimizer):
         return -error * math.log(max(float(told.values[1]), 1.0 + 1e-9))
 
     def tell(self, results: list[Told]) -> None:
-        """Store each episode's transitions with its reward (less the moving baseline), then train the agent."""
+        """Store each episode's transitions with its reward (less the moving baseline), then train the agent.
+
+        Guided, a result no rollout asked for (a neighbour of the front the guide picked) is replayed as an
+        episode first, so the agent learns from every real evaluation.
+        """
         if self.guide is not None:
             self.guide.tell(results)
+            adopted = [t.params for t in results if self.space.contains(t.params)
+                       and not any(e["params"] == t.params for e in self.pending)]
+            if adopted:
+                self._replay_all(adopted)
         self._learn(results)
 
     def _learn(self, results: list[Told]) -> None:
