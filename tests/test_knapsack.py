@@ -190,7 +190,8 @@ def test_a_search_ends_after_the_sweep_with_budgets_met_on_its_front(tmp_path, t
                              name="k", progress=False, latency=fast_latency())
     sensitivity = 1 + 3 * (2 + 2)  # the reference, then per layer two pruning ratios and two bit widths
     assert len(result.trials) == sensitivity + len(opt.plan) < 60  # stopped after the sweep
-    assert [t.params for t in result.trials[sensitivity:]] == [e["params"] for e in opt.plan]
+    assert [t.params for t in result.trials[sensitivity:]] == [opt.plan[i]["params"]
+                                                              for i in spread_order(len(opt.plan))]
     budgets = {json.dumps(e["params"], sort_keys=True): e["budget"] for e in opt.plan}
     allocated = [t for t in result.pareto if json.dumps(t.params, sort_keys=True) in budgets]
     assert any(t.metrics["size_bytes"] <= budgets[json.dumps(t.params, sort_keys=True)] for t in allocated)
