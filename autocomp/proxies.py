@@ -63,24 +63,29 @@ class ProxyTable:
                 "rows": self.rows, "reference": dict(self.reference)}
 
 
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    """The module's weight tensor (`weight_of`, else its `weight`), None when it has none (attention)."""
+    try:
+        weight = weight_of(module)
+    except AttributeError:
+        weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
 def _effective_weight(model: nn.Module, layer: str) -> torch.Tensor | None:
     """The weight `layer` computes with (a factorised layer's product), None when the layer is gone."""
     try:
         module = model.get_submodule(layer)
     except AttributeError:
         return None
-    try:
-        weight = weight_of(module)
-    except AttributeError:
-        weight = getattr(module, "weight", None)
-    return weight.detach() if isinstance(weight, torch.Tensor) else None
+    weight = _weight(module)
+    return None if weight is None else weight.detach()
 
 
 def _weights(model: nn.Module, layers: list[str]) -> tuple[list[str], list[torch.Tensor]]:
     """The layers that hold a weight tensor, and those tensors (an attention module searched for heads has none)."""
-    named = [(name, _effective_weight(model, name)) for name in layers]
-    kept = [(name, model.get_submodule(name)) for name, w in named if w is not None]
-    return [name for name, _ in kept], [weight_of(module) for _, module in kept]
+    found = [(name, _weight(model.get_submodule(name))) for name in layers]
+    return [name for name, w in found if w is not None], [w for _, w in found if w is not None]
 
 
 def _batches(data: tuple[torch.Tensor, torch.Tensor], count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -464,8 +464,9 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, only: str | Sequenc
         "strategies": {k: {"optimizer": o, "settings": s} for k, (o, s) in STRATEGIES.items()},
         "reach": "evaluations from the first trial (sensitivity phase included) to plain TPE's final hypervolume "
                  "of the same seed; the gradient proxies are no evaluation: their wall time is in wall_s_to_tpe_hv "
-                 "and, in evaluations, proxy_in_evals", "errors": "surrogate prediction at ask time vs measured, candidates it let "
-                                               "through: first objective absolute, size_bytes relative",
+                 "and, in evaluations, proxy_in_evals",
+        "errors": "surrogate prediction at ask time vs measured, candidates it let through: first objective "
+                  "absolute, size_bytes relative",
         "wall": f"hv_at_tpe_wall_P: the hypervolume of the trials finished within P% of plain TPE's wall time "
                 f"(its last trial's end) of the same seed; trial ends from the '{STAMP}' metric each evaluation "
                 "records (seconds since the search call)", "models": {}, "per_seed": {},

@@ -201,15 +201,10 @@ class EvolutionSearch(Optimizer):
         self._tell(results)
 
     def _adopt(self, results: list[Told]) -> None:
-        """Results asked elsewhere as individuals of this generation (a failed one loses to every scored one)."""
+        """Results asked elsewhere as individuals of this generation."""
         for told in results:
             ind = self._individual(told.params)
-            if told.values is None:
-                ind.fitness.violation = float(told.violation) if told.violation > 0 else math.inf
-                ind.fitness.values, ind.fitness.scored = self._worst(), False
-            else:
-                ind.fitness.violation = float(told.violation)
-                ind.fitness.values = tuple(told.values)
+            self._score(ind, told)
             self.evaluated.append(ind)
 
     def _start_from(self, points: list[tuple[Params, list[float] | None]]) -> None:
@@ -250,14 +245,18 @@ class EvolutionSearch(Optimizer):
             if i is None:
                 continue  # not one of ours (e.g. a result from another optimizer)
             ind = self.asked.pop(i)
-            if told.values is None:  # failed (violation inf), or infeasible before it was scored
-                ind.fitness.violation = float(told.violation) if told.violation > 0 else math.inf
-                ind.fitness.values = self._worst()
-                ind.fitness.scored = False
-            else:
-                ind.fitness.violation = float(told.violation)
-                ind.fitness.values = tuple(told.values)
+            self._score(ind, told)
             self.evaluated.append(ind)
+
+    def _score(self, ind: Individual, told: Told) -> None:
+        """An individual's fitness from its result; failed or unscored ones get the worst values seen."""
+        if told.values is None:  # failed (violation inf), or infeasible before it was scored
+            ind.fitness.violation = float(told.violation) if told.violation > 0 else math.inf
+            ind.fitness.values = self._worst()
+            ind.fitness.scored = False
+        else:
+            ind.fitness.violation = float(told.violation)
+            ind.fitness.values = tuple(told.values)
 
     def _worst(self) -> tuple[float, ...]:
         told = [ind.fitness.values for ind in self.parents + self.evaluated if ind.fitness.valid]
