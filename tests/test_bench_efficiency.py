@@ -25,6 +25,10 @@ def test_bench_efficiency_quick(tmp_path, monkeypatch):
     # with the proxies: no sensitivity phase, only the reference and the allocations, and their wall time
     assert rows["knapsack-fisher"]["evals"] <= 1 + bench.SWEEP and rows["knapsack-fisher"]["proxy_s"] > 0
     assert rows["knapsack"]["proxy_s"] is None and rows["tpe-guided-fisher"]["proxy_s"] > 0
+    # the proxies' ranking of the one-knob changes against knapsack's measured drops, from the two files
+    docs = [json.loads((tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{name}-s0" / "sensitivity.json")
+                       .read_text()) for name in ("knapsack", "knapsack-fisher")]
+    assert rows["knapsack-fisher"]["proxy_rank_corr"] == bench.proxy_rank_correlation(*docs)["all"] is not None
     per = doc["settings"]["per_seed"]["lenet300"]
     for label in bench.GUIDED:  # the surrogate's figures come from the run's surrogate.json
         summary = json.loads((tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{label}-s0" / "surrogate.json")
@@ -239,3 +243,22 @@ def test_bench_only_refuses_unknown_parts_and_benches_without_parts(tmp_path, ca
     assert main(["bench", "efficiency", "--quick", "--only", ",", "--runs-dir", str(tmp_path)]) == 2
     assert "names no part" in capsys.readouterr().err
     assert not (tmp_path / "bench-efficiency").exists() and not (tmp_path / "bench-search").exists()
+
+
+def test_proxy_rank_correlation_pairs_layers_knobs_and_values_across_the_two_files():
+    from autocomp.bench.efficiency import proxy_rank_correlation
+
+    measured = {"layers": ["a", "b"], "knobs": {
+        "quantize.bits": {"values": [32, 8, 4], "drop": [[0.0, 0.01, 0.2], [0.0, 0.02, None]]},
+        "prune.ratio": {"values": [0.0, 0.5, 0.9], "drop": [[0.0, 0.1, 0.5], [0.0, 0.3, 0.4]]}}}
+    # the proxy file lists its layers in another order and has a value the measured one lacks
+    proxies = {"layers": ["b", "a"], "knobs": {
+        "quantize.bits": {"values": [32, 8, 6, 4], "fisher": [[0.0, 2.0, 5.0, 9.0], [0.0, 1.0, 4.0, 3.0]]},
+        "prune.ratio": {"values": [0.0, 0.5, 0.9], "fisher": [[0.0, 0.2, 0.1], [0.0, 0.3, 0.9]]}}}
+    rho = proxy_rank_correlation(measured, proxies)
+    # bits: (a,8) 0.01~1.0, (a,4) 0.2~3.0, (b,8) 0.02~2.0 (b,4 unmeasured): ranks agree exactly
+    assert rho["quantize.bits"] == 1.0
+    # prune: drops a .1 .5, b .3 .4 against losses a .3 .9, b .2 .1: ranks (1,4,2,3) vs (3,4,2,1)
+    assert abs(rho["prune.ratio"] - 0.2) < 1e-12
+    assert rho["all"] is not None and -1.0 <= rho["all"] <= 1.0
+    assert proxy_rank_correlation(measured, {"layers": ["a"], "knobs": {}}) == {"all": None}

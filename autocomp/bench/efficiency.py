@@ -46,10 +46,11 @@ reference box) its own final front has nothing as good as in both objectives (`k
 worse than knapsack at any budget on the front" is 0). Evaluations count only trials really evaluated (a
 repeat answered from the journal is none), and a median over seeds of "to TPE's hypervolume" is empty
 unless most seeds reached it. `proxy_s` is the proxies' wall time and `proxy_in_evals` the same in
-evaluations (over `eval_s_median`, one evaluation's). Wall time: the runner journals no clock time per trial,
-so each evaluation records its own (an extra metric, `bench_elapsed_s`: seconds since the search call began,
-taken as the evaluation ends); a trial answered from the journal finishes with the one before it. Medians
-over seeds.
+evaluations (over `eval_s_median`, one evaluation's); `proxy_rank_corr` (knapsack-fisher's row) how well the
+proxies rank the one-knob changes knapsack measured in the same seed (`proxy_rank_correlation`). Wall
+time: the runner journals no clock time per trial, so each evaluation records its own (an extra metric,
+`bench_elapsed_s`: seconds since the search call began, taken as the evaluation ends); a trial answered from
+the journal finishes with the one before it. Medians over seeds.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ LM_REFERENCE_PPL = 1.5  # lm's reference: 1.5 x the fp32 model's validation perp
 COLUMNS = ("model", "strategy", "evals", "hv_final", "evals_to_tpe_hv", "eval_s_to_tpe_hv", "wall_s_to_tpe_hv",
            "wall_s", *(f"hv_at_tpe_wall_{round(100 * f)}" for f in WALL_FRACTIONS), "reached",
            "metric_err_median", "metric_err_p90", "size_relerr_median", "size_relerr_p90", "screened_share",
-           "local_share", "knapsack_uncovered", "proxy_s", "proxy_in_evals", "eval_s_median")
+           "local_share", "knapsack_uncovered", "proxy_s", "proxy_in_evals", "proxy_rank_corr", "eval_s_median")
 TO_TPE_HV = ("evals_to_tpe_hv", "eval_s_to_tpe_hv", "wall_s_to_tpe_hv")
 
 
@@ -349,6 +350,46 @@ def uncovered(front: Sequence[tuple[float, float]], by: Sequence[tuple[float, fl
     return sum(not any(sign * (b[0] - a[0]) >= -1e-12 and b[1] <= a[1] + 1e-12 for b in by) for a in front)
 
 
+def proxy_rank_correlation(measured: dict[str, Any], proxies: dict[str, Any]) -> dict[str, float | None]:
+    """How well the Fisher proxies rank the one-knob changes: Spearman's rho against the measured drops.
+
+    Over every (layer, knob, value) both sensitivity.json documents hold (the reference's value left out):
+    the measured run's `drop` and the proxy run's `fisher` loss. "all" pools every kind of knob; each knob
+    (e.g. "quantize.bits") also gets its own (None with fewer than 3 pairs or no spread).
+
+    Args:
+        measured: A measured run's sensitivity.json.
+        proxies: A `sensitivity: fisher` run's sensitivity.json (same space).
+
+    Returns:
+        Knob (or "all") -> rho.
+    """
+    from scipy.stats import spearmanr  # scipy is the allocator's dependency already
+
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for knob, m in measured.get("knobs", {}).items():
+        f = proxies.get("knobs", {}).get(knob, {})
+        if "fisher" not in f:
+            continue
+        for layer, row in zip(measured["layers"], m["drop"]):
+            if layer not in proxies["layers"]:
+                continue
+            fisher_row = f["fisher"][proxies["layers"].index(layer)]
+            for value, drop in zip(m["values"][1:], row[1:]):
+                if value in f["values"] and drop is not None:
+                    loss = fisher_row[f["values"].index(value)]
+                    if loss is not None:
+                        pairs.setdefault(knob, []).append((float(drop), float(loss)))
+    pairs["all"] = [pair for knob in list(pairs) for pair in pairs[knob]]
+
+    def rho(got: list[tuple[float, float]]) -> float | None:
+        if len(got) < 3 or len({a for a, _ in got}) < 2 or len({b for _, b in got}) < 2:
+            return None
+        return float(spearmanr([a for a, _ in got], [b for _, b in got])[0])
+
+    return {knob: rho(got) for knob, got in pairs.items()}
+
+
 def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Callable[[str], None],
              done: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Every strategy of `part` for each seed: its per-seed rows, and the table's rows (medians over seeds).
@@ -419,6 +460,11 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
             for fraction in WALL_FRACTIONS:
                 row[f"hv_at_tpe_wall_{round(100 * fraction)}"] = hv_at_time(curves[label], finish[label],
                                                                             fraction * tpe_wall)
+            if label == "knapsack-fisher" and "knapsack" in strategies:  # the proxies against the measured drops
+                docs = [json.loads((workdir / f"{name}-s{seed}" / "sensitivity.json").read_text())
+                        for name in ("knapsack", label)]
+                row["proxy_rank_corr_by_knob"] = proxy_rank_correlation(*docs)
+                row["proxy_rank_corr"] = row["proxy_rank_corr_by_knob"]["all"]
             allocator = allocator_of(label) if label in GUIDED else None
             if allocator in fronts:  # knapsack's front points at budgets where this guided search has nothing as good
                 row["knapsack_front"] = len(fronts[allocator])
