@@ -54,9 +54,16 @@ def test_bench_efficiency_quick(tmp_path, monkeypatch):
         path = tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{name}-s0" / "trials.jsonl"
         return [json.loads(x)["params"] for x in path.read_text().splitlines() if x.strip()]
 
+    fp32 = doc["settings"]["models"]["lenet300"]["fp32_bytes"]
     for label in bench.GUIDED:  # a guided search asks what its knapsack asks (the same sweep) before its own
         start = asked(bench.allocator_of(label))
         assert asked(label)[: len(start)] == start
+        # and is told the box the bench scores, in objective units: accuracy 0.90, the fp32 bytes
+        run = json.loads((tmp_path / "bench-efficiency" / "runs" / "lenet300" / f"{label}-s0" / "run.json").read_text())
+        reference = run["settings"]["optimizer_settings"]["reference"]
+        assert reference[0] == bench.search_bench.REFERENCE_ACCURACY and abs(reference[1] - fp32) < 1e-6 * fp32
+    assert "reference" not in json.loads((tmp_path / "bench-efficiency" / "runs" / "lenet300" / "tpe-s0" / "run.json")
+                                         .read_text())["settings"]["optimizer_settings"]
     for label in bench.GUIDED:  # knapsack's front against the guided one's: counted here from the journals
         box = (bench.search_bench.REFERENCE_ACCURACY,
                __import__("math").log10(doc["settings"]["models"]["lenet300"]["fp32_bytes"]))

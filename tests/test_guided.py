@@ -232,6 +232,30 @@ def test_pools_pick_the_largest_predicted_gain_and_neighbours_stay_next_to_the_f
         make("tpe", local=-1)
 
 
+def test_a_reference_bounds_the_gain_to_the_region_the_user_cares_about():
+    opt = make("tpe")
+    drive(opt, 40)
+    guide = opt.guide
+    model = guide.surrogate()
+    pool = guide._neighbours(40)
+    free, _ = guide._gains(model, pool)
+    floor = float(np.median([v[0] for _, v in guide.measured]))  # half the measured accuracies are below it
+    guide.reference = [floor, None]
+    bounded, _ = guide._gains(model, pool)
+    for candidate, gain in zip(pool, bounded):
+        mean, std = model.predict_model(candidate)
+        if mean[0] + std[0] <= floor:  # even optimistically below the floor: nothing to add
+            assert gain == 0.0
+        else:  # above it: measured from the floor, not from the worst measured accuracy
+            assert gain >= -1e-12
+    assert any(g == 0.0 < f for g, f in zip(bounded, free))  # ones the unbounded gain would have valued
+    assert any(g > 0.0 for g in bounded)
+    with pytest.raises(AutocompError, match="reference must give a number or null for each of the 2"):
+        make("tpe", reference=[0.9])
+    with pytest.raises(AutocompError, match="reference must give"):
+        make("tpe", reference=[0.9, "big"])
+
+
 def test_neighbours_move_along_any_grid_and_never_repeat_a_told_candidate():
     from autocomp.optimizers.guided import Guide
     from autocomp.space import BoundSpace, Choice, FloatRange, IntRange, Param

@@ -28,8 +28,8 @@ allocator stops after its sweep):
 - tpe: plain TPE (random start-up trials);
 - tpe-guided / nsga2-guided (measured) and tpe-guided-fisher / nsga2-guided-fisher / rl-guided-fisher
   (proxies): `guided: true`: every evaluation of the knapsack strategy with the same sensitivity source
-  first (the same sweep), then each ask the best of a pool by the surrogate's predicted hypervolume gain (see
-  autocomp/optimizers/guided.py).
+  first (the same sweep), then each ask the best of a pool by the surrogate's predicted hypervolume gain
+  within the bench's reference box (the guided `reference` setting; see autocomp/optimizers/guided.py).
 
 Plain TPE's budget (BUDGETS, first) sets the target: its final hypervolume. The strategies with a measured
 sensitivity phase get the second budget: on resnet20 and lm that phase alone (2 levels per knob) is about
@@ -322,11 +322,19 @@ def _measures_sensitivity(optimizer: str, settings: dict[str, Any]) -> bool:
     return (optimizer == "knapsack" or bool(settings.get("guided"))) and settings.get("sensitivity") != "fisher"
 
 
-def _with_allocation(settings: dict[str, Any], levels: int, sweep: int) -> dict[str, Any]:
-    # the part's levels and sweep, where the strategy has them: a guided search sweeps what knapsack alone
-    # does, so it asks every allocation knapsack alone asks, then searches on from them
-    return {**settings, **({"levels": levels} if "levels" in settings else {}),
-            **({"sweep": sweep} if "sweep" in settings else {})}
+def _with_allocation(settings: dict[str, Any], case: Case) -> dict[str, Any]:
+    """A strategy's settings on a part: its levels and sweep, and a guided one the hypervolume's reference.
+
+    The part's levels and sweep where the strategy has them: a guided search sweeps what knapsack alone
+    does, so it asks every allocation knapsack alone asks, then searches on from them. A guided search is
+    told the region the bench scores (its `reference` setting: the reference box, in objective units), as
+    a user states the models worth having; plain TPE has no such setting.
+    """
+    out = {**settings, **({"levels": case.levels} if "levels" in settings else {}),
+           **({"sweep": case.sweep} if "sweep" in settings else {})}
+    if settings.get("guided"):
+        out["reference"] = [case.reference[0], 10.0 ** case.reference[1]]
+    return out
 
 
 def allocator_of(label: str) -> str:
@@ -397,7 +405,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
     `done` holds the per-seed rows of the parts run before; with this part's, it is written to
     partial.json after every seed, should the bench be stopped early.
     """
-    strategies = {label: (STRATEGIES[label][0], _with_allocation(STRATEGIES[label][1], case.levels, case.sweep))
+    strategies = {label: (STRATEGIES[label][0], _with_allocation(STRATEGIES[label][1], case))
                   for label in PART_STRATEGIES[part]}
     workdir = Path(runs_dir) / "bench-efficiency" / "runs" / part
     shutil.rmtree(workdir, ignore_errors=True)  # a bench measures from scratch
@@ -525,7 +533,7 @@ def run(*, quick: bool, data_dir: str | None, runs_dir: str, only: str | Sequenc
             **case.settings, "budget": case.budget, "allocator_budget": case.allocator_budget,
             "levels": case.levels, "sweep": case.sweep,
             "strategies": {label: {"optimizer": STRATEGIES[label][0],
-                                   "settings": _with_allocation(STRATEGIES[label][1], case.levels, case.sweep)}
+                                   "settings": _with_allocation(STRATEGIES[label][1], case)}
                            for label in strategies}}
         table, per = run_case(part, case, seeds, runs_dir, log, done)
         result.rows += table

@@ -52,7 +52,8 @@ SURROGATE_FILE = "surrogate.json"
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))  # the correction's ridge penalties to choose from
 # the settings every guided host accepts, beside its own
 GUIDE_SETTINGS: dict[str, type | tuple[type, ...]] = {"guided": bool, "levels": int, "sweep": int, "tries": int,
-                                                      "screen": bool, "sensitivity": str, "pool": int, "local": int}
+                                                      "screen": bool, "sensitivity": str, "pool": int, "local": int,
+                                                      "reference": list}
 
 
 def key(params: Params) -> str:
@@ -230,17 +231,30 @@ class Guide:
         sensitivity: A sensitivity.json (or run directory) to reuse.
         pool: Host candidates drawn for each real evaluation; the surrogate picks among them.
         local: Neighbours of the measured front (one or two knobs moved along their grid) added to each pool.
+        reference: Per objective, the worst value worth having (None: no bound): the hypervolume a candidate
+            is predicted to add is bounded by it, as in BoTorch's expected hypervolume improvement, so no
+            evaluation is spent on models outside the region the user cares about (e.g. `[0.9, null]`:
+            accuracy at least 0.9, any size). An objective without one is bounded by its worst known value,
+            pushed out by a tenth of the known range.
     """
 
     def __init__(self, space: BoundSpace, *, directions: Sequence[str], seed: int, context: SearchContext,
                  levels: int = 4, sweep: int = 12, tries: int = 20, screen: bool = True,
-                 sensitivity: str | None = None, pool: int = 2, local: int = 32) -> None:
+                 sensitivity: str | None = None, pool: int = 2, local: int = 32,
+                 reference: Sequence[float | None] | None = None) -> None:
         if tries < 1:
             raise ValueError("tries must be at least 1")
         if pool < 1:
             raise ValueError("pool must be at least 1")
         if local < 0:
             raise ValueError("local must be 0 or more")
+        reference = list(reference) if reference is not None else [None] * len(directions)
+        if len(reference) != len(directions) or not all(
+                r is None or (isinstance(r, (int, float)) and not isinstance(r, bool) and np.isfinite(r))
+                for r in reference):
+            raise ValueError(f"reference must give a number or null for each of the {len(directions)} objectives "
+                             f"(got {reference})")
+        self.reference = reference
         self.seed, self.pool, self.local = seed, pool, local
         self.space, self.directions, self.context = space, tuple(directions), context
         self.allocator = KnapsackAllocation(space, directions=directions, seed=seed, context=context, levels=levels,
@@ -323,8 +337,8 @@ class Guide:
         Computed in the surrogate's model space (costs in log10: a 2x smaller model is as much of a gain at
         10 kB as at 1 MB). Optimistic: moved towards better by one standard deviation of the surrogate. Known:
         the measured front and the pending asks at their predictions, so parallel asks spread out instead of
-        all taking the same gap. The reference is the worst known value of each objective, pushed out by a
-        tenth of its range.
+        all taking the same gap. The reference is the `reference` setting where it gives one, else the worst
+        known value of the objective, pushed out by a tenth of its range.
         """
         sign = np.array([1.0 if d == "maximize" else -1.0 for d in self.directions])
         pending = [model.to_model(r["predicted"]) for r in self.predictions.values()]
@@ -334,6 +348,10 @@ class Guide:
         points = known[pareto_front(known, self.directions)]
         worst = np.where(sign > 0, known.min(axis=0), known.max(axis=0))
         reference = worst - sign * 0.1 * np.maximum(np.ptp(known, axis=0), 1e-12)
+        given = np.array([r is not None for r in self.reference])
+        if given.any():
+            bound = model.to_model([r if r is not None else 1.0 for r in self.reference])
+            reference = np.where(given, bound, reference)
         base = hypervolume(points, reference, self.directions)
         predicted, gains = [], []
         for candidate in candidates:
