@@ -110,6 +110,8 @@ def fisher_diagonal(model: nn.Module, layers: list[str], data: tuple[torch.Tenso
     """
     work = copy.deepcopy(model).eval()
     layers, weights = _weights(work, layers)
+    if not weights:  # nothing to differentiate (a space of attention modules searched for heads alone)
+        return {}
     for w in weights:
         w.requires_grad_(True)
     out = {name: torch.zeros_like(w, dtype=torch.float64) for name, w in zip(layers, weights)}
@@ -141,6 +143,8 @@ def hutchinson_trace(model: nn.Module, layers: list[str], data: tuple[torch.Tens
     """
     work = copy.deepcopy(model).eval()
     layers, weights = _weights(work, layers)
+    if not weights:
+        return {}
     for w in weights:
         w.requires_grad_(True)
     x, y = data

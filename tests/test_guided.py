@@ -129,6 +129,13 @@ def test_evolution_and_rl_learn_from_the_front_neighbours_the_guide_asks(name):
     # a neighbour counts like the host's own: one individual more, or one episode's transitions
     step = 1 if name == "nsga2" else len(opt.env.units)
     assert grown["local"] == step and grown.get("host", step) == step
+    if name == "nsga2":  # a child screened out (predicted fitness), then measured: rescored, not copied
+        held = opt.evaluated[0]
+        params = opt._params(held)
+        measured = (0.123, 4567.0)
+        opt._adopt([Told(params, measured)])
+        assert held.fitness.values == measured
+        assert sum(opt._params(ind) == params for ind in opt.evaluated + opt.parents) == 1
 
 
 def test_surrogate_is_exact_on_an_additive_objective_and_learns_an_interaction():
@@ -254,6 +261,8 @@ def test_a_reference_bounds_the_gain_to_the_region_the_user_cares_about():
         make("tpe", reference=[0.9])
     with pytest.raises(AutocompError, match="reference must give"):
         make("tpe", reference=[0.9, "big"])
+    with pytest.raises(AutocompError, match="minimized objective must be positive"):
+        make("tpe", reference=[0.9, 0])
 
 
 def test_neighbours_move_along_any_grid_and_never_repeat_a_told_candidate():

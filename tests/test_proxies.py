@@ -187,3 +187,18 @@ def test_proxies_skip_weightless_layers_and_leave_their_knobs_without_a_loss():
     bits = [p.name for p in bound.params if p.knob == "quantize.bits"]
     assert bits and all(table.entries[n][repr(2)]["loss"] > table.entries[n][repr(4)]["loss"] > 0.0
                         and table.entries[n][repr(8)]["loss"] == 0.0 for n in bits)  # 8 bits: the reference
+    # attention alone: nothing to differentiate, no proxy at all (and no crash)
+    attention = ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    task = get_task("language-model")
+    assert fisher_diagonal(model, attention, data, task) == {} == hutchinson_trace(model, attention, data, task)
+
+
+def test_a_fisher_knapsack_with_nothing_the_proxies_predict_says_so():
+    space = reference_space()
+    proxies, info = synthetic(space)
+    blind = {name: {value: {k: v for k, v in entry.items() if k != "loss"} for value, entry in row.items()}
+             for name, row in proxies.items()}  # every knob changes a weight's shape: no loss anywhere
+    context = SearchContext(objectives=("accuracy", "size_bytes"), proxies=blind, proxy_info=info)
+    opt = make_optimizer("knapsack", space, directions=MO, seed=0, context=context, sensitivity="fisher")
+    with pytest.raises(ValueError, match="predict no knob of this space.*sensitivity: measured"):
+        opt.ask(1)

@@ -196,13 +196,22 @@ class EvolutionSearch(Optimizer):
         """
         if self.guide is not None:
             self.guide.tell(results)
-            asked = [self._params(ind) for ind in self.asked]
-            self._adopt([t for t in results if t.params not in asked and self.space.contains(t.params)])
+            if self.guide.phase == "search":  # the start's results become the pool at once (`_start_from`)
+                asked = [self._params(ind) for ind in self.asked]
+                self._adopt([t for t in results if t.params not in asked and self.space.contains(t.params)])
         self._tell(results)
 
     def _adopt(self, results: list[Told]) -> None:
-        """Results asked elsewhere as individuals of this generation."""
+        """Results asked elsewhere as individuals of this generation.
+
+        One the population holds already (a child screened out with its predicted fitness, then picked as
+        a neighbour and measured) gets the measured fitness instead of a second copy.
+        """
         for told in results:
+            held = next((ind for ind in self.evaluated + self.parents if self._params(ind) == told.params), None)
+            if held is not None:
+                self._score(held, told)
+                continue
             ind = self._individual(told.params)
             self._score(ind, told)
             self.evaluated.append(ind)

@@ -254,6 +254,9 @@ class Guide:
                 for r in reference):
             raise ValueError(f"reference must give a number or null for each of the {len(directions)} objectives "
                              f"(got {reference})")
+        if any(r is not None and r <= 0 and d == "minimize" for r, d in zip(reference, directions)):
+            raise ValueError(f"reference of a minimized objective must be positive (costs are modelled in log "
+                             f"space; got {reference})")
         self.reference = reference
         self.seed, self.pool, self.local = seed, pool, local
         self.space, self.directions, self.context = space, tuple(directions), context

@@ -195,7 +195,9 @@ class KnapsackAllocation(SensitivitySearch):
         if self.source == FISHER:
             options = self._proxy_options()
             if options is None:
-                return []
+                raise ValueError("sensitivity: fisher: the gradient proxies predict no knob of this space (the "
+                                 "weights of every searched layer change shape or there are none, as with heads "
+                                 "or channel removal): use sensitivity: measured")
             knobs, choices, losses, costs, reference_value = options
             ref: list[float] | None = None
         else:

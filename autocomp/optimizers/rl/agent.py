@@ -193,7 +193,8 @@ class RLSearch(Optimizer):
         """Store each episode's transitions with its reward (less the moving baseline), then train the agent.
 
         Guided, a result no rollout asked for (a neighbour of the front the guide picked) is replayed as an
-        episode first, so the agent learns from every real evaluation.
+        episode first, so the agent learns from every real evaluation; like the guided start's, a replayed
+        episode counts towards the episodes that decay the exploration noise.
         """
         if self.guide is not None:
             self.guide.tell(results)
