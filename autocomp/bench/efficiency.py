@@ -348,8 +348,7 @@ def front_points(trials: Sequence[Any], metric: str, direction: str, reference: 
                  ) -> list[tuple[float, float]]:
     """The complete trials' Pareto front over (metric, log10 size_bytes), inside the reference box."""
     sign = 1.0 if direction == "maximize" else -1.0
-    points = [(float(t.metrics[metric]), math.log10(t.metrics["size_bytes"])) for t in trials
-              if t.status == "complete"]
+    points = [q for q in search_bench.objective_points(trials, metric) if q is not None]
     inside = [q for q in points if sign * (q[0] - reference[0]) > 0 and q[1] < reference[1]]
     return [inside[i] for i in pareto_front(inside, (direction, "minimize"))] if inside else []
 
@@ -418,6 +417,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
         finish: dict[str, list[float]] = {}
         counted: dict[str, list[int]] = {}
         fronts: dict[str, list[tuple[float, float]]] = {}
+        sensitivity: dict[str, dict[str, Any]] = {}  # each run's sensitivity.json, where it wrote one
         for label, (optimizer, settings) in strategies.items():
             budget = case.allocator_budget if _measures_sensitivity(optimizer, settings) else case.budget
             started = time.time()  # wall clock: the stamp below is read in the evaluating process
@@ -440,9 +440,10 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
                                    "evals": counted[label][-1] if trials else 0,
                                    "hv_final": curves[label][-1] if trials else 0.0,
                                    "wall_s": wall, "eval_seconds": [t.seconds for t in trials]}
-            sensitivity = workdir / f"{label}-s{seed}" / "sensitivity.json"
-            if sensitivity.is_file():  # the gradient proxies' wall time (the fisher rows' whole sensitivity step)
-                row["proxy_s"] = json.loads(sensitivity.read_text()).get("fisher", {}).get("seconds")
+            path = workdir / f"{label}-s{seed}" / "sensitivity.json"
+            if path.is_file():  # the gradient proxies' wall time (the fisher rows' whole sensitivity step)
+                sensitivity[label] = json.loads(path.read_text())
+                row["proxy_s"] = sensitivity[label].get("fisher", {}).get("seconds")
             seconds = [t.seconds for t in trials if t.evaluated]
             row["eval_s_median"] = statistics.median(seconds) if seconds else None
             if row.get("proxy_s") is not None and row["eval_s_median"]:  # the proxies' wall time in evaluations
@@ -472,9 +473,7 @@ def run_case(part: str, case: Case, seeds: Sequence[int], runs_dir: str, log: Ca
                 row[f"hv_at_tpe_wall_{round(100 * fraction)}"] = hv_at_time(curves[label], finish[label],
                                                                             fraction * tpe_wall)
             if label == "knapsack-fisher" and "knapsack" in strategies:  # the proxies against the measured drops
-                docs = [json.loads((workdir / f"{name}-s{seed}" / "sensitivity.json").read_text())
-                        for name in ("knapsack", label)]
-                row["proxy_rank_corr_by_knob"] = proxy_rank_correlation(*docs)
+                row["proxy_rank_corr_by_knob"] = proxy_rank_correlation(sensitivity["knapsack"], sensitivity[label])
                 row["proxy_rank_corr"] = row["proxy_rank_corr_by_knob"]["all"]
             allocator = allocator_of(label) if label in GUIDED else None
             if allocator in fronts:  # knapsack's front points at budgets where this guided search has nothing as good

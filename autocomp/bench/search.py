@@ -58,12 +58,18 @@ def hypervolumes(trials: Sequence[Any], metric: str, direction: str, reference: 
     Returns:
         One hypervolume per checkpoint.
     """
+    scored = objective_points(trials, metric)
     out = []
     for k in range(1, len(trials) + 1) if checkpoints is None else checkpoints:
-        points = [(t.metrics[metric], math.log10(t.metrics["size_bytes"])) for t in trials[:k]
-                  if t.status == "complete"]
+        points = [q for q in scored[:k] if q is not None]
         out.append(hypervolume(points, reference, (direction, "minimize")))
     return out
+
+
+def objective_points(trials: Sequence[Any], metric: str) -> list[tuple[float, float] | None]:
+    """Each trial's (metric, log10 size_bytes), None for one that did not complete."""
+    return [(float(t.metrics[metric]), math.log10(t.metrics["size_bytes"])) if t.status == "complete" else None
+            for t in trials]
 
 
 def best_ratio(trials: list[Any], base_accuracy: float, drop: float = 0.005) -> float:
