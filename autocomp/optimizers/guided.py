@@ -442,7 +442,7 @@ class Guide:
         rejected = 0
         while len(out) < n:
             hosts: list[Params] = []
-            for _ in range(self.pool if self.screen and model is not None else 1):
+            for _ in range(self.pool if model is not None else 1):
                 picks = ask(1)
                 if not picks:
                     break  # the host waits (a generation is still out)
@@ -450,7 +450,7 @@ class Guide:
             if not hosts:
                 break
             self.counts["proposed"] += len(hosts)
-            if model is None or not self.screen:
+            if model is None:  # not screening, or nothing to predict with yet
                 out += hosts
                 self.counts["asked"] += len(hosts)
                 continue
